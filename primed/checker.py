@@ -1,0 +1,120 @@
+"""
+Where a primality check runs: inline in the reactor thread when it is cheap,
+in a dedicated thread pool when it is not, with a global bound on the work
+waiting for that pool.
+
+Inline checks cost a few microseconds; a Deferred and two thread hops cost
+more than that, so only numbers above L{primed.primality.INLINE_MAX_BITS} bits
+go to the pool.  The bound keeps memory and latency finite when clients send
+big numbers faster than the pool can check them: TCP connections wait (they
+stop reading) until there is room, UDP requests are dropped.
+"""
+
+from collections import deque
+from typing import Callable, Deque
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+from primed.primality import INLINE_MAX_BITS, is_prime, is_prime_releasing_gil
+
+#: Pool checks that may be running or waiting at once, over all clients.
+DEFAULT_MAX_QUEUED = 64
+
+
+class PrimeChecker:
+    """
+    Run primality checks inline or in C{threadpool}, bounded by C{maxQueued}.
+
+    @ivar queued: checks handed to the pool and not finished yet.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        threadpool,
+        maxQueued: int = DEFAULT_MAX_QUEUED,
+        inlineMaxBits: int = INLINE_MAX_BITS,
+    ):
+        """
+        @param reactor: provides C{callFromThread}; the pool's results are
+            delivered in its thread.
+        @param threadpool: provides C{callInThreadWithCallback}, usually a
+            L{twisted.python.threadpool.ThreadPool} the caller owns.
+        """
+        self.reactor = reactor
+        self.threadpool = threadpool
+        self.maxQueued = maxQueued
+        self.inlineMaxBits = inlineMaxBits
+        self.queued = 0
+        self._roomWaiters: Deque[Callable[[], None]] = deque()
+        self._idleWaiters: list = []
+
+    def isInline(self, number: int) -> bool:
+        """
+        Whether C{number} is cheap enough to check in the reactor thread.
+        """
+        return number.bit_length() <= self.inlineMaxBits
+
+    checkInline = staticmethod(is_prime)
+
+    def hasRoom(self) -> bool:
+        """
+        Whether L{submit} may be called now without exceeding the bound.
+        """
+        return self.queued < self.maxQueued
+
+    def submit(self, number: int) -> Deferred:
+        """
+        Check C{number} in the pool.  Callers check L{hasRoom} first: the
+        bound is theirs to honour because only they know whether to wait or to
+        drop.
+
+        @return: a L{Deferred} firing with C{True} or C{False} in the reactor
+            thread.
+        """
+        self.queued += 1
+        d = deferToThreadPool(
+            self.reactor, self.threadpool, is_prime_releasing_gil, number
+        )
+        d.addBoth(self._finished)
+        return d
+
+    def notifyRoom(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} once, when L{submit} has room again.  Waiters are
+        served first come, first served, so no connection starves.
+        """
+        self._roomWaiters.append(callback)
+
+    def cancelRoomWaiter(self, callback: Callable[[], None]) -> None:
+        """
+        Forget a waiter registered with L{notifyRoom}, if it is still waiting.
+        """
+        try:
+            self._roomWaiters.remove(callback)
+        except ValueError:
+            pass
+
+    def whenIdle(self) -> Deferred:
+        """
+        @return: a L{Deferred} that fires once no pool check is running or
+            waiting, so a stop can wait for results nobody will read.
+        """
+        d = Deferred()
+        if self.queued == 0:
+            d.callback(None)
+        else:
+            self._idleWaiters.append(d)
+        return d
+
+    def _finished(self, result):
+        self.queued -= 1
+        waiters = self._roomWaiters
+        while waiters and self.hasRoom():
+            waiters.popleft()()
+        if self.queued == 0 and self._idleWaiters:
+            idle, self._idleWaiters = self._idleWaiters, []
+            for d in idle:
+                d.callback(None)
+        return result

@@ -1,0 +1,448 @@
+"""
+The TCP face of primed: a line protocol that answers every request in order,
+never buffers more than it must, and finishes its work when a client
+half-closes.
+
+Three things shape it beyond a plain L{LineReceiver}:
+
+  - Framing is linear.  L{LineReceiver} re-splits its whole buffer once per
+    line (twisted/twisted#6357), which is quadratic in the lines of one read;
+    here each read is split once and all the replies it produces leave in one
+    write.
+
+  - Backpressure.  The connection stops reading, the producer/consumer way
+    C{twisted.web}'s C{HTTPChannel} does, whenever one of several independent
+    reasons says so: the client does not read its replies (the transport's
+    buffer is full), too many replies are pending on this connection, the
+    thread pool has no room for this connection's big number, or the service
+    is draining.  It resumes only when every reason is gone, so at most one
+    read's worth of lines is ever held.
+
+  - Half-close.  C{printf '17\\n' | nc -N host port} shuts down its sending
+    side straight after the last line; every request received before that EOF
+    is still answered, then the connection is closed.
+"""
+
+from collections import deque
+from typing import Deque, List, Optional, Set
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from primed import wire
+from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
+
+#: Replies that may be pending on one connection before it stops reading.
+DEFAULT_MAX_INFLIGHT = 1024
+#: Simultaneous connections; more are closed as soon as they are accepted.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Seconds a connection may stay without a complete request or pending reply.
+DEFAULT_IDLE_TIMEOUT = 300.0
+
+# Why a connection is not reading.  Any one of them is enough.
+PAUSED_BY_CONSUMER = "consumer"  # the client does not read our replies
+PAUSED_BY_INFLIGHT = "inflight"  # too many replies pending on this connection
+PAUSED_BY_POOL = "pool"  # the thread pool has no room for our big number
+PAUSED_BY_DRAIN = "drain"  # the service is stopping
+# Reasons that also stop the lines already read from being processed.
+_HOLDING = frozenset([PAUSED_BY_INFLIGHT, PAUSED_BY_POOL])
+
+
+@implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
+class PrimeLineProtocol(LineReceiver, TimeoutMixin):
+    """
+    One TCP connection: requests in, one reply per request out, in order.
+
+    Replies that can be given at once are written at once.  From the first
+    request sent to the pool until it is answered, replies queue behind it in
+    C{_pending}, a deque of one-item lists each holding its reply or L{None}.
+    """
+
+    delimiter = b"\n"
+    _log = Logger()
+
+    def __init__(self):
+        self._buffer = b""
+        self._discarding = False
+        self._held: Deque[bytes] = deque()
+        self._pending: Deque[list] = deque()
+        self._paused: Set[str] = set()
+        self._readClosed = False
+        self._closing = False
+        self._lost = False
+        self._draining = False
+        self._processing = 0
+
+    # Connection life.
+
+    def connectionMade(self):
+        factory = self.factory
+        self.checker = factory.checker
+        self.maxDigits = factory.maxDigits
+        self.MAX_LENGTH = wire.maxLineLength(factory.maxDigits)
+        self.maxInflight = factory.maxInflight
+        self.transport.registerProducer(self, True)
+        self.setTimeout(factory.idleTimeout or None)
+        factory.connected(self)
+
+    def connectionLost(self, reason):
+        """
+        Results still running for this connection are dropped quietly when
+        they arrive; only the factory's bookkeeping needs updating.
+        """
+        self._lost = True
+        self.setTimeout(None)
+        self._held.clear()
+        self._pending.clear()
+        if PAUSED_BY_POOL in self._paused:
+            self.checker.cancelRoomWaiter(self._poolHasRoom)
+        self.factory.disconnected(self)
+
+    def readConnectionLost(self):
+        """
+        The client will send nothing more.  An unterminated last line is a
+        request too (C{printf 17 | nc -N} deserves an answer); once everything
+        received is answered, the connection is closed.
+        """
+        self._readClosed = True
+        if self._buffer and not self._discarding:
+            self._held.append(self._buffer)
+        self._buffer = b""
+        self._processHeld()
+        self._finishIfDone()
+
+    def writeConnectionLost(self):
+        """
+        We never half-close our side, so there is nothing to do.
+        """
+
+    def timeoutConnection(self):
+        """
+        Idle means no complete request and no reply owed: a client waiting
+        for a long check is not idle, a client dribbling half a line is.
+        """
+        if self._pending or self._held:
+            self.resetTimeout()
+            return
+        self._log.info("Closing idle connection from {peer}", peer=self._peer())
+        self.transport.abortConnection()
+
+    def callLater(self, period, func):
+        # TimeoutMixin's clock: the factory's reactor, so tests can use Clock.
+        return self.factory.reactor.callLater(period, func)
+
+    # Framing.
+
+    def dataReceived(self, data: bytes):
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            data = data[end + 1 :]
+            self._discarding = False
+        if self._buffer:
+            data = self._buffer + data
+        lines = data.split(b"\n")
+        self._buffer = lines.pop()
+        if lines:
+            self.resetTimeout()
+            if self._held or self._paused & _HOLDING:
+                self._held.extend(lines)
+            else:
+                self._process(lines)
+        if len(self._buffer) > self.MAX_LENGTH:
+            # No useful request is this long; answer it now, in its place,
+            # and skip whatever is left of it.
+            self._buffer = b""
+            self._discarding = True
+            self.lineLengthExceeded(b"")
+
+    def lineLengthExceeded(self, line):
+        if self._held or self._paused & _HOLDING:
+            self._held.append(b"!")  # any non-request answers E
+        else:
+            self._answer(INVALID_REPLY)
+
+    def lineReceived(self, line: bytes):
+        """
+        L{LineReceiver}'s interface: handle one request line.
+        """
+        self._process([line])
+
+    def _process(self, lines: List[bytes]) -> None:
+        """
+        Answer C{lines} in order; everything answerable at once leaves in one
+        write.  Stops, keeping the rest in C{_held}, when a big number cannot
+        be handed to the pool yet or too many replies are pending.
+        """
+        self._processing += 1
+        checker = self.checker
+        pending = self._pending
+        maxDigits = self.maxDigits
+        inlineMaxBits = checker.inlineMaxBits
+        isPrime = checker.checkInline
+        verbose = self.factory.verbose
+        out = []
+        for index, line in enumerate(lines):
+            number = parseRequest(line, maxDigits)
+            if number is None:
+                reply = INVALID_REPLY
+            elif number < 2:
+                reply = NOT_PRIME_REPLY
+            elif number.bit_length() <= inlineMaxBits:
+                reply = REPLIES[isPrime(number)]
+            else:
+                if len(pending) >= self.maxInflight:
+                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
+                    break
+                if not checker.hasRoom():
+                    self._hold(lines, index, PAUSED_BY_POOL)
+                    checker.notifyRoom(self._poolHasRoom)
+                    break
+                if out:
+                    # Keep order even when the pool answers synchronously.
+                    self.transport.write(b"".join(out))
+                    out = []
+                slot = [None]
+                pending.append(slot)
+                checker.submit(number).addCallbacks(
+                    self._checked, self._checkFailed, (slot, line), None, (slot, line)
+                )
+                continue
+            if verbose:
+                self._logVerdict(line, reply)
+            if pending:
+                if len(pending) >= self.maxInflight:
+                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
+                    break
+                pending.append([reply])
+            else:
+                out.append(reply)
+        if out:
+            self.transport.write(b"".join(out))
+        self._processing -= 1
+
+    def _answer(self, reply: bytes) -> None:
+        if self._pending:
+            self._pending.append([reply])
+        else:
+            self.transport.write(reply)
+
+    def _hold(self, lines: List[bytes], start: int, reason: str) -> None:
+        self._held.extendleft(reversed(lines[start:]))
+        self._pause(reason)
+
+    def _processHeld(self) -> None:
+        """
+        Answer lines read earlier, now that nothing holds them back.
+        """
+        if self._held and not self._paused & _HOLDING and not self._lost:
+            held, self._held = self._held, deque()
+            self._process(list(held))
+
+    # Results from the pool.
+
+    def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
+        slot[0] = REPLIES[isPrime]
+        if self.factory.verbose:
+            self._logVerdict(line, slot[0])
+        self._flushPending()
+
+    def _checkFailed(self, failure, slot: list, line: bytes) -> None:
+        self._log.failure("Checking a {digits}-digit number failed", failure,
+                          digits=len(line))
+        slot[0] = INVALID_REPLY
+        self._flushPending()
+
+    def _flushPending(self) -> None:
+        """
+        Write every reply at the head of the queue that is ready, then let
+        reading and held lines go on if the queue has room again.
+        """
+        if self._lost:
+            return
+        pending = self._pending
+        ready = []
+        while pending and pending[0][0] is not None:
+            ready.append(pending.popleft()[0])
+        if ready:
+            self.transport.write(b"".join(ready))
+        if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
+            self._unpause(PAUSED_BY_INFLIGHT)
+        self._finishIfDone()
+
+    def _poolHasRoom(self) -> None:
+        self._unpause(PAUSED_BY_POOL)
+
+    # Pausing, for any number of reasons at once.
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def _unpause(self, reason: str) -> None:
+        if reason not in self._paused:
+            return
+        self._paused.discard(reason)
+        if reason in _HOLDING:
+            self._processHeld()
+        if not self._paused and not self._readClosed and not self._lost:
+            self.transport.resumeProducing()
+        self._finishIfDone()
+
+    def pauseProducing(self):
+        """
+        The transport's buffer is full: the client is not reading.  Stop
+        reading its requests until it catches up.
+        """
+        self._pause(PAUSED_BY_CONSUMER)
+
+    def resumeProducing(self):
+        self._unpause(PAUSED_BY_CONSUMER)
+
+    def stopProducing(self):
+        self._held.clear()
+        self._buffer = b""
+
+    # Ending.
+
+    def drain(self) -> None:
+        """
+        Stop reading: answer what was received, then close.
+        """
+        self._draining = True
+        self._pause(PAUSED_BY_DRAIN)
+        self._finishIfDone()
+
+    def unansweredCount(self) -> int:
+        """
+        Complete requests received and not answered yet.
+        """
+        return len(self._held) + sum(1 for slot in self._pending if slot[0] is None)
+
+    def _finishIfDone(self) -> None:
+        if (
+            (self._readClosed or self._draining)
+            and not self._closing
+            and not self._processing
+            and not self._held
+            and not self._pending
+            and not self._lost
+        ):
+            self._closing = True
+            self.setTimeout(None)
+            self.transport.loseConnection()
+
+    # Logging.
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer()
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
+
+    def _logVerdict(self, line: bytes, reply: bytes) -> None:
+        self._log.info(
+            "{peer} asked {request!r}: {verdict}",
+            peer=self._peer(),
+            request=line[:80],
+            verdict=reply[:1].decode(),
+        )
+
+
+class PrimeLineFactory(Factory):
+    """
+    Builds L{PrimeLineProtocol}s sharing one L{primed.checker.PrimeChecker},
+    and knows every live connection so a stop can drain them.
+    """
+
+    protocol = PrimeLineProtocol
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        checker,
+        reactor,
+        maxDigits: int = wire.DEFAULT_MAX_DIGITS,
+        maxInflight: int = DEFAULT_MAX_INFLIGHT,
+        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        verbose: bool = False,
+    ):
+        self.checker = checker
+        self.reactor = reactor
+        self.maxDigits = maxDigits
+        self.maxInflight = maxInflight
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
+        self.verbose = verbose
+        self.protocols: Set[PrimeLineProtocol] = set()
+        self.refused = 0
+        self.draining = False
+        self._lastRefusalLog: Optional[float] = None
+        self._drainWaiters: List[Deferred] = []
+
+    def buildProtocol(self, addr):
+        """
+        Over the connection limit, return L{None}: Twisted then closes the new
+        connection at once, and the established ones are not disturbed.
+        """
+        if self.draining or len(self.protocols) >= self.maxConnections:
+            self.refused += 1
+            now = self.reactor.seconds()
+            if self._lastRefusalLog is None or now - self._lastRefusalLog >= 10:
+                self._lastRefusalLog = now
+                self._log.warn(
+                    "Connection limit of {limit} reached: closed new connection "
+                    "from {peer} ({refused} refused so far)",
+                    limit=self.maxConnections,
+                    peer=getattr(addr, "host", addr),
+                    refused=self.refused,
+                )
+            return None
+        return Factory.buildProtocol(self, addr)
+
+    def connected(self, protocol: PrimeLineProtocol) -> None:
+        self.protocols.add(protocol)
+
+    def disconnected(self, protocol: PrimeLineProtocol) -> None:
+        self.protocols.discard(protocol)
+        if not self.protocols:
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drain(self) -> Deferred:
+        """
+        Refuse new connections and ask every open one to finish: answer what
+        it received, then close.
+
+        @return: a L{Deferred} that fires when every connection has closed.
+        """
+        self.draining = True
+        d = Deferred()
+        if self.protocols:
+            self._drainWaiters.append(d)
+            for protocol in list(self.protocols):
+                protocol.drain()
+        else:
+            d.callback(None)
+        return d
+
+    def abortAll(self) -> int:
+        """
+        Cut every remaining connection at once.
+
+        @return: how many received requests go unanswered.
+        """
+        cutOff = 0
+        for protocol in list(self.protocols):
+            cutOff += protocol.unansweredCount()
+            protocol.transport.abortConnection()
+        return cutOff

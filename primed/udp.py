@@ -1,0 +1,144 @@
+"""
+The UDP face of primed: one datagram in, at most one two-byte datagram out.
+
+A reply is never longer than its request could be useful, so the service
+cannot amplify traffic towards a spoofed source.  UDP is lossy by contract:
+when the thread pool has no room, big requests are dropped and counted rather
+than queued without bound.
+"""
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from primed import wire
+from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
+
+#: Seconds between two log lines about dropped datagrams.
+DROP_LOG_INTERVAL = 10.0
+
+
+class PrimeDatagramProtocol(DatagramProtocol):
+    """
+    Answer each datagram (one request, trailing C{\\n} or C{\\r\\n} optional)
+    with C{T\\n}, C{F\\n} or C{E\\n}, sent back to its source.  Empty datagrams
+    are ignored: the seed chapter's server stopped on one, this one neither
+    stops nor answers.
+
+    @ivar dropped: requests dropped because the pool had no room.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        checker,
+        reactor,
+        maxDigits: int = wire.DEFAULT_MAX_DIGITS,
+        verbose: bool = False,
+    ):
+        self.checker = checker
+        self.reactor = reactor
+        self.maxDigits = maxDigits
+        self.maxLength = wire.maxLineLength(maxDigits)
+        self.verbose = verbose
+        self.dropped = 0
+        self.inflight = 0
+        self._droppedSinceLog = 0
+        self._lastDropLog: Optional[float] = None
+        self._idleWaiters: list = []
+        self._stopped = False
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if not data or self._stopped:
+            return
+        if len(data) > self.maxLength:
+            self._reply(INVALID_REPLY, data, addr)
+            return
+        line = data[:-1] if data[-1:] == b"\n" else data
+        number = parseRequest(line, self.maxDigits)
+        checker = self.checker
+        if number is None:
+            reply = INVALID_REPLY
+        elif number < 2:
+            reply = NOT_PRIME_REPLY
+        elif checker.isInline(number):
+            reply = REPLIES[checker.checkInline(number)]
+        elif checker.hasRoom():
+            self.inflight += 1
+            checker.submit(number).addCallbacks(
+                self._checked, self._checkFailed, (line, addr), None, (line, addr)
+            )
+            return
+        else:
+            self._drop()
+            return
+        self._reply(reply, line, addr)
+
+    def _checked(self, isPrime: bool, line: bytes, addr) -> None:
+        self._reply(REPLIES[isPrime], line, addr)
+        self._done()
+
+    def _checkFailed(self, failure, line: bytes, addr) -> None:
+        self._log.failure("Checking a {digits}-digit number failed", failure,
+                          digits=len(line))
+        self._reply(INVALID_REPLY, line, addr)
+        self._done()
+
+    def _reply(self, reply: bytes, request: bytes, addr) -> None:
+        if self.verbose:
+            self._log.info(
+                "{peer} asked {request!r}: {verdict}",
+                peer=addr,
+                request=request[:80],
+                verdict=reply[:1].decode(),
+            )
+        if self.transport is None:
+            return  # stopped listening while the pool was busy
+        try:
+            self.transport.write(reply, addr)
+        except OSError as e:
+            # A full socket buffer or an unreachable source: UDP may lose a
+            # reply, it must not lose the server.
+            self._log.debug("Reply to {peer} lost: {error}", peer=addr, error=e)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._droppedSinceLog += 1
+        now = self.reactor.seconds()
+        if self._lastDropLog is None or now - self._lastDropLog >= DROP_LOG_INTERVAL:
+            self._log.warn(
+                "Thread pool full: dropped {count} UDP request(s) "
+                "({total} since start)",
+                count=self._droppedSinceLog,
+                total=self.dropped,
+            )
+            self._lastDropLog = now
+            self._droppedSinceLog = 0
+
+    # Stopping.
+
+    def drain(self) -> Deferred:
+        """
+        Stop answering new datagrams and wait for those in the pool.
+
+        @return: a L{Deferred} that fires when every accepted request has
+            been answered.
+        """
+        self._stopped = True
+        d = Deferred()
+        if self.inflight:
+            self._idleWaiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _done(self) -> None:
+        self.inflight -= 1
+        if not self.inflight and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
