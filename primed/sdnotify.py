@@ -12,6 +12,8 @@ unmaintained, so this module carries its own, deliberately small:
     so the daemon behaves identically outside systemd.
   - L{watchdogInterval} and L{startWatchdog} keep a C{WatchdogSec=} service
     alive from the reactor with a L{task.LoopingCall}.
+  - L{notifySystemd} ties both to a service's life: ready once it listens,
+    stopping when the reactor begins to shut down.
 
 Nothing here imports the global reactor or reads C{os.environ} by itself:
 the environment mapping and the reactor are passed in, so tests drive it with
@@ -26,13 +28,13 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Notifier", "watchdogInterval", "startWatchdog"]
+__all__ = ["Notifier", "watchdogInterval", "startWatchdog", "notifySystemd"]
 
 
 def _notifyAddress(value: str) -> Optional[bytes]:
@@ -217,3 +219,75 @@ def startWatchdog(
     call.clock = reactor
     call.start(interval, now=True)
     return call
+
+
+def _describeEndpoints(served: Iterable[Any]) -> str:
+    """
+    A C{STATUS=} line from what the service listens on: strings, or
+    C{(transport, address)} pairs such as C{("TCP", "127.0.0.1:8809")}.
+    """
+    parts = [
+        " ".join(str(x) for x in item) if isinstance(item, tuple) else str(item)
+        for item in served
+    ]
+    return "Serving " + ", ".join(parts) if parts else "Serving nothing"
+
+
+def notifySystemd(
+    service: Any,
+    reactor: Any,
+    environ: Mapping[str, str],
+    notifier: Optional[Notifier] = None,
+) -> Optional[Notifier]:
+    """
+    Speak systemd's notify protocol for C{service}, doing nothing at all
+    unless C{$NOTIFY_SOCKET} is set.
+
+      - C{READY=1} and C{STATUS=Serving TCP 127.0.0.1:8809, ...} once
+        C{service.listening} fires (every listener bound) I{and} the reactor
+        runs.  twistd starts services before C{reactor.run()}; waiting for
+        the reactor means a client told "ready" is answered, not just queued
+        in a backlog.  The watchdog starts then too.
+      - C{STOPPING=1} from a C{before shutdown} trigger, registered here,
+        i.e. before twistd registers the service's C{stopService}, so systemd
+        learns of the stop before the graceful drain starts.  The watchdog
+        keeps pinging during the drain and stops after shutdown.
+
+    @param service: Has C{listening}, a L{Deferred} that fires with what it
+        serves (see L{_describeEndpoints}) once every listener is bound.
+    @param reactor: Provides C{callWhenRunning}, C{addSystemEventTrigger}
+        and L{IReactorTime}.
+    @param environ: The process environment (C{os.environ}).
+    @param notifier: For tests; by default one made from C{environ}.
+
+    @return: The L{Notifier} in use, or L{None} when not under systemd.
+    """
+    if notifier is None:
+        notifier = Notifier(environ)
+    if not notifier.enabled:
+        return None
+    state: dict = {"watchdog": None, "stopping": False}
+
+    def ready(served: Any) -> None:
+        if state["stopping"]:
+            return
+        notifier.ready(_describeEndpoints(served))
+        state["watchdog"] = startWatchdog(notifier, reactor, environ)
+
+    def listening(served: Any) -> Any:
+        reactor.callWhenRunning(ready, served)
+        return served
+
+    def stopping() -> None:
+        state["stopping"] = True
+        notifier.stopping("Stopping: answering the requests already received")
+
+    def stopped() -> None:
+        call = state["watchdog"]
+        if call is not None and call.running:
+            call.stop()
+
+    service.listening.addCallback(listening)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    reactor.addSystemEventTrigger("after", "shutdown", stopped)
+    return notifier

@@ -7,11 +7,12 @@ import socket
 import tempfile
 import uuid
 
-from twisted.internet import task
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from primed.sdnotify import Notifier, startWatchdog, watchdogInterval
+from primed.sdnotify import Notifier, notifySystemd, startWatchdog, watchdogInterval
 
 
 class _Receiver:
@@ -288,3 +289,118 @@ class StartWatchdogTests(unittest.TestCase):
         self.clock.pump([0.5, 0.5])
         call.stop()
         self.assertEqual(receiver.pending(), [b"WATCHDOG=1\n"] * 3)
+
+
+class _FakeService:
+    def __init__(self):
+        self.listening = defer.Deferred()
+
+
+class _FakeReactor(MemoryReactorClock):
+    def fire(self, phase, event="shutdown"):
+        for f, args, kw in self.triggers.get(phase, {}).get(event, []):
+            f(*args, **kw)
+
+
+class NotifySystemdTests(unittest.TestCase):
+    def setUp(self):
+        self.sent = []
+        self.notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"})
+        self.notifier.notify = lambda *a: self.sent.append(a) or True
+        self.reactor = _FakeReactor()
+        self.service = _FakeService()
+
+    def wire(self, environ=None):
+        env = {"NOTIFY_SOCKET": "/nonexistent/notify"}
+        env.update(environ or {})
+        return notifySystemd(self.service, self.reactor, env, notifier=self.notifier)
+
+    def test_readyOnceListeningAndRunning(self):
+        """
+        READY=1 waits for every listener and for the reactor to run; its
+        STATUS= names the endpoints.
+        """
+        self.assertIs(self.wire(), self.notifier)
+        self.assertEqual(self.sent, [])
+        self.service.listening.callback(
+            [("TCP", "127.0.0.1:8809"), ("UDP", "127.0.0.1:8808")]
+        )
+        self.assertEqual(self.sent, [])
+        self.reactor.run()
+        self.assertEqual(
+            self.sent,
+            [("READY=1", "STATUS=Serving TCP 127.0.0.1:8809, UDP 127.0.0.1:8808")],
+        )
+
+    def test_listeningResultPassedOn(self):
+        self.wire()
+        results = []
+        self.service.listening.callback(["x"])
+        self.service.listening.addCallback(results.append)
+        self.assertEqual(results, [["x"]])
+
+    def test_notListening(self):
+        """
+        A service that never binds never claims to be ready.
+        """
+        self.wire()
+        self.reactor.run()
+        self.assertEqual(self.sent, [])
+
+    def test_stopping(self):
+        self.wire()
+        self.reactor.run()
+        self.service.listening.callback([])
+        self.reactor.fire("before")
+        self.assertEqual(
+            self.sent,
+            [
+                ("READY=1", "STATUS=Serving nothing"),
+                (
+                    "STOPPING=1",
+                    "STATUS=Stopping: answering the requests already received",
+                ),
+            ],
+        )
+
+    def test_stopBeforeReady(self):
+        """
+        A stop that begins before the reactor ran never sends READY=1 after
+        STOPPING=1.
+        """
+        self.wire()
+        self.service.listening.callback([])
+        self.reactor.fire("before")
+        self.reactor.run()
+        self.assertEqual([m[0] for m in self.sent], ["STOPPING=1"])
+
+    def test_watchdog(self):
+        """
+        The watchdog starts with READY=1, pings through the drain, and stops
+        after shutdown.
+        """
+        self.wire({"WATCHDOG_USEC": "4000000"})
+        self.reactor.run()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.service.listening.callback([])
+        self.reactor.advance(2)
+        self.reactor.fire("before")
+        self.reactor.advance(2)
+        self.assertEqual(
+            [m[0] for m in self.sent],
+            ["READY=1", "WATCHDOG=1", "WATCHDOG=1", "STOPPING=1", "WATCHDOG=1"],
+        )
+        self.reactor.fire("after")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_disabled(self):
+        """
+        Without NOTIFY_SOCKET nothing is hooked anywhere.
+        """
+        self.assertIsNone(
+            notifySystemd(self.service, self.reactor, {"WATCHDOG_USEC": "1000"})
+        )
+        self.assertEqual(self.reactor.triggers, {})
+        self.service.listening.callback([])
+        self.reactor.run()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
