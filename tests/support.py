@@ -1,0 +1,192 @@
+"""
+Running the installed daemon for end-to-end tests: C{twistd -n primed} as a
+subprocess on ephemeral loopback ports, always stopped by the test.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+SEED_VALUES = ["4j", 4, 5, -5, 17, 29, 2**50, 2**50 - 1]
+SEED_REPLIES = [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n", b"F\n", b"F\n"]
+
+_LISTENING = re.compile(r"Listening for (TCP|UDP) on (\S+):(\d+)")
+
+
+def twistdCommand() -> List[str]:
+    """
+    The twistd of the environment running the tests, so the installed
+    dropin is the one under test.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _twistdArgv(args) -> List[str]:
+    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", "primed"] + list(args)
+
+
+class Daemon:
+    """
+    A running C{twistd -n primed}.  Use as a context manager; leaving it stops
+    the process (SIGTERM, then SIGKILL after a bound).
+
+    @ivar tcpPort: the TCP port it listens on (first one), or L{None}.
+    @ivar udpPort: the UDP port it listens on (first one), or L{None}.
+    @ivar log: every line it logged so far (read by L{waitForLog}).
+    """
+
+    def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0):
+        self.args = args
+        self.env = env
+        self.pass_fds = pass_fds
+        self.startTimeout = startTimeout
+        self.tcpPort: Optional[int] = None
+        self.udpPort: Optional[int] = None
+        self.log: List[str] = []
+        self.process: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "Daemon":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        argv = _twistdArgv(
+            self.args
+            or ["--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0"]
+        )
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            pass_fds=self.pass_fds,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
+        os.set_blocking(self.process.stdout.fileno(), False)
+        try:
+            self.waitForLog("Limits:", self.startTimeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _readLog(self) -> None:
+        chunk = self.process.stdout.read()
+        if chunk:
+            self._partial = getattr(self, "_partial", b"") + chunk
+            *lines, self._partial = self._partial.split(b"\n")
+            for line in lines:
+                text = line.decode("utf-8", "replace")
+                self.log.append(text)
+                match = _LISTENING.search(text)
+                if match:
+                    kind, _, port = match.groups()
+                    if kind == "TCP" and self.tcpPort is None:
+                        self.tcpPort = int(port)
+                    elif kind == "UDP" and self.udpPort is None:
+                        self.udpPort = int(port)
+
+    def waitForLog(self, text: str, timeout: float = 10.0) -> str:
+        """
+        Wait until a logged line contains C{text}; return it.
+        """
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            self._readLog()
+            for line in self.log[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.log)
+            if self.process.poll() is not None:
+                self._readLog()
+                raise AssertionError(
+                    f"twistd exited ({self.process.returncode}) before logging "
+                    f"{text!r}:\n" + "\n".join(self.log)
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"twistd did not log {text!r} within {timeout}s:\n" + "\n".join(self.log)
+                )
+            time.sleep(0.02)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """
+        Send SIGTERM and wait for the exit status.
+        """
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self._readLog()
+            time.sleep(0.02)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+            raise AssertionError("twistd did not exit within %ss" % timeout)
+        self._readLog()
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.terminate()
+        except AssertionError:
+            pass
+        finally:
+            self.process.stdout.close()
+
+    def rss(self) -> int:
+        """
+        The daemon's resident set size, in bytes.
+        """
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+def ask(port: int, payload: bytes, timeout: float = 10.0, host: str = "127.0.0.1") -> bytes:
+    """
+    Send C{payload} on a new TCP connection, half-close, and return all
+    that comes back before the server closes.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return readAll(sock, timeout)
+
+
+def readAll(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def askUDP(port: int, payload: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, (host, port))
+        data, _ = sock.recvfrom(65536)
+        return data

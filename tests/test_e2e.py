@@ -1,0 +1,213 @@
+"""
+End to end: the installed C{twistd -n primed}, probed the ways its users
+probe it — the seed chapter's client, netcat, telnet, hundreds of clients.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.trial import unittest
+
+from support import SEED_REPLIES, SEED_VALUES, Daemon, ask, askUDP, readAll, twistdCommand
+
+
+class DaemonTests(unittest.TestCase):
+    """
+    One daemon for the whole class: starting Python and Twisted costs more
+    than every exchange below.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def test_seedClientExchange(self):
+        """
+        The seed chapter's client: one connection per number, C{"%s\\n"},
+        a single C{recv(1024)}.
+        """
+        replies = []
+        for value in SEED_VALUES:
+            with socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10) as s:
+                s.send(("%s\n" % value).encode("utf8"))
+                replies.append(s.recv(1024))
+        self.assertEqual(replies, SEED_REPLIES)
+
+    def test_seedValuesOverUDP(self):
+        replies = [askUDP(self.daemon.udpPort, ("%s\n" % v).encode()) for v in SEED_VALUES]
+        self.assertEqual(replies, SEED_REPLIES)
+
+    def test_netcatHalfClose(self):
+        """
+        C{printf '17\\n18\\n' | nc -N} and C{nc -q1}: both lines answered,
+        then the server closes.
+        """
+        for flags in (["-N"], ["-q1"]):
+            result = subprocess.run(
+                ["nc"] + flags + ["127.0.0.1", str(self.daemon.tcpPort)],
+                input=b"17\n18\n", capture_output=True, timeout=20,
+            )
+            self.assertEqual(result.stdout, b"T\nF\n", flags)
+
+    def test_netcatUDP(self):
+        result = subprocess.run(
+            ["nc", "-u", "-w1", "127.0.0.1", str(self.daemon.udpPort)],
+            input=b"17\n", capture_output=True, timeout=20,
+        )
+        self.assertEqual(result.stdout, b"T\n")
+
+    def test_telnet(self):
+        """
+        telnet sends CRLF and keeps the connection open: the answers come
+        while it is still connected.
+        """
+        process = subprocess.Popen(
+            ["telnet", "127.0.0.1", str(self.daemon.tcpPort)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        try:
+            process.stdin.write(b"17\n1.0\n")
+            process.stdin.flush()
+            time.sleep(1)
+            process.stdin.close()
+            out = process.stdout.read()
+        finally:
+            process.kill()
+            process.wait(10)
+        self.assertIn(b"T\r\nE\r\n".replace(b"\r", b""), out.replace(b"\r", b""))
+
+    def test_framing(self):
+        """
+        Requests split across segments, several in one segment, CRLF, and one
+        byte at a time all get the same answers.
+        """
+        with socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in [b"1", b"7\n2", b"9\r\n4\n5\n", b"x\n"]:
+                s.sendall(piece)
+                time.sleep(0.05)
+            for byte in b"0007\r\n":
+                s.sendall(bytes([byte]))
+                time.sleep(0.01)
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(readAll(s), b"T\nT\nF\nT\nE\nT\n")
+
+    def test_grammar(self):
+        lines = [b"4j", b"1.0", b"1e5", b"0x11", b"1_000", "\u0661\u0667".encode(),
+                 b"--5", b"5 5", b"\x005", b"\xff", b"", b"  ", b"0007", b"-0", b"+7", b"\t 13 \t"]
+        expected = b"E\n" * 12 + b"T\nF\nT\nT\n"
+        self.assertEqual(ask(self.daemon.tcpPort, b"\n".join(lines) + b"\n"), expected)
+
+    def test_orderWithBigAndSmallPipelined(self):
+        """
+        A big prime (pool) then small numbers (inline): replies keep request
+        order.
+        """
+        big = 2**3217 - 1
+        payload = b"".join(b"%d\n" % n for n in [big, 4, 5, big, 7, 2**521 - 1, 9])
+        self.assertEqual(ask(self.daemon.tcpPort, payload), b"T\nF\nT\nT\nT\nT\nF\n")
+
+    def test_overLongLine(self):
+        """
+        A line beyond the limit is answered E, the rest of it skipped, and
+        the connection goes on.
+        """
+        payload = b"7" * 100_000 + b"\n13\n" + b"1" * 4301 + b"\n"
+        self.assertEqual(ask(self.daemon.tcpPort, payload), b"E\nT\nE\n")
+
+    def test_manyConcurrentClients(self):
+        """
+        300 clients connected at once, each answered.
+        """
+        sockets = [socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10)
+                   for _ in range(300)]
+        try:
+            for i, s in enumerate(sockets):
+                s.sendall(b"%d\n" % (i,))
+            for i, s in enumerate(sockets):
+                expected = b"T\n" if i in _PRIMES_BELOW_300 else b"F\n"
+                self.assertEqual(s.recv(16), expected)
+        finally:
+            for s in sockets:
+                s.close()
+
+    def test_emptyDatagramIgnored(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            s.sendto(b"", ("127.0.0.1", self.daemon.udpPort))
+            self.assertRaises(socket.timeout, s.recvfrom, 16)
+        self.assertEqual(askUDP(self.daemon.udpPort, b"29"), b"T\n")
+
+
+_PRIMES_BELOW_300 = {n for n in range(2, 300) if all(n % d for d in range(2, n))}
+
+
+class LifecycleTests(unittest.TestCase):
+    def test_sigtermAnswersWhatWasReceived(self):
+        """
+        SIGTERM while big primes are in the pool and small requests queue
+        behind them: every reply still arrives, then the daemon exits cleanly.
+        """
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp", "--threads", "1") as d:
+            big = 2**4253 - 1
+            requests = [big] * 20 + list(range(1000))  # ~1 s of pool work
+            with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
+                s.sendall(b"".join(b"%d\n" % n for n in requests))
+                time.sleep(0.2)
+                d.process.send_signal(15)
+                data = readAll(s, 30)
+            # twistd ends by re-raising the signal it stopped on, which
+            # systemd counts as a clean exit.
+            self.assertEqual(d.wait(), -15)
+        self.assertEqual(data.count(b"\n"), len(requests))
+        self.assertTrue(data.startswith(b"T\n" * 20 + b"F\nF\nT\nT\nF\nT\n"))
+        self.assertTrue(any("Stopping" in line for line in d.log))
+
+    def test_twistListsAndRunsPrimed(self):
+        """
+        The dropin is visible to both twistd and twist.
+        """
+        out = subprocess.run(twistdCommand() + ["--help"], capture_output=True,
+                             timeout=60).stdout
+        self.assertIn(b"primed", out)
+        out = subprocess.run([sys.executable, "-m", "twisted", "--help"],
+                             capture_output=True, timeout=60).stdout
+        self.assertIn(b"primed", out)
+
+    def test_usageErrors(self):
+        """
+        Bad values name the option, exit non-zero, and print no traceback.
+        """
+        for args, option in [
+            (["--threads", "0"], "threads"),
+            (["--max-digits", "-1"], "max-digits"),
+            (["--listen", "bogus:nope"], "listen"),
+            (["--udp", "host:port"], "udp"),
+        ]:
+            result = subprocess.run(
+                twistdCommand() + ["-n", "primed"] + args, capture_output=True, timeout=60
+            )
+            output = result.stdout + result.stderr
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertIn(option.encode(), output, args)
+            self.assertNotIn(b"Traceback", output, args)
+
+    def test_portInUse(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = subprocess.run(
+                twistdCommand() + ["-n", "--pidfile=", "primed", "--no-udp",
+                                   "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                capture_output=True, timeout=60,
+            )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(b"cannot listen", result.stdout + result.stderr)
