@@ -1,0 +1,189 @@
+"""
+Start, watch and stop the servers a benchmark measures: primed (under
+C{twistd}) and the bare ceiling (C{benchmarks/ceiling.py}).
+
+Each server's output goes to a temporary file, not a pipe: a server that logs
+into a pipe nobody drains would block mid-benchmark.  Ports are read from that
+output, so every server binds port 0 and no two runs collide.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HOST = "127.0.0.1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: twistd from the running interpreter's environment (C{python -m twisted}
+#: is C{twist}, not C{twistd}).
+_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+
+_PRIMED_TCP = re.compile(rb"Listening for TCP on [0-9.]+:(\d+)")
+_PRIMED_UDP = re.compile(rb"Listening for UDP on [0-9.]+:(\d+)")
+_CEILING = re.compile(rb"ceiling tcp=(\d+) udp=(\d+)")
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServerError(Exception):
+    """
+    A server did not start; the message carries the tail of its output.
+    """
+
+
+class Server:
+    """
+    One or more processes answering on one TCP and one UDP port.
+
+    @ivar name: the label used in result tables.
+    @ivar tcpPort: the bound TCP port.
+    @ivar udpPort: the bound UDP port.
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.tcpPort = None
+        self.udpPort = None
+        self._procs = []
+        self._logs = []
+
+    @property
+    def pids(self):
+        return [proc.pid for proc in self._procs]
+
+    def _spawn(self, argv, env=None):
+        log = tempfile.NamedTemporaryFile(prefix="primed-bench-", suffix=".log")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),
+            env=env,
+        )
+        self._procs.append(proc)
+        self._logs.append(log)
+        return proc, log
+
+    def _waitFor(self, proc, log, patterns, timeout=30.0):
+        """
+        Poll C{log} until every pattern matched or C{timeout} passed.
+
+        @return: the match of each pattern.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(log.name, "rb") as f:
+                text = f.read()
+            found = [p.search(text) for p in patterns]
+            if all(found):
+                return found
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise ServerError(
+            f"{self.name} did not report its ports "
+            f"(exit status {proc.poll()}):\n{self.outputTail()}"
+        )
+
+    def outputTail(self, size=4000):
+        """
+        The last C{size} bytes of every process's output, for error messages.
+        """
+        parts = []
+        for log in self._logs:
+            with open(log.name, "rb") as f:
+                parts.append(f.read()[-size:].decode("utf-8", "replace"))
+        return "\n---\n".join(parts)
+
+    def cpuSeconds(self):
+        """
+        User plus system CPU time consumed so far by all the server's
+        processes, all their threads included.
+        """
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # Fields 14 and 15 (utime, stime); the split above starts at 3.
+            total += int(fields[11]) + int(fields[12])
+        return total / _CLOCK_TICKS
+
+    def alive(self):
+        return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
+    def stop(self, timeout=15.0):
+        """
+        SIGTERM every process, SIGKILL what is still there after C{timeout}.
+        Safe to call twice.
+        """
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+
+def startCeiling(processes=1):
+    """
+    Start the bare ceiling; with C{processes > 1}, that many sharing one
+    port through C{SO_REUSEPORT}.
+    """
+    server = Server("ceiling" if processes == 1 else f"ceiling x{processes}")
+    script = os.path.join(HERE, "ceiling.py")
+    try:
+        tcpPort = udpPort = 0
+        for i in range(processes):
+            argv = [sys.executable, script, "--host", HOST]
+            argv += ["--tcp-port", str(tcpPort), "--udp-port", str(udpPort)]
+            if processes > 1:
+                argv.append("--reuseport")
+            proc, log = server._spawn(argv)
+            [match] = server._waitFor(proc, log, [_CEILING])
+            tcpPort, udpPort = int(match.group(1)), int(match.group(2))
+        server.tcpPort, server.udpPort = tcpPort, udpPort
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def startPrimed(processes=1, extra=()):
+    """
+    Start primed under C{twistd -n}; with C{processes > 1}, that many with
+    C{--reuseport} on one port (the first binds port 0, the others its port).
+
+    @param extra: further C{primed} options, e.g. C{["--threads", "2"]}.
+    """
+    server = Server("primed" if processes == 1 else f"primed x{processes}")
+    try:
+        tcpPort = udpPort = 0
+        for i in range(processes):
+            argv = [sys.executable, "-c", _TWISTD, "-n", "-l", "-", "--pidfile="]
+            argv += ["primed", "--listen", f"tcp:{tcpPort}:interface={HOST}"]
+            argv += ["--udp", f"{HOST}:{udpPort}", *extra]
+            if processes > 1:
+                argv.append("--reuseport")
+            proc, log = server._spawn(argv)
+            found = server._waitFor(proc, log, [_PRIMED_TCP, _PRIMED_UDP])
+            tcpPort, udpPort = (int(m.group(1)) for m in found)
+        server.tcpPort, server.udpPort = tcpPort, udpPort
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,389 @@
+"""
+Loopback load benchmark: primed against the bare Twisted ceiling, side by
+side in one run.
+
+    python benchmarks/load.py [--duration 5] [--repeat 2] [--scenarios abcde]
+                              [--generators 1] [--processes 2]
+
+It starts primed (C{twistd -n primed} on port 0, ports read from its log)
+and C{benchmarks/ceiling.py}, then runs every scenario against both,
+interleaved (ceiling, primed, primed, ceiling, ...) so that the machine's
+noise hits both alike, and prints one table: requests/s, p50/p99 latency,
+the server's CPU time per request and the generator's CPU use.  Only ratios
+from one run mean anything on a shared machine; the CPU time per request is
+the steadier figure when the machine is busy.
+
+Scenarios:
+  a  50 connections, one request in flight each
+  b  50 connections, 16 requests pipelined each
+  c  one connection, one request in flight
+  d  UDP: 50 sockets, one datagram in flight each
+  e  like (a), but 1 request in 20 is a 1000-digit prime; p99 is the small
+     requests' (the ceiling answers those at once, so only latency matters)
+
+Small requests are 20-digit numbers below 2**64, one in four of them prime.
+
+With C{--processes N} it also runs scenario (b) against N primed processes
+sharing one port (C{--reuseport}) and N ceilings likewise, next to one of
+each: the two-core figure.  The load generator shares the cores with the
+servers, so its CPU use is printed beside it.
+
+Every process started here is stopped before exit, whatever happens.
+"""
+
+import argparse
+import json
+import multiprocessing
+import random
+import sys
+import time
+
+try:
+    from benchmarks import _loadgen, _servers
+except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    import _loadgen
+    import _servers
+
+
+class Scenario:
+    def __init__(self, key, title, kind, connections, depth=1, bigEvery=0, target=None):
+        self.key = key
+        self.title = title
+        self.kind = kind
+        self.connections = connections
+        self.depth = depth
+        self.bigEvery = bigEvery
+        #: (what, comparison) for the table, e.g. ("ratio", 0.95).
+        self.target = target
+
+
+SCENARIOS = {
+    s.key: s
+    for s in [
+        Scenario("a", "50 conns x 1", "tcp", 50, target=("ratio", 0.95)),
+        Scenario("b", "50 conns x 16", "tcp", 50, depth=16, target=("ratio", 0.8)),
+        Scenario("c", "1 conn x 1", "tcp", 1),
+        Scenario("d", "UDP 50 x 1", "udp", 50, target=("ratio", 0.9)),
+        Scenario("e", "mix 1/20 big", "tcp", 50, bigEvery=20, target=("p99", 10.0)),
+    ]
+}
+
+#: Seconds between starting the workers and the measured window: forking,
+#: connecting and warming up both ends.
+WARMUP = 1.0
+
+
+def makeRequests(seed=8, count=4096, bigCount=2):
+    """
+    The request pool: C{count} 20-digit numbers below 2**64, one in four
+    prime, and C{bigCount} 1000-digit primes (about 1.5 s each to find).
+    """
+    import gmpy2
+
+    rng = random.Random(seed)
+    small = []
+    while len(small) < count:
+        n = rng.randrange(10**19, 2**64)
+        if len(small) % 4 == 0:
+            n = int(gmpy2.next_prime(n))
+            if n >= 2**64:
+                continue
+        small.append(n)
+    big = [int(gmpy2.next_prime(rng.randrange(10**999, 10**1000))) for _ in range(bigCount)]
+    return _loadgen.Requests(small, big)
+
+
+def _worker(pipe, scenario, port, connections, requests, startAt, endAt):
+    """
+    One generator process: run the scenario, send the result dict (or the
+    error's text) back through C{pipe}.
+    """
+    try:
+        if scenario.kind == "udp":
+            result = _loadgen.runUDP(
+                _servers.HOST, port, connections, requests, startAt, endAt
+            )
+        else:
+            result = _loadgen.runTCP(
+                _servers.HOST,
+                port,
+                connections,
+                scenario.depth,
+                requests,
+                startAt,
+                endAt,
+                scenario.bigEvery,
+            )
+    except BaseException as e:
+        result = {"error": f"{type(e).__name__}: {e}"}
+    pipe.send(result)
+    pipe.close()
+
+
+def runOnce(server, scenario, requests, duration, generators):
+    """
+    One measured run of C{scenario} against C{server}, with its connections
+    split over C{generators} processes.
+
+    @return: a dict of figures for the table.
+    """
+    ctx = multiprocessing.get_context("fork")
+    generators = max(1, min(generators, scenario.connections))
+    split = [scenario.connections // generators] * generators
+    for i in range(scenario.connections % generators):
+        split[i] += 1
+    port = server.udpPort if scenario.kind == "udp" else server.tcpPort
+    startAt = time.monotonic() + WARMUP
+    endAt = startAt + duration
+    workers = []
+    try:
+        for connections in split:
+            ours, theirs = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker,
+                args=(theirs, scenario, port, connections, requests, startAt, endAt),
+                daemon=True,
+            )
+            proc.start()
+            theirs.close()
+            workers.append((proc, ours))
+        time.sleep(max(0.0, startAt - time.monotonic()))
+        serverCpu = server.cpuSeconds()
+        time.sleep(max(0.0, endAt - time.monotonic()))
+        serverCpu = server.cpuSeconds() - serverCpu
+        results = []
+        for proc, pipe in workers:
+            if not pipe.poll(max(1.0, endAt + 30 - time.monotonic())):
+                raise RuntimeError("a load generator did not report")
+            results.append(pipe.recv())
+            proc.join(5)
+    finally:
+        for proc, pipe in workers:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            pipe.close()
+    for result in results:
+        if "error" in result:
+            raise RuntimeError(f"load generator against {server.name}: {result['error']}")
+    return _summarize(server.name, scenario, duration, results, serverCpu)
+
+
+def _summarize(name, scenario, duration, results, serverCpu):
+    hist, bigHist = {}, {}
+    for result in results:
+        for merged, part in ((hist, result["hist"]), (bigHist, result["bigHist"])):
+            for key, count in part.items():
+                merged[key] = merged.get(key, 0) + count
+    completed = sum(r["completed"] for r in results)
+    generatorCpu = sum(r["cpu"] for r in results)
+    return {
+        "server": name,
+        "scenario": scenario.key,
+        "rps": completed / duration,
+        "p50": _loadgen.percentile(hist, 0.50),
+        "p99": _loadgen.percentile(hist, 0.99),
+        "bigP50": _loadgen.percentile(bigHist, 0.50),
+        "bigP99": _loadgen.percentile(bigHist, 0.99),
+        "bigCount": sum(bigHist.values()),
+        "errors": sum(r["errors"] for r in results),
+        "lost": sum(r["lost"] for r in results),
+        "serverCpuPerRequest": serverCpu / completed * 1e6 if completed else None,
+        "serverCores": serverCpu / duration,
+        "generatorCores": generatorCpu / duration,
+        "generatorCpuPerRequest": generatorCpu / completed * 1e6 if completed else None,
+    }
+
+
+def interleave(servers, repeat):
+    """
+    The order of runs: forwards, then backwards, and so on (A B B A A B ...),
+    so that a trend in the machine's load favours no server.
+    """
+    order = []
+    for i in range(repeat):
+        order.extend(servers if i % 2 == 0 else servers[::-1])
+    return order
+
+
+def best(runs):
+    """
+    The run with the most requests/s: noise on a shared machine only ever
+    slows a run down.
+    """
+    return max(runs, key=lambda r: r["rps"])
+
+
+def measure(servers, scenarios, requests, args, log):
+    """
+    Run every scenario against every server, interleaved.
+
+    @return: C{{scenarioKey: {serverName: [run, ...]}}}.
+    """
+    table = {}
+    for scenario in scenarios:
+        runs = table.setdefault(scenario.key, {s.name: [] for s in servers})
+        for server in interleave(servers, args.repeat):
+            if not server.alive():
+                raise RuntimeError(f"{server.name} died:\n{server.outputTail()}")
+            run = runOnce(server, scenario, requests, args.duration, args.generators)
+            runs[server.name].append(run)
+            log(_describe(scenario, run))
+    return table
+
+
+def _ms(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _us(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _describe(scenario, run):
+    text = (
+        f"  ({scenario.key}) {run['server']:<11} {run['rps']:>10,.0f} req/s  "
+        f"p50 {_ms(run['p50'])} p99 {_ms(run['p99'])} ms  "
+        f"server {_us(run['serverCpuPerRequest'])} us/req  "
+        f"generator {run['generatorCores']:.2f} cores"
+    )
+    if run["bigCount"]:
+        text += f"  big: {run['bigCount']} p50 {_ms(run['bigP50'])} p99 {_ms(run['bigP99'])} ms"
+    if run["errors"] or run["lost"]:
+        text += f"  errors {run['errors']} lost {run['lost']}"
+    return text
+
+
+def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
+    """
+    The main results table, one row per scenario, best runs compared.
+    """
+    header = (
+        "scenario            primed req/s  ceiling req/s  ratio  target        "
+        "primed p50/p99 ms  ceiling p50/p99 ms  CPU us/req p/c  gen cores p/c"
+    )
+    lines = [header, "-" * len(header)]
+    for scenario in scenarios:
+        runs = table[scenario.key]
+        p, c = best(runs[primed]), best(runs[ceiling])
+        ratio = p["rps"] / c["rps"] if c["rps"] else 0.0
+        target = ""
+        if scenario.target:
+            what, bound = scenario.target
+            if what == "ratio":
+                target = f">={bound:<4} {'ok' if ratio >= bound else 'MISS'}"
+            else:
+                ok = p["p99"] is not None and p["p99"] <= bound
+                target = f"p99<={bound:g}ms {'ok' if ok else 'MISS'}"
+        lines.append(
+            f"({scenario.key}) {scenario.title:<15} {p['rps']:>12,.0f}  {c['rps']:>13,.0f}"
+            f"  {ratio:5.2f}  {target:<12}  "
+            f"{_ms(p['p50']):>8}/{_ms(p['p99']):<8}  {_ms(c['p50']):>8}/{_ms(c['p99']):<9}  "
+            f"{_us(p['serverCpuPerRequest']):>6}/{_us(c['serverCpuPerRequest']):<7}  "
+            f"{p['generatorCores']:.2f}/{c['generatorCores']:.2f}"
+        )
+        if p["bigCount"]:
+            lines.append(
+                f"    big requests on primed: {p['bigCount']} answered, "
+                f"p50 {_ms(p['bigP50'])} ms, p99 {_ms(p['bigP99'])} ms "
+                f"(p50/p99 above are the small requests')"
+            )
+        errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
+        if errors:
+            lines.append(f"    errors or lost replies over all runs: {errors}")
+    return "\n".join(lines)
+
+
+def formatProcessesTable(table, names):
+    """
+    Scenario (b) against one and N processes of each server.
+    """
+    header = "server        req/s  vs x1  p50/p99 ms        server cores  gen cores  gen us/req"
+    lines = [header, "-" * len(header)]
+    runs = table["b"]
+    for name in names:
+        r = best(runs[name])
+        base = best(runs[name.split(" ")[0]])
+        lines.append(
+            f"{name:<11} {r['rps']:>8,.0f}  {r['rps'] / base['rps']:5.2f}  "
+            f"{_ms(r['p50']):>7}/{_ms(r['p99']):<8}  {r['serverCores']:12.2f}  "
+            f"{r['generatorCores']:9.2f}  {_us(r['generatorCpuPerRequest']):>10}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (5)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per server and scenario (2)")
+    parser.add_argument("--scenarios", default="abcde", help="which scenarios (abcde)")
+    parser.add_argument(
+        "--generators", type=int, default=1, help="load-generator processes (1)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also run (b) against this many primed processes on one port",
+    )
+    parser.add_argument(
+        "--primed-arg",
+        action="append",
+        default=[],
+        help="extra option for every primed process (repeatable), e.g. --primed-arg=--threads=4",
+    )
+    parser.add_argument("--json", help="also write every run's figures to this file")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {''.join(sorted(unknown))}")
+    scenarios = [SCENARIOS[k] for k in sorted(set(args.scenarios))]
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    log("preparing requests ...")
+    requests = makeRequests()
+    servers = []
+    output = {"args": vars(args), "main": None, "processes": None}
+    try:
+        servers.append(_servers.startCeiling())
+        servers.append(_servers.startPrimed(extra=args.primed_arg))
+        log(f"ceiling on {servers[0].tcpPort}/{servers[0].udpPort}, "
+            f"primed on {servers[1].tcpPort}/{servers[1].udpPort}")
+        table = measure(servers, scenarios, requests, args, log)
+        output["main"] = table
+        cores = multiprocessing.cpu_count()
+        print(f"\nmachine: {cores} cores; {args.duration:g} s per run, best of "
+              f"{args.repeat}; {args.generators} generator process(es)\n")
+        print(formatTable(table, scenarios))
+        sys.stdout.flush()
+
+        if args.processes > 1:
+            n = args.processes
+            try:
+                servers.append(_servers.startPrimed(n, extra=args.primed_arg))
+            except _servers.ServerError as e:
+                print(f"\nprimed x{n} did not start (is --reuseport there yet?):\n{e}")
+                return 1
+            servers.append(_servers.startCeiling(n))
+            order = [servers[1], servers[2], servers[0], servers[3]]
+            table = measure(order, [SCENARIOS["b"]], requests, args, log)
+            output["processes"] = table
+            print(f"\n(b) with {n} server processes on one port (SO_REUSEPORT):\n")
+            print(formatProcessesTable(table, [s.name for s in order]))
+    finally:
+        for server in servers:
+            server.stop()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(output, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
