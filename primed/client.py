@@ -1,0 +1,800 @@
+"""
+A client for primed: Twisted APIs for TCP and UDP, and the C{primed-client}
+command built on them.
+
+Over TCP one connection carries any number of requests: primed answers them
+in order, so L{PrimedClientProtocol} just keeps a queue of Deferreds and
+fires the oldest with each reply.  Over UDP a reply carries nothing that
+names its request, so L{PrimedUDPClient} gives each request a connected
+socket of its own and matches replies by the port they arrive at.
+"""
+
+import collections
+import os
+import re
+import sys
+import threading
+
+from twisted.internet import defer, endpoints, error, task
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.protocol import DatagramProtocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from primed.wire import Verdict, encodeRequest
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TCP_PORT = 8809
+DEFAULT_UDP_PORT = 8808
+
+#: Seconds: over TCP, to connect and the longest silence while answers are
+#: owed (a 4300-digit check may take a while); over UDP, per attempt.
+DEFAULT_TCP_TIMEOUT = 10.0
+DEFAULT_UDP_TIMEOUT = 1.0
+DEFAULT_RETRIES = 3
+
+#: Requests the command keeps unanswered at once: enough to hide the round
+#: trip, few enough to bound the memory of both ends.  A UDP request holds a
+#: socket, hence the smaller figure.
+TCP_WINDOW = 256
+UDP_WINDOW = 64
+
+# Reply lines as LineReceiver hands them over, so the hot path is one dict
+# lookup; anything else goes through Verdict.fromReply.
+_VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
+
+
+class PrimedError(Exception):
+    """
+    A request that primed did not answer.
+    """
+
+
+class PrimedConnectionLost(PrimedError):
+    """
+    The TCP connection closed before primed answered the request.
+    """
+
+
+class PrimedTimeout(PrimedError):
+    """
+    primed did not answer in time: after every UDP retry, or within the
+    silence a TCP connection tolerates.
+    """
+
+
+class PrimedProtocolError(PrimedError):
+    """
+    The server sent something that is not a verdict, so it is not primed (or
+    the replies can no longer be matched to the requests).
+    """
+
+
+class PrimedRefused(PrimedError):
+    """
+    Nothing listens where the UDP request was sent (ICMP port unreachable).
+    """
+
+
+def _request(number) -> bytes:
+    """
+    The request line for C{number}, refusing text that would make it two
+    lines: over TCP the replies would then no longer match the requests.
+    """
+    request = encodeRequest(number)
+    if b"\n" in request[:-1]:
+        raise ValueError(f"{number!r} is not one line")
+    return request
+
+
+class PrimedClientProtocol(LineReceiver):
+    """
+    Pipelined requests on one TCP connection.
+
+    primed answers a connection's requests in order, so the oldest pending
+    Deferred is always the one a reply belongs to.  L{check} does not limit
+    how many requests are in flight: that is the caller's policy (the
+    command keeps L{TCP_WINDOW}).
+
+    @ivar timeout: L{None}, or the seconds of silence tolerated while answers
+        are owed; then the connection is dropped and the pending requests
+        fail with L{PrimedTimeout}.
+    """
+
+    delimiter = b"\n"
+    # Replies are one letter: a long line means the peer is not primed.
+    MAX_LENGTH = 64
+
+    def __init__(self, timeout=None, clock=None):
+        if timeout is not None and clock is None:
+            raise ValueError("a timeout needs a clock")
+        self.timeout = timeout
+        self._clock = clock
+        self._pending = collections.deque()
+        self._error = None
+        self._lost = False
+        self._timer = None
+        self._lastHeard = 0.0
+
+    def check(self, number) -> defer.Deferred:
+        """
+        Ask whether C{number} (an int, or the text of one: it is sent as
+        given, and primed judges it) is prime.
+
+        @return: a Deferred firing with a L{Verdict}, after those of every
+            earlier request; or failing with a L{PrimedError}.
+        @raise ValueError: if C{number}'s text spans several lines.
+        """
+        request = _request(number)
+        if self._lost:
+            return defer.fail(PrimedConnectionLost("the connection is closed"))
+        if not self._pending and self.timeout is not None:
+            self._lastHeard = self._clock.seconds()
+            if self._timer is None:
+                self._timer = self._clock.callLater(self.timeout, self._checkSilence)
+        d = defer.Deferred()
+        self._pending.append(d)
+        self.transport.write(request)
+        return d
+
+    def dataReceived(self, data):
+        if self.timeout is not None:
+            self._lastHeard = self._clock.seconds()
+        LineReceiver.dataReceived(self, data)
+
+    def lineReceived(self, line):
+        verdict = _VERDICT_OF_LINE.get(line)
+        if verdict is None:
+            try:
+                verdict = Verdict.fromReply(line)
+            except ValueError:
+                self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}"))
+                return
+        if not self._pending:
+            self._abort(PrimedProtocolError("a reply to no request"))
+            return
+        self._pending.popleft().callback(verdict)
+
+    def lineLengthExceeded(self, line):
+        self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}..."))
+
+    def _checkSilence(self):
+        self._timer = None
+        if not self._pending or self._lost:
+            return
+        silence = self._clock.seconds() - self._lastHeard
+        if silence >= self.timeout:
+            self._abort(PrimedTimeout(f"no reply for {self.timeout:g} s"))
+        else:
+            self._timer = self._clock.callLater(
+                self.timeout - silence, self._checkSilence
+            )
+
+    def _abort(self, exception):
+        """
+        Give up on this connection: every pending request fails with
+        C{exception}, since later replies could no longer be trusted.
+        """
+        if self._error is None:
+            self._error = exception
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self._lost = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        pending, self._pending = self._pending, collections.deque()
+        if not pending:
+            return
+        if self._error is not None:
+            error_ = self._error
+        else:
+            error_ = PrimedConnectionLost(
+                f"connection lost before {len(pending)} answers arrived"
+                f" ({reason.getErrorMessage()})"
+            )
+        for d in pending:
+            d.errback(Failure(error_))
+
+
+def connect(reactor, description, timeout=None) -> defer.Deferred:
+    """
+    Connect to primed at a client endpoint string (C{"tcp:host=...:port=..."},
+    C{"unix:path=..."}, C{"ssl:..."}).
+
+    @param timeout: see L{PrimedClientProtocol.timeout}.
+    @return: a Deferred firing with a connected L{PrimedClientProtocol}.
+    """
+    endpoint = endpoints.clientFromString(reactor, description)
+    return endpoints.connectProtocol(endpoint, PrimedClientProtocol(timeout, reactor))
+
+
+class _UDPRequest(DatagramProtocol):
+    """
+    One request on a connected socket of its own.  Any verdict arriving on
+    it answers this request: the socket never carried another, and retries
+    of the same request all get the same answer.
+    """
+
+    def __init__(self, clock, request, timeout, retries):
+        self._clock = clock
+        self._request = request
+        self._timeout = timeout
+        self._retries = retries
+        self._sent = 0
+        self._timer = None
+        self.deferred = defer.Deferred(lambda d: self._stop())
+
+    def send(self):
+        # Arm first: a write may report "refused" synchronously.
+        self._sent += 1
+        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self.transport.write(self._request)
+
+    def _timedOut(self):
+        self._timer = None
+        if self._sent <= self._retries:
+            self.send()
+        else:
+            self._finish(
+                Failure(
+                    PrimedTimeout(
+                        f"no reply after {self._sent} attempts"
+                        f" of {self._timeout:g} s each"
+                    )
+                )
+            )
+
+    def datagramReceived(self, datagram, address):
+        try:
+            verdict = Verdict.fromReply(datagram)
+        except ValueError:
+            return  # Not an answer; keep waiting for one.
+        self._finish(verdict)
+
+    def connectionRefused(self):
+        self._finish(Failure(PrimedRefused("port unreachable")))
+
+    def stopProtocol(self):
+        # Twisted's epoll reactor reports the ICMP "port unreachable" of a
+        # connected UDP socket by dropping the port rather than calling
+        # connectionRefused: a port closing under an unanswered request
+        # means the same thing.
+        self.connectionRefused()
+
+    def _stop(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.transport is not None:
+            self.transport.stopListening()
+
+    def _finish(self, result):
+        if self.deferred.called:
+            return
+        self._stop()
+        self.deferred.callback(result)
+
+
+class PrimedUDPClient:
+    """
+    Ask primed over UDP, retrying lost requests.
+
+    A reply is just C{T}, C{F} or C{E}: it does not say which request it
+    answers.  Sharing one socket between requests would therefore be wrong
+    as soon as a datagram is lost, duplicated or reordered (a late reply to
+    a retried request would answer the next one).  So each request gets a
+    fresh socket connected to the server: the kernel delivers only the
+    server's datagrams to it, the socket is closed when the answer arrives,
+    and an ICMP "port unreachable" fails the request at once instead of
+    waiting for every retry.  The price is a bind and a close per request.
+
+    @ivar timeout: seconds to wait for each attempt.
+    @ivar retries: attempts after the first before giving up with
+        L{PrimedTimeout}.
+    """
+
+    def __init__(
+        self, reactor, host, port, timeout=DEFAULT_UDP_TIMEOUT, retries=DEFAULT_RETRIES
+    ):
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.retries = retries
+        self._address = host if _isIPAddress(host) else None
+
+    def check(self, number) -> defer.Deferred:
+        """
+        Ask whether C{number} (an int, or the text of one) is prime.
+
+        @return: a Deferred firing with a L{Verdict}, or failing with
+            L{PrimedTimeout} or L{PrimedRefused}; unlike TCP, in the order
+            the answers arrive.
+        @raise ValueError: if C{number}'s text spans several lines.
+        """
+        request = _request(number)
+        if self._address is not None:
+            return defer.maybeDeferred(self._ask, self._address, request)
+        d = self._reactor.resolve(self.host)
+        d.addCallback(self._resolved)
+        d.addCallback(self._ask, request)
+        return d
+
+    def _resolved(self, address):
+        self._address = address
+        return address
+
+    def _ask(self, address, request):
+        asking = _UDPRequest(
+            self._reactor,
+            request,
+            self.timeout,
+            self.retries,
+        )
+        interface = "::" if isIPv6Address(address) else ""
+        port = self._reactor.listenUDP(0, asking, interface=interface)
+        port.connect(address, self.port)
+        asking.send()
+        return asking.deferred
+
+
+def _isIPAddress(host):
+    return isIPAddress(host) or isIPv6Address(host)
+
+
+def _hostPort(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# The command.
+
+
+class Options(usage.Options):
+    synopsis = "primed-client [options] [NUMBER ...]"
+    longdesc = (
+        "Ask primed whether each NUMBER is prime; with no NUMBER, read them "
+        "from standard input, one per line. Prints each input, a tab and "
+        "'prime', 'not prime' or 'invalid', in input order. Exit status: 0 "
+        "if every input was answered, 1 if not, 2 for a usage error."
+    )
+
+    optFlags = [
+        ["udp", "u", "Ask over UDP (default port %d)." % DEFAULT_UDP_PORT],
+        ["raw", "r", "Print only the verdict letter: T, F or E."],
+    ]
+    optParameters = [
+        ["host", "H", DEFAULT_HOST, "Server address or name."],
+        [
+            "port",
+            "p",
+            None,
+            "Server port [default: %d, or %d with --udp]."
+            % (DEFAULT_TCP_PORT, DEFAULT_UDP_PORT),
+        ],
+        [
+            "endpoint",
+            "e",
+            None,
+            "A Twisted client endpoint string (tcp:, unix:, ssl:) "
+            "instead of --host and --port; TCP only.",
+        ],
+        [
+            "timeout",
+            "t",
+            None,
+            "Seconds: over TCP, to connect and the longest silence while "
+            "answers are owed [default: %g]; over UDP, per attempt "
+            "[default: %g]." % (DEFAULT_TCP_TIMEOUT, DEFAULT_UDP_TIMEOUT),
+        ],
+        [
+            "retries",
+            "n",
+            str(DEFAULT_RETRIES),
+            "UDP attempts after the first before giving up.",
+        ],
+    ]
+
+    # Options that take a value, for _protectNegatives.
+    _valued = {"-H", "-p", "-e", "-t", "-n", "--host", "--port", "--endpoint",
+               "--timeout", "--retries"}
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["numbers"] = []
+
+    def parseOptions(self, options=None):
+        if options is None:
+            options = sys.argv[1:]
+        usage.Options.parseOptions(self, self._protectNegatives(list(options)))
+
+    def _protectNegatives(self, arguments):
+        """
+        Let C{primed-client -5 17} mean numbers, not an unknown option C{-5}:
+        insert C{--} before the first argument that looks like a negative
+        number and is not an option's value.
+        """
+        index = 0
+        while index < len(arguments):
+            argument = arguments[index]
+            if argument == "--" or not argument.startswith("-"):
+                break
+            if re.match(r"-[0-9]", argument):
+                return arguments[:index] + ["--"] + arguments[index:]
+            index += 2 if argument in self._valued else 1
+        return arguments
+
+    def opt_version(self):
+        """
+        Display the version and exit.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print("primed-client", version("primed"))
+        except PackageNotFoundError:
+            print("primed-client (not installed)")
+        sys.exit(0)
+
+    def parseArgs(self, *numbers):
+        self["numbers"] = list(numbers)
+
+    def postOptions(self):
+        udp = self["udp"]
+        if self["endpoint"] is not None:
+            if udp:
+                raise usage.UsageError("--endpoint is for TCP; use --host with --udp")
+            if self["port"] is not None or self["host"] != DEFAULT_HOST:
+                raise usage.UsageError("give either --endpoint or --host/--port")
+        self["port"] = _number(
+            "--port", self["port"], int, DEFAULT_UDP_PORT if udp else DEFAULT_TCP_PORT
+        )
+        if not 0 < self["port"] < 65536:
+            raise usage.UsageError("--port must be between 1 and 65535")
+        self["timeout"] = _number(
+            "--timeout",
+            self["timeout"],
+            float,
+            DEFAULT_UDP_TIMEOUT if udp else DEFAULT_TCP_TIMEOUT,
+        )
+        if not 0 < self["timeout"] < float("inf"):
+            raise usage.UsageError("--timeout must be a positive number of seconds")
+        self["retries"] = _number("--retries", self["retries"], int, DEFAULT_RETRIES)
+        if self["retries"] < 0:
+            raise usage.UsageError("--retries must be 0 or more")
+
+    def where(self):
+        """
+        The server, as the error messages name it.
+        """
+        if self["endpoint"] is not None:
+            return self["endpoint"]
+        return _hostPort(self["host"], self["port"])
+
+
+def _number(name, text, kind, default):
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise usage.UsageError(f"{name}: not a number: {text!r}") from None
+
+
+_WORDS = {
+    Verdict.PRIME: b"\tprime\n",
+    Verdict.NOT_PRIME: b"\tnot prime\n",
+    Verdict.INVALID: b"\tinvalid\n",
+}
+_LETTERS = {verdict: verdict.reply for verdict in Verdict}
+
+
+class _Run:
+    """
+    Feed inputs to C{check} with at most C{window} unanswered, and print the
+    answers in input order.
+
+    The output is always a prefix of the inputs: the first request primed
+    does not answer stops the run, and L{finished} fails with its error.
+
+    @ivar finished: fires with L{None} once every input given before L{end}
+        is printed.
+    """
+
+    def __init__(self, check, window, write, flush, wantInput=lambda: None):
+        self._check = check
+        self._window = window
+        self._write = write
+        self._flush = flush
+        self._wantInput = wantInput
+        self._queued = collections.deque()  # inputs not sent yet
+        self._sent = collections.deque()  # [input, verdict], input order
+        self._inFlight = 0
+        self._pumping = False
+        self._asked = False
+        self._ended = False
+        self.finished = defer.Deferred()
+
+    def feed(self, inputs):
+        """
+        Queue C{inputs} (the bytes each was given as).
+        """
+        self._asked = False
+        self._queued.extend(inputs)
+        self._pump()
+
+    def end(self):
+        """
+        No more inputs.
+        """
+        self._ended = True
+        self._pump()
+
+    def fail(self, reason):
+        """
+        Stop, and fail L{finished} with C{reason}.
+        """
+        if not self.finished.called:
+            self._flush()
+            self.finished.errback(reason)
+
+    def _pump(self):
+        # Replies may fire synchronously, calling back here: the flag turns
+        # that recursion into another turn of this loop.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queued and self._inFlight < self._window:
+                if self.finished.called:
+                    return
+                text = self._queued.popleft()
+                slot = [text, None]
+                self._sent.append(slot)
+                self._inFlight += 1
+                try:
+                    d = self._check(text.decode("utf-8", "surrogateescape"))
+                except ValueError:
+                    d = defer.succeed(Verdict.INVALID)
+                d.addCallbacks(self._answered, self.fail, (slot,))
+        finally:
+            self._pumping = False
+        if self.finished.called:
+            return
+        if self._inFlight == 0 and not self._queued:
+            self._flush()
+            if self._ended:
+                self.finished.callback(None)
+                return
+        if not (self._ended or self._asked) and len(self._queued) < self._window:
+            self._asked = True
+            self._wantInput()
+
+    def _answered(self, verdict, slot):
+        if self.finished.called:
+            return
+        slot[1] = verdict
+        self._inFlight -= 1
+        sent, write = self._sent, self._write
+        while sent and sent[0][1] is not None:
+            text, verdict = sent.popleft()
+            write(text, verdict)
+        self._pump()
+
+
+class InputError(Exception):
+    """
+    The numbers to ask about could not be read.
+    """
+
+
+class _StdinReader:
+    """
+    Read a file descriptor in chunks, in a daemon thread, one chunk per
+    L{more}.
+
+    A thread rather than the reactor: standard input may be a regular file
+    or C{/dev/null}, which epoll refuses, and a non-blocking descriptor
+    would leak into whoever shares it.  A daemon thread rather than the
+    reactor's pool: a read blocked on a terminal must not hold up exit.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, reactor, fd, lines, end, fail):
+        self._reactor = reactor
+        self._fd = fd
+        self._lines = lines
+        self._end = end
+        self._fail = fail
+        self._wanted = threading.Event()
+        self._partial = b""
+
+    def start(self):
+        threading.Thread(target=self._read, name="stdin", daemon=True).start()
+
+    def more(self):
+        """
+        Ask for the next chunk.
+        """
+        self._wanted.set()
+
+    def _read(self):
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                data = os.read(self._fd, self.CHUNK)
+            except OSError as e:
+                failure = Failure(InputError(f"cannot read standard input: {e.strerror}"))
+                self._reactor.callFromThread(self._fail, failure)
+                return
+            self._reactor.callFromThread(self._received, data)
+            if not data:
+                return
+
+    def _received(self, data):
+        if not data:
+            if self._partial:
+                self._lines([_displayed(self._partial)])
+            self._end()
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        self._lines([_displayed(line) for line in lines])
+
+
+def _displayed(line):
+    # A CR before the newline belongs to the line ending, not the input.
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class _Output:
+    """
+    Answer lines on standard output, flushed when the run waits or ends; a
+    reader gone away (C{| head}) stops the run quietly.
+    """
+
+    def __init__(self, stream, raw):
+        self._stream = stream
+        self._words = _LETTERS if raw else _WORDS
+        self._raw = raw
+        self.broken = False
+
+    def write(self, text, verdict):
+        if self.broken:
+            return
+        try:
+            if self._raw:
+                self._stream.write(self._words[verdict])
+            else:
+                self._stream.write(text + self._words[verdict])
+        except BrokenPipeError:
+            self._broke()
+
+    def flush(self):
+        if self.broken:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._broke()
+
+    def _broke(self):
+        # As the Python documentation advises: point stdout at /dev/null so
+        # the interpreter's own flush at exit cannot complain again.
+        self.broken = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+
+async def run(reactor, options, stdin, stdout, stderr) -> int:
+    """
+    The command, given parsed L{Options}.
+
+    @param stdin: the descriptor to read numbers from when none were given.
+    @param stdout: a binary stream for the answers.
+    @param stderr: a text stream for the one-line error.
+    @return: the exit status.
+    """
+    output = _Output(stdout, options["raw"])
+    where = options.where()
+    if options["udp"]:
+        client = PrimedUDPClient(
+            reactor, options["host"], options["port"], options["timeout"], options["retries"]
+        )
+        check, window, connection = client.check, UDP_WINDOW, None
+    else:
+        try:
+            connection = await _connectTCP(reactor, options)
+        except Exception as e:
+            stderr.write(f"primed-client: cannot connect to {where}: {_reason(e)}\n")
+            return 1
+        check, window = connection.check, TCP_WINDOW
+
+    def wantInput():
+        if reader is not None:
+            reader.more()
+
+    reader = None
+    job = _Run(check, window, output.write, output.flush, wantInput)
+
+    def interrupted():
+        job.fail(Failure(KeyboardInterrupt()))
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+    if options["numbers"]:
+        job.feed([os.fsencode(number) for number in options["numbers"]])
+        job.end()
+    else:
+        reader = _StdinReader(reactor, stdin, job.feed, job.end, job.fail)
+        reader.start()
+        job.feed([])
+    try:
+        await job.finished
+    except KeyboardInterrupt:
+        return 1
+    except InputError as e:
+        stderr.write(f"primed-client: {e}\n")
+        return 1
+    except Exception as e:
+        if not output.broken:
+            stderr.write(f"primed-client: {where}: {_reason(e)}\n")
+        return 1
+    finally:
+        reactor.removeSystemEventTrigger(trigger)
+        if connection is not None:
+            connection.transport.loseConnection()
+    return 1 if output.broken else 0
+
+
+async def _connectTCP(reactor, options):
+    timeout = options["timeout"]
+    if options["endpoint"] is not None:
+        endpoint = endpoints.clientFromString(reactor, options["endpoint"])
+    else:
+        endpoint = endpoints.HostnameEndpoint(
+            reactor, options["host"], options["port"], timeout=timeout
+        )
+    connecting = endpoints.connectProtocol(
+        endpoint, PrimedClientProtocol(timeout, reactor)
+    )
+    # Endpoints without a timeout of their own (unix:, ssl: as given) still
+    # get one.
+    connecting.addTimeout(timeout + 1, reactor)
+    return await connecting
+
+
+def _reason(e):
+    if isinstance(e, defer.TimeoutError):
+        return "timed out"
+    if isinstance(e, error.ConnectError) and isinstance(e.osError, int):
+        return os.strerror(e.osError)
+    message = str(e).strip()
+    return message or type(e).__name__
+
+
+def main(argv=None):
+    """
+    The C{primed-client} console script.
+    """
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"primed-client: {e}\nTry 'primed-client --help'.\n")
+        sys.exit(2)
+
+    async def command(reactor):
+        code = await run(reactor, options, 0, sys.stdout.buffer, sys.stderr)
+        if code:
+            raise SystemExit(code)
+
+    task.react(command)
+
+
+if __name__ == "__main__":
+    main()
