@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import wire
+from primed import sdnotify, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -159,4 +159,7 @@ def makeService(config, reactor=None):
     top = service.MultiService()
     primed.setName("primed")
     primed.setServiceParent(top)
+    # Under systemd (Type=notify): READY=1 once every listener is bound,
+    # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
+    sdnotify.notifySystemd(primed, reactor, os.environ)
     return top
