@@ -127,7 +127,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         for a long check is not idle, a client dribbling half a line is.
         """
         if self._pending or self._held:
-            self.resetTimeout()
+            self.setTimeout(self.factory.idleTimeout)  # the timer is spent: re-arm
             return
         self._log.info("Closing idle connection from {peer}", peer=self._peer())
         self.transport.abortConnection()
@@ -272,6 +272,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             ready.append(pending.popleft()[0])
         if ready:
             self.transport.write(b"".join(ready))
+            self.resetTimeout()  # idle time counts from the last reply
         if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
             self._unpause(PAUSED_BY_INFLIGHT)
         self._finishIfDone()
@@ -282,7 +283,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Pausing, for any number of reasons at once.
 
     def _pause(self, reason: str) -> None:
-        if not self._paused:
+        if not self._paused and not self._closing and not self._lost:
             self.transport.pauseProducing()
         self._paused.add(reason)
 
@@ -292,7 +293,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self._paused.discard(reason)
         if reason in _HOLDING:
             self._processHeld()
-        if not self._paused and not self._readClosed and not self._lost:
+        if not (self._paused or self._readClosed or self._closing or self._lost):
             self.transport.resumeProducing()
         self._finishIfDone()
 

@@ -82,10 +82,14 @@ def parseRequest(line: bytes, maxDigits: int = DEFAULT_MAX_DIGITS) -> Optional[i
     Parse one request line (without its C{\\n}; a trailing C{\\r} is allowed).
 
     @return: the integer, or L{None} when the answer must be C{E}: the line is
-        not in the grammar, or has more than C{maxDigits} significant digits
-        (leading zeros do not count).  Oversized numbers are refused before any
+        not in the grammar, has more than C{maxDigits} significant digits
+        (leading zeros do not count), or is longer than L{maxLineLength} —
+        the limit a stream receiver enforces before a line is complete, so
+        the answer never depends on how the bytes were segmented.  Oversized numbers are refused before any
         conversion, so their cost is one regular-expression scan.
     """
+    if len(line) > maxDigits + LINE_SLACK:
+        return None
     match = _REQUEST.fullmatch(line)
     if match is None:
         return None

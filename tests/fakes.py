@@ -1,0 +1,116 @@
+"""
+Test doubles for what primed is handed: a reactor that runs thread callbacks
+at once and keeps a fake clock, a thread pool the test drives by hand, and a
+datagram transport that records what was sent.
+"""
+
+from typing import List, Tuple
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from primed.checker import PrimeChecker
+from primed.tcp import PrimeLineFactory
+from primed.udp import PrimeDatagramProtocol
+
+
+class ThreadlessReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} whose C{callFromThread} runs the call at once:
+    the hand-driven pool below calls it from the test's own thread.
+    """
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class HandDrivenPool:
+    """
+    Provides C{callInThreadWithCallback} like
+    L{twisted.python.threadpool.ThreadPool}, but only runs work when the test
+    says so, in any order it likes.
+    """
+
+    def __init__(self):
+        self.work: List[Tuple] = []
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.work.append((onResult, f, args, kwargs))
+
+    def run(self, index: int = 0) -> None:
+        onResult, f, args, kwargs = self.work.pop(index)
+        try:
+            result = f(*args, **kwargs)
+        except BaseException as e:
+            onResult(False, e)
+        else:
+            onResult(True, result)
+
+    def runAll(self) -> None:
+        while self.work:
+            self.run()
+
+
+class SynchronousPool(HandDrivenPool):
+    """
+    Runs work the moment it is handed over.
+    """
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        HandDrivenPool.callInThreadWithCallback(self, onResult, f, *args, **kwargs)
+        self.run()
+
+
+class FakeDatagramTransport:
+    """
+    Records C{write(data, addr)} calls, like a UDP port would send them.
+    """
+
+    def __init__(self):
+        self.written: List[Tuple[bytes, tuple]] = []
+
+    def write(self, data, addr):
+        self.written.append((data, addr))
+
+
+def makeChecker(pool=None, reactor=None, **limits) -> PrimeChecker:
+    return PrimeChecker(
+        reactor or ThreadlessReactor(), pool or HandDrivenPool(), **limits
+    )
+
+
+def connect(factory: PrimeLineFactory, transport=None):
+    """
+    Build a protocol from C{factory} and connect it to a L{StringTransport}.
+    """
+    protocol = factory.buildProtocol(None)
+    transport = transport or StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def makeFactory(checker=None, reactor=None, **options) -> PrimeLineFactory:
+    reactor = reactor or ThreadlessReactor()
+    checker = checker or makeChecker(reactor=reactor)
+    return PrimeLineFactory(checker, reactor, **options)
+
+
+def makeDatagramProtocol(checker=None, **options):
+    checker = checker or makeChecker()
+    protocol = PrimeDatagramProtocol(checker, checker.reactor, **options)
+    transport = FakeDatagramTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+__all__ = [
+    "Clock",
+    "ThreadlessReactor",
+    "HandDrivenPool",
+    "SynchronousPool",
+    "FakeDatagramTransport",
+    "makeChecker",
+    "makeFactory",
+    "makeDatagramProtocol",
+    "connect",
+]

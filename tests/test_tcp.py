@@ -1,0 +1,352 @@
+"""
+Tests for L{primed.tcp}: framing, ordering, backpressure, half-close, idle
+timeout, connection limit and draining, through a L{StringTransport}.
+"""
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from fakes import HandDrivenPool, SynchronousPool, ThreadlessReactor, connect, makeChecker, makeFactory
+from primed import wire
+from primed.primality import is_prime
+
+BIG_PRIME = 2**607 - 1  # above INLINE_MAX_BITS: goes to the pool
+BIG_COMPOSITE = (2**607 - 1) * (2**521 - 1)
+
+
+class CountingTransport(StringTransport):
+    """
+    Counts writes, to check that one read's replies leave in one write.
+    """
+
+    writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        StringTransport.write(self, data)
+
+
+class Harness:
+    """
+    A factory on a hand-driven pool and a fake clock, and helpers to open
+    connections to it.
+    """
+
+    def __init__(self, pool=None, maxQueued=64, **options):
+        self.reactor = ThreadlessReactor()
+        self.pool = pool if pool is not None else HandDrivenPool()
+        self.checker = makeChecker(self.pool, self.reactor, maxQueued=maxQueued)
+        self.factory = makeFactory(self.checker, self.reactor, **options)
+
+    def connect(self, transport=None):
+        return connect(self.factory, transport or CountingTransport())
+
+
+class FramingTests(unittest.TestCase):
+    def setUp(self):
+        self.harness = Harness()
+        self.protocol, self.transport = self.harness.connect()
+
+    def test_seedValues(self):
+        for value, reply in zip(
+            ["4j", 4, 5, -5, 17, 29, 2**50, 2**50 - 1],
+            [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n", b"F\n", b"F\n"],
+        ):
+            self.transport.clear()
+            self.protocol.dataReceived(b"%s\n" % str(value).encode())
+            self.assertEqual(self.transport.value(), reply)
+
+    def test_severalLinesOneWrite(self):
+        self.protocol.dataReceived(b"2\n3\n4\r\n5\nx\n")
+        self.assertEqual(self.transport.value(), b"T\nT\nF\nT\nE\n")
+        self.assertEqual(self.transport.writes, 1)
+
+    def test_byteByByte(self):
+        for byte in b"17\r\n18\n":
+            self.protocol.dataReceived(bytes([byte]))
+        self.assertEqual(self.transport.value(), b"T\nF\n")
+
+    def test_splitAcrossReads(self):
+        self.protocol.dataReceived(b"1")
+        self.assertEqual(self.transport.value(), b"")
+        self.protocol.dataReceived(b"3\n1")
+        self.protocol.dataReceived(b"5\n")
+        self.assertEqual(self.transport.value(), b"T\nF\n")
+
+    def test_connectionSurvivesErrors(self):
+        self.protocol.dataReceived(b"nope\n\n1.5\n7\n")
+        self.assertEqual(self.transport.value(), b"E\nE\nE\nT\n")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_overLongLineAnsweredAndSkipped(self):
+        """
+        A line past the limit is answered E as soon as it is too long, the
+        buffer never holds more than the limit plus one read, and the line
+        after it is answered.
+        """
+        limit = wire.maxLineLength(wire.DEFAULT_MAX_DIGITS)
+        chunk = b"9" * 65536
+        for _ in range(64):  # 4 MiB without a newline
+            self.protocol.dataReceived(chunk)
+            self.assertLessEqual(len(self.protocol._buffer), limit + len(chunk))
+        self.assertEqual(self.transport.value(), b"E\n")
+        self.protocol.dataReceived(b"99\n13\n")
+        self.assertEqual(self.transport.value(), b"E\nT\n")
+
+    def test_tooManyDigits(self):
+        self.protocol.dataReceived(b"1" * 4301 + b"\n" + b"0" * 5000 + b"7\n")
+        self.assertEqual(self.transport.value(), b"E\nE\n")
+
+    def test_maxDigitsOption(self):
+        protocol, transport = Harness(maxDigits=3).connect()
+        protocol.dataReceived(b"997\n1009\n0000997\n")
+        self.assertEqual(transport.value(), b"T\nE\nT\n")
+
+    def test_lineReceived(self):
+        """
+        L{LineReceiver}'s interface still works.
+        """
+        self.protocol.lineReceived(b"13")
+        self.assertEqual(self.transport.value(), b"T\n")
+
+
+class OrderingTests(unittest.TestCase):
+    def setUp(self):
+        self.harness = Harness()
+        self.pool = self.harness.pool
+        self.protocol, self.transport = self.harness.connect()
+
+    def test_smallWaitsBehindBig(self):
+        self.protocol.dataReceived(b"4\n%d\n5\n6\n" % BIG_PRIME)
+        self.assertEqual(self.transport.value(), b"F\n")
+        self.assertEqual(len(self.pool.work), 1)
+        self.pool.run()
+        self.assertEqual(self.transport.value(), b"F\nT\nT\nF\n")
+
+    def test_bigOnesFinishOutOfOrder(self):
+        self.protocol.dataReceived(b"%d\n%d\n7\n" % (BIG_COMPOSITE, BIG_PRIME))
+        self.pool.run(1)  # the second finishes first
+        self.assertEqual(self.transport.value(), b"")
+        self.pool.run(0)
+        self.assertEqual(self.transport.value(), b"F\nT\nT\n")
+
+    def test_synchronousPoolKeepsOrder(self):
+        protocol, transport = Harness(pool=SynchronousPool()).connect()
+        protocol.dataReceived(b"4\n5\n%d\n9\n" % BIG_PRIME)
+        self.assertEqual(transport.value(), b"F\nT\nT\nF\n")
+
+    def test_failedCheckAnswersE(self):
+        self.protocol.dataReceived(b"%d\n3\n" % BIG_PRIME)
+        onResult, f, args, kwargs = self.pool.work.pop()
+        onResult(False, RuntimeError("boom"))
+        self.assertEqual(self.transport.value(), b"E\nT\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BackpressureTests(unittest.TestCase):
+    def test_inflightBoundPausesReading(self):
+        harness = Harness(maxInflight=2)
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"%d\n%d\n3\n5\n" % (BIG_PRIME, BIG_PRIME))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(harness.pool.work), 2)
+        harness.pool.run()
+        self.assertEqual(transport.value(), b"T\n")
+        self.assertEqual(transport.producerState, "paused")  # 2 pending again
+        harness.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nT\nT\n")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_poolFullPausesUntilRoom(self):
+        """
+        With room for one pool check, a second connection's big number waits:
+        that connection stops reading, and resumes when the pool frees up.
+        """
+        harness = Harness(maxQueued=1)
+        first, firstTransport = harness.connect()
+        second, secondTransport = harness.connect()
+        first.dataReceived(b"%d\n" % BIG_PRIME)
+        second.dataReceived(b"3\n%d\n5\n" % BIG_COMPOSITE)
+        self.assertEqual(secondTransport.value(), b"T\n")
+        self.assertEqual(secondTransport.producerState, "paused")
+        self.assertEqual(len(harness.pool.work), 1)
+        harness.pool.run()
+        self.assertEqual(firstTransport.value(), b"T\n")
+        self.assertEqual(len(harness.pool.work), 1)  # second's number, now
+        harness.pool.run()
+        self.assertEqual(secondTransport.value(), b"T\nF\nT\n")
+        self.assertEqual(secondTransport.producerState, "producing")
+
+    def test_consumerPauseStopsReading(self):
+        """
+        When the client does not read (the transport pauses us), reading
+        stops until the transport resumes us, whatever else happens.
+        """
+        harness = Harness(maxInflight=1)
+        protocol, transport = harness.connect()
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        protocol.dataReceived(b"%d\n7\n" % BIG_PRIME)  # inflight pause too
+        harness.pool.runAll()
+        self.assertEqual(transport.producerState, "paused")
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.value(), b"T\nT\n")
+
+
+class HalfCloseTests(unittest.TestCase):
+    def setUp(self):
+        self.harness = Harness()
+        self.protocol, self.transport = self.harness.connect()
+
+    def test_answersThenCloses(self):
+        self.protocol.dataReceived(b"17\n%d\n18\n" % BIG_PRIME)
+        self.protocol.readConnectionLost()
+        self.assertFalse(self.transport.disconnecting)
+        self.harness.pool.run()
+        self.assertEqual(self.transport.value(), b"T\nT\nF\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unterminatedLastLine(self):
+        self.protocol.dataReceived(b"17\n19")
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.transport.value(), b"T\nT\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_nothingPending(self):
+        self.protocol.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_lostWithPendingDropsQuietly(self):
+        self.protocol.dataReceived(b"%d\n5\n" % BIG_PRIME)
+        self.transport.loseConnection()
+        self.protocol.connectionLost(None)
+        self.harness.pool.run()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.harness.factory.protocols, set())
+
+
+class IdleTimeoutTests(unittest.TestCase):
+    def setUp(self):
+        self.harness = Harness(idleTimeout=300)
+        self.clock = self.harness.reactor
+        self.protocol, self.transport = self.harness.connect()
+
+    def test_idleConnectionClosed(self):
+        self.clock.advance(299)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_requestsKeepItOpen(self):
+        for _ in range(5):
+            self.clock.advance(200)
+            self.protocol.dataReceived(b"7\n")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_halfLineDoesNotKeepItOpen(self):
+        """
+        Slowloris: dribbling digits without a newline is idle.
+        """
+        for _ in range(3):
+            self.protocol.dataReceived(b"1")
+            self.clock.advance(100)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_pendingReplyKeepsItOpen(self):
+        self.protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        self.clock.advance(1000)
+        self.assertFalse(self.transport.disconnecting)
+        self.harness.pool.run()
+        self.clock.advance(300)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_zeroMeansNever(self):
+        harness = Harness(idleTimeout=0)
+        protocol, transport = harness.connect()
+        harness.reactor.advance(10**6)
+        self.assertFalse(transport.disconnecting)
+
+
+class FactoryTests(unittest.TestCase):
+    def test_connectionLimit(self):
+        harness = Harness(maxConnections=2)
+        harness.connect()
+        harness.connect()
+        self.assertIsNone(harness.factory.buildProtocol(None))
+        self.assertEqual(harness.factory.refused, 1)
+
+    def test_drainAnswersThenCloses(self):
+        harness = Harness()
+        busy, busyTransport = harness.connect()
+        idle, idleTransport = harness.connect()
+        busy.dataReceived(b"%d\n3\n" % BIG_PRIME)
+        drained = harness.factory.drain()
+        self.assertTrue(idleTransport.disconnecting)
+        self.assertFalse(busyTransport.disconnecting)
+        self.assertEqual(busyTransport.producerState, "paused")
+        idle.connectionLost(None)
+        harness.pool.run()
+        self.assertEqual(busyTransport.value(), b"T\nT\n")
+        self.assertTrue(busyTransport.disconnecting)
+        self.assertNoResult(drained)
+        busy.connectionLost(None)
+        self.successResultOf(drained)
+        self.assertIsNone(harness.factory.buildProtocol(None))
+
+    def test_abortAllCountsUnanswered(self):
+        harness = Harness()
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"%d\n3\n4\n" % BIG_PRIME)
+        self.assertEqual(harness.factory.abortAll(), 1)
+        self.assertTrue(transport.disconnected)
+
+    def test_verboseLogsVerdicts(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = Harness(verbose=True).connect()
+        protocol.dataReceived(b"17\n")
+        self.assertTrue(any(e.get("request") == b"17" and e.get("verdict") == "T"
+                            for e in events))
+
+
+# Fuzzing: random byte streams, cut at random points.
+
+_lines = st.one_of(
+    st.binary(max_size=12),
+    st.integers(-(10**30), 10**30).map(lambda n: str(n).encode()),
+    st.sampled_from([BIG_PRIME, BIG_COMPOSITE]).map(lambda n: b"%d" % n),
+    st.sampled_from([b" 7\r", b"+13\t", b"0007", b"-0", b"\r", b"4j", "\u0661".encode()]),
+)
+
+
+@st.composite
+def _streams(draw):
+    lines = draw(st.lists(_lines.filter(lambda l: b"\n" not in l), max_size=40))
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    pieces = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    return lines, pieces
+
+
+class FuzzTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(_streams(), st.booleans())
+    def test_oneVerdictPerLineInOrder(self, streamAndPieces, handDriven):
+        """
+        Exactly one reply per complete line, equal to what L{wire} gives that
+        line alone, in order; no exception escapes.
+        """
+        lines, pieces = streamAndPieces
+        harness = Harness(pool=None if handDriven else SynchronousPool(), maxInflight=8)
+        protocol, transport = harness.connect()
+        for piece in pieces:
+            protocol.dataReceived(piece)
+            harness.pool.runAll()
+        expected = b"".join(wire.replyFor(line, is_prime) for line in lines)
+        self.assertEqual(transport.value(), expected)
