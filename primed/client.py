@@ -225,13 +225,18 @@ class _UDPRequest(DatagramProtocol):
         self._retries = retries
         self._sent = 0
         self._timer = None
+        self._done = False
         self.deferred = defer.Deferred(lambda d: self._stop())
 
     def send(self):
         # Arm first: a write may report "refused" synchronously.
         self._sent += 1
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
-        self.transport.write(self._request)
+        try:
+            self.transport.write(self._request)
+        except Exception:
+            # E.g. a request too long for a datagram: no retry will help.
+            self._finish(Failure())
 
     def _timedOut(self):
         self._timer = None
@@ -265,6 +270,8 @@ class _UDPRequest(DatagramProtocol):
         self.connectionRefused()
 
     def _stop(self):
+        # Closing the port calls stopProtocol: mark this request done first.
+        self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -272,7 +279,7 @@ class _UDPRequest(DatagramProtocol):
             self.transport.stopListening()
 
     def _finish(self, result):
-        if self.deferred.called:
+        if self._done:
             return
         self._stop()
         self.deferred.callback(result)

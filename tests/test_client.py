@@ -1,0 +1,602 @@
+"""
+The client library and the command's logic, without a network: TCP over a
+L{StringTransport}, UDP over a fake reactor, time from a L{task.Clock}.
+"""
+
+import os
+import queue
+
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from primed import client
+from primed.client import (
+    Options,
+    PrimedClientProtocol,
+    PrimedConnectionLost,
+    PrimedProtocolError,
+    PrimedRefused,
+    PrimedTimeout,
+    PrimedUDPClient,
+)
+from primed.wire import Verdict
+
+
+def connected(timeout=None, clock=None):
+    protocol = PrimedClientProtocol(timeout, clock)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol, transport):
+    """
+    Complete a disconnection the way a real transport would.
+    """
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class TCPProtocolTests(unittest.TestCase):
+    def test_pipelined(self):
+        """
+        Requests go out at once, without waiting for replies; the replies,
+        in one segment, fire the Deferreds in request order.
+        """
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (17, "4", "4j", 2**50 - 1)]
+        self.assertEqual(transport.value(), b"17\n4\n4j\n1125899906842623\n")
+        fired = []
+        for d in ds:
+            d.addCallback(fired.append)
+        protocol.dataReceived(b"T\nF\nE\nF\n")
+        self.assertEqual(
+            fired, [Verdict.PRIME, Verdict.NOT_PRIME, Verdict.INVALID, Verdict.NOT_PRIME]
+        )
+
+    def test_repliesByteByByte(self):
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        for byte in b"T\r\nT\nF\n":
+            protocol.dataReceived(bytes([byte]))
+        self.assertEqual(
+            [self.successResultOf(d) for d in ds],
+            [Verdict.PRIME, Verdict.PRIME, Verdict.NOT_PRIME],
+        )
+
+    def test_laterRequestWaitsForEarlier(self):
+        protocol, transport = connected()
+        first, second = protocol.check(4), protocol.check(5)
+        protocol.dataReceived(b"F\n")
+        self.assertEqual(self.successResultOf(first), Verdict.NOT_PRIME)
+        self.assertNoResult(second)
+
+    def test_multiLineTextRefused(self):
+        """
+        Text that would be two requests is refused before anything is sent:
+        it would shift every later reply onto the wrong request.
+        """
+        protocol, transport = connected()
+        self.assertRaises(ValueError, protocol.check, "1\n2")
+        self.assertEqual(transport.value(), b"")
+
+    def test_connectionLostFailsPending(self):
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        protocol.dataReceived(b"T\n")
+        lose(protocol, transport)
+        self.assertEqual(self.successResultOf(ds[0]), Verdict.PRIME)
+        for d in ds[1:]:
+            failure = self.failureResultOf(d, PrimedConnectionLost)
+            self.assertIn("2 answers", str(failure.value))
+
+    def test_checkAfterConnectionLost(self):
+        protocol, transport = connected()
+        lose(protocol, transport)
+        self.failureResultOf(protocol.check(17), PrimedConnectionLost)
+        self.assertEqual(transport.value(), b"")
+
+    def test_unexpectedReply(self):
+        """
+        A reply that is not a verdict drops the connection and fails every
+        pending request: later replies could not be trusted.
+        """
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (2, 3)]
+        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        for d in ds:
+            self.failureResultOf(d, PrimedProtocolError)
+
+    def test_replyToNoRequest(self):
+        protocol, transport = connected()
+        protocol.dataReceived(b"T\n")
+        self.assertTrue(transport.disconnected)
+
+    def test_longReplyLine(self):
+        protocol, transport = connected()
+        d = protocol.check(2)
+        protocol.dataReceived(b"T" * 1000)
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedProtocolError)
+
+    def test_cancelledRequestKeepsItsPlace(self):
+        """
+        Cancelling cannot unsend a request: its reply still arrives and must
+        not be taken for the next request's.
+        """
+        protocol, transport = connected()
+        first, second = protocol.check(4), protocol.check(5)
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        protocol.dataReceived(b"F\nT\n")
+        self.assertEqual(self.successResultOf(second), Verdict.PRIME)
+
+
+class TCPTimeoutTests(unittest.TestCase):
+    def test_needsClock(self):
+        self.assertRaises(ValueError, PrimedClientProtocol, 5.0)
+
+    def test_idleConnectionNeverTimesOut(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        clock.advance(60)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_silenceWhileOwed(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        d = protocol.check(17)
+        clock.advance(4.9)
+        self.assertFalse(transport.disconnected)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedTimeout)
+
+    def test_progressPostpones(self):
+        """
+        Each arriving reply restarts the count: a slow stream of answers is
+        not a silent server.
+        """
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        clock.advance(4)
+        protocol.dataReceived(b"T\n")
+        clock.advance(4)
+        protocol.dataReceived(b"T\n")
+        clock.advance(4)
+        self.assertFalse(transport.disconnected)
+        clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        self.failureResultOf(ds[2], PrimedTimeout)
+
+    def test_timerGoneAfterAnswers(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        protocol.check(2)
+        protocol.dataReceived(b"T\n")
+        clock.advance(5)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnected)
+
+    def test_lossCancelsTimer(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        d = protocol.check(2)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedConnectionLost)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class FakeDatagramPort:
+    """
+    What C{listenUDP} returns and its protocol writes to: records the
+    datagrams, the connected address and whether it was stopped.
+    """
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.written = []
+        self.connectedTo = None
+        self.stopped = False
+
+    def connect(self, host, port):
+        self.connectedTo = (host, port)
+
+    def write(self, datagram, address=None):
+        self.written.append(datagram)
+
+    def stopListening(self):
+        self.stopped = True
+        self.protocol.doStop()
+
+    def reply(self, datagram):
+        self.protocol.datagramReceived(datagram, self.connectedTo)
+
+
+class FakeUDPReactor(task.Clock):
+    def __init__(self):
+        super().__init__()
+        self.ports = []
+        self.resolved = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        assert port == 0
+        fake = FakeDatagramPort(protocol)
+        fake.interface = interface
+        self.ports.append(fake)
+        protocol.makeConnection(fake)
+        return fake
+
+    def resolve(self, name):
+        self.resolved.append(name)
+        return defer.succeed("127.0.0.2")
+
+
+class UDPTests(unittest.TestCase):
+    def setUp(self):
+        self.reactor = FakeUDPReactor()
+        self.client = PrimedUDPClient(self.reactor, "127.0.0.1", 8808, timeout=1.0, retries=2)
+
+    def test_oneConnectedSocketPerRequest(self):
+        self.client.check(17)
+        self.client.check("4j")
+        [first, second] = self.reactor.ports
+        self.assertEqual(first.connectedTo, ("127.0.0.1", 8808))
+        self.assertEqual(first.written, [b"17\n"])
+        self.assertEqual(second.written, [b"4j\n"])
+
+    def test_answerClosesSocket(self):
+        d = self.client.check(17)
+        [port] = self.reactor.ports
+        port.reply(b"T\n")
+        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
+        self.assertTrue(port.stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_retry(self):
+        d = self.client.check(17)
+        [port] = self.reactor.ports
+        self.reactor.advance(0.99)
+        self.assertEqual(port.written, [b"17\n"])
+        self.reactor.advance(0.01)
+        self.assertEqual(port.written, [b"17\n", b"17\n"])
+        port.reply(b"T")
+        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
+
+    def test_timeoutAfterRetries(self):
+        d = self.client.check(17)
+        [port] = self.reactor.ports
+        self.reactor.pump([1.0] * 2)
+        self.assertNoResult(d)
+        self.reactor.advance(1.0)
+        failure = self.failureResultOf(d, PrimedTimeout)
+        self.assertIn("3 attempts", str(failure.value))
+        self.assertEqual(port.written, [b"17\n"] * 3)
+        self.assertTrue(port.stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_noRetries(self):
+        self.client.retries = 0
+        d = self.client.check(17)
+        self.reactor.advance(1.0)
+        self.failureResultOf(d, PrimedTimeout)
+        self.assertEqual(self.reactor.ports[0].written, [b"17\n"])
+
+    def test_reordered(self):
+        """
+        Replies arriving in the reverse order still answer their own
+        requests: each arrives on its request's socket.
+        """
+        first, second = self.client.check(17), self.client.check(18)
+        self.reactor.ports[1].reply(b"F\n")
+        self.reactor.ports[0].reply(b"T\n")
+        self.assertEqual(self.successResultOf(first), Verdict.PRIME)
+        self.assertEqual(self.successResultOf(second), Verdict.NOT_PRIME)
+
+    def test_lateDuplicateIgnored(self):
+        """
+        After a retry both replies may arrive; the second is dropped.
+        """
+        d = self.client.check(17)
+        self.reactor.advance(1.0)
+        port = self.reactor.ports[0]
+        port.reply(b"T\n")
+        port.protocol.datagramReceived(b"T\n", ("127.0.0.1", 8808))
+        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
+
+    def test_garbageIgnored(self):
+        d = self.client.check(17)
+        self.reactor.ports[0].reply(b"hello")
+        self.assertNoResult(d)
+        self.reactor.ports[0].reply(b"T\n")
+        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
+
+    def test_refused(self):
+        d = self.client.check(17)
+        self.reactor.ports[0].protocol.connectionRefused()
+        self.failureResultOf(d, PrimedRefused)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_portLostIsRefused(self):
+        """
+        The epoll reactor reports ICMP port unreachable by dropping the
+        port; the request fails at once instead of retrying on nothing.
+        """
+        d = self.client.check(17)
+        self.reactor.ports[0].protocol.doStop()
+        self.failureResultOf(d, PrimedRefused)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_writeFails(self):
+        """
+        A request the socket refuses to send (too long for a datagram) fails
+        at once and leaves no socket or timer behind.
+        """
+        from twisted.internet.error import MessageLengthError
+
+        def write(datagram, address=None):
+            raise MessageLengthError("message too long")
+
+        self.reactor.listenUDP = self._wrapListen(write)
+        d = self.client.check("9" * 70000)
+        self.failureResultOf(d, MessageLengthError)
+        self.assertTrue(self.reactor.ports[0].stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def _wrapListen(self, write):
+        listen = FakeUDPReactor.listenUDP.__get__(self.reactor)
+
+        def listenUDP(*args, **kwargs):
+            port = listen(*args, **kwargs)
+            port.write = write
+            return port
+
+        return listenUDP
+
+    def test_cancel(self):
+        d = self.client.check(17)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertTrue(self.reactor.ports[0].stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_hostnameResolvedOnce(self):
+        client_ = PrimedUDPClient(self.reactor, "primed.example", 8808)
+        client_.check(2)
+        client_.check(3)
+        self.assertEqual(self.reactor.resolved, ["primed.example"])
+        self.assertEqual(self.reactor.ports[1].connectedTo, ("127.0.0.2", 8808))
+
+    def test_IPv6(self):
+        PrimedUDPClient(self.reactor, "::1", 8808).check(2)
+        self.assertEqual(self.reactor.ports[0].interface, "::")
+
+    def test_multiLineTextRefused(self):
+        self.assertRaises(ValueError, self.client.check, "1\n2")
+        self.assertEqual(self.reactor.ports, [])
+
+
+class RunTests(unittest.TestCase):
+    """
+    L{client._Run}: bounded in flight, printed in input order.
+    """
+
+    def setUp(self):
+        self.pending = {}
+        self.printed = []
+        self.flushes = 0
+        self.wanted = 0
+
+    def check(self, text):
+        d = defer.Deferred()
+        self.pending[text] = d
+        return d
+
+    def flush(self):
+        self.flushes += 1
+
+    def want(self):
+        self.wanted += 1
+
+    def run_(self, window=2):
+        return client._Run(
+            self.check, window, lambda t, v: self.printed.append((t, v)), self.flush, self.want
+        )
+
+    def test_windowAndOrder(self):
+        run = self.run_()
+        run.feed([b"2", b"3", b"4"])
+        run.end()
+        self.assertEqual(sorted(self.pending), ["2", "3"])
+        self.pending["3"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [])
+        self.assertEqual(sorted(self.pending), ["2", "3", "4"])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME), (b"3", Verdict.PRIME)])
+        self.assertNoResult(run.finished)
+        self.pending["4"].callback(Verdict.NOT_PRIME)
+        self.assertEqual(self.printed[-1], (b"4", Verdict.NOT_PRIME))
+        self.successResultOf(run.finished)
+        self.assertTrue(self.flushes)
+
+    def test_synchronousAnswers(self):
+        """
+        A check that answers at once (a cached or local verdict) neither
+        recurses nor stalls.
+        """
+        run = client._Run(
+            lambda t: defer.succeed(Verdict.PRIME), 2, lambda t, v: self.printed.append(t),
+            self.flush,
+        )
+        run.feed([b"%d" % i for i in range(5000)])
+        run.end()
+        self.successResultOf(run.finished)
+        self.assertEqual(len(self.printed), 5000)
+
+    def test_multiLineIsInvalid(self):
+        def check(text):
+            client._request(text)
+            return defer.succeed(Verdict.PRIME)
+
+        run = client._Run(check, 2, lambda t, v: self.printed.append((t, v)), self.flush)
+        run.feed([b"1\n2", b"3"])
+        run.end()
+        self.assertEqual(self.printed, [(b"1\n2", Verdict.INVALID), (b"3", Verdict.PRIME)])
+
+    def test_firstFailureStops(self):
+        """
+        The output stays a prefix of the inputs: answers after a failure
+        are not printed and nothing more is sent.
+        """
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4", b"5"])
+        run.end()
+        self.pending["2"].callback(Verdict.PRIME)
+        self.pending["4"].callback(Verdict.NOT_PRIME)
+        self.pending["3"].errback(PrimedTimeout("no reply"))
+        self.failureResultOf(run.finished, PrimedTimeout)
+        self.pending["5"].callback(Verdict.PRIME)
+        run.feed([b"6"])
+        self.assertNotIn("6", self.pending)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
+    def test_asksForInputWhenLow(self):
+        run = self.run_()
+        run.feed([])
+        self.assertEqual(self.wanted, 1)
+        run.feed([])
+        self.assertEqual(self.wanted, 2)
+        run.feed([b"2", b"3", b"4", b"5"])
+        # Queue at 2, window 2: enough waiting, nothing asked.
+        self.assertEqual(self.wanted, 2)
+
+    def test_noInputEnds(self):
+        run = self.run_()
+        run.end()
+        self.successResultOf(run.finished)
+        self.assertEqual(self.printed, [])
+
+
+class StdinReaderTests(unittest.TestCase):
+    """
+    L{client._StdinReader} on a pipe, its reactor calls collected in a queue
+    (bounded waits throughout).
+    """
+
+    def read(self, data, chunk=None):
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        calls = queue.Queue()
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                calls.put((f, args))
+
+        lines, ended, failed = [], [], []
+        reader = client._StdinReader(
+            Reactor(), readFd, lines.extend, lambda: ended.append(True), failed.append
+        )
+        if chunk:
+            reader.CHUNK = chunk
+        with os.fdopen(writeFd, "wb") as w:
+            w.write(data)
+        reader.start()
+        for _ in range(10000):
+            reader.more()
+            f, args = calls.get(timeout=10)
+            f(*args)
+            if ended or failed:
+                break
+        return lines, ended, failed
+
+    def test_lines(self):
+        lines, ended, failed = self.read(b"17\r\n\n  5 \n1_000\n18", chunk=3)
+        self.assertEqual(lines, [b"17", b"", b"  5 ", b"1_000", b"18"])
+        self.assertEqual(ended, [True])
+
+    def test_empty(self):
+        self.assertEqual(self.read(b""), ([], [True], []))
+
+    def test_readError(self):
+        calls = queue.Queue()
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                calls.put((f, args))
+
+        failed = []
+        readFd, writeFd = os.pipe()
+        os.close(readFd)
+        os.close(writeFd)
+        reader = client._StdinReader(Reactor(), readFd, None, None, failed.append)
+        reader.start()
+        reader.more()
+        f, args = calls.get(timeout=10)
+        f(*args)
+        self.assertIn("standard input", str(failed[0].value))
+
+
+class OptionsTests(unittest.TestCase):
+    def parse(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self):
+        options = self.parse("17")
+        self.assertEqual(options["host"], "127.0.0.1")
+        self.assertEqual(options["port"], 8809)
+        self.assertEqual(options["timeout"], client.DEFAULT_TCP_TIMEOUT)
+        self.assertEqual(options["numbers"], ["17"])
+        self.assertEqual(options.where(), "127.0.0.1:8809")
+
+    def test_udpDefaults(self):
+        options = self.parse("--udp")
+        self.assertEqual(options["port"], 8808)
+        self.assertEqual(options["timeout"], client.DEFAULT_UDP_TIMEOUT)
+        self.assertEqual(options["retries"], client.DEFAULT_RETRIES)
+        self.assertEqual(options["numbers"], [])
+
+    def test_explicit(self):
+        options = self.parse("-u", "-H", "::1", "-p", "9", "-t", "0.5", "-n", "0", "-r", "4")
+        self.assertEqual(
+            (options["port"], options["timeout"], options["retries"], options["raw"]),
+            (9, 0.5, 0, True),
+        )
+        self.assertEqual(options.where(), "[::1]:9")
+
+    def test_negativeNumbers(self):
+        self.assertEqual(self.parse("-5", "17")["numbers"], ["-5", "17"])
+        self.assertEqual(self.parse("--raw", "-5")["numbers"], ["-5"])
+        self.assertEqual(self.parse("-p", "9", "-5")["numbers"], ["-5"])
+        self.assertEqual(self.parse("--", "-5")["numbers"], ["-5"])
+
+    def test_endpoint(self):
+        options = self.parse("--endpoint", "unix:path=/run/primed", "2")
+        self.assertEqual(options.where(), "unix:path=/run/primed")
+
+    def test_usageErrors(self):
+        for argv in (
+            ["--port", "x"],
+            ["--port", "0"],
+            ["--port", "65536"],
+            ["--port", "-5"],
+            ["--timeout", "0"],
+            ["--timeout", "nan"],
+            ["--timeout", "inf"],
+            ["--retries", "-1"],
+            ["--bogus"],
+            ["--udp", "--endpoint", "tcp:localhost:1"],
+            ["--endpoint", "tcp:localhost:1", "--port", "2"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *argv)
