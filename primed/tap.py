@@ -20,9 +20,12 @@ DEFAULT_UDP = "127.0.0.1:8808"
 
 def _positiveInt(name):
     def coerce(value):
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
         if number < 1:
-            raise ValueError(f"--{name} must be at least 1, not {value}")
+            raise ValueError(f"--{name} must be a whole number, at least 1, not {value!r}")
         return number
 
     coerce.coerceDoc = "A whole number, at least 1."
@@ -31,9 +34,12 @@ def _positiveInt(name):
 
 def _seconds(name):
     def coerce(value):
-        number = float(value)
-        if not number >= 0 or number == float("inf"):
-            raise ValueError(f"--{name} must be a number of seconds >= 0, not {value}")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not 0 <= number < float("inf"):
+            raise ValueError(f"--{name} must be a number of seconds, 0 or more, not {value!r}")
         return number
 
     coerce.coerceDoc = "Seconds, 0 or more."

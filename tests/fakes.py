@@ -6,6 +6,7 @@ datagram transport that records what was sent.
 
 from typing import List, Tuple
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -20,8 +21,22 @@ class ThreadlessReactor(MemoryReactorClock):
     the hand-driven pool below calls it from the test's own thread.
     """
 
+    def __init__(self):
+        MemoryReactorClock.__init__(self)
+        self.udpServers = []
+
     def callFromThread(self, f, *args, **kwargs):
         f(*args, **kwargs)
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        """
+        Record the call, as L{MemoryReactor} does for TCP, and connect the
+        protocol to a fake transport.
+        """
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        transport = FakeDatagramTransport(IPv4Address("UDP", interface or "0.0.0.0", port))
+        protocol.makeConnection(transport)
+        return transport
 
 
 class HandDrivenPool:
@@ -66,11 +81,19 @@ class FakeDatagramTransport:
     Records C{write(data, addr)} calls, like a UDP port would send them.
     """
 
-    def __init__(self):
+    def __init__(self, host=None):
         self.written: List[Tuple[bytes, tuple]] = []
+        self.host = host
+        self.listening = True
 
     def write(self, data, addr):
         self.written.append((data, addr))
+
+    def getHost(self):
+        return self.host
+
+    def stopListening(self):
+        self.listening = False
 
 
 def makeChecker(pool=None, reactor=None, **limits) -> PrimeChecker:

@@ -1,0 +1,82 @@
+"""
+Tests for L{primed.checker}: inline versus pool, and the global bound.
+"""
+
+from twisted.trial import unittest
+
+from fakes import HandDrivenPool, makeChecker
+from primed.primality import INLINE_MAX_BITS
+
+BIG_PRIME = 2**607 - 1
+
+
+class PrimeCheckerTests(unittest.TestCase):
+    def setUp(self):
+        self.pool = HandDrivenPool()
+        self.checker = makeChecker(self.pool, maxQueued=2)
+
+    def test_inlineThreshold(self):
+        self.assertTrue(self.checker.isInline(2**INLINE_MAX_BITS - 1))
+        self.assertFalse(self.checker.isInline(2**INLINE_MAX_BITS))
+        self.assertTrue(self.checker.checkInline(2**61 - 1))
+        self.assertFalse(self.checker.checkInline(2**61 + 1))
+
+    def test_submitRunsInThePool(self):
+        d = self.checker.submit(BIG_PRIME)
+        self.assertNoResult(d)
+        self.assertEqual(self.checker.queued, 1)
+        self.pool.run()
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(self.checker.queued, 0)
+
+    def test_bound(self):
+        self.checker.submit(BIG_PRIME)
+        self.assertTrue(self.checker.hasRoom())
+        self.checker.submit(BIG_PRIME + 2)
+        self.assertFalse(self.checker.hasRoom())
+        self.pool.run()
+        self.assertTrue(self.checker.hasRoom())
+
+    def test_roomWaitersFirstComeFirstServed(self):
+        calls = []
+        for _ in range(2):
+            self.checker.submit(BIG_PRIME)
+
+        def waiter(name):
+            def w():
+                calls.append(name)
+                self.checker.submit(BIG_PRIME)  # takes the room it was given
+            return w
+
+        first, second = waiter("first"), waiter("second")
+        self.checker.notifyRoom(first)
+        self.checker.notifyRoom(second)
+        self.pool.run()
+        self.assertEqual(calls, ["first"])
+        self.pool.run()
+        self.assertEqual(calls, ["first", "second"])
+
+    def test_cancelledWaiterIsNotCalled(self):
+        self.checker.submit(BIG_PRIME)
+        self.checker.submit(BIG_PRIME)
+        calls = []
+        self.checker.notifyRoom(lambda: calls.append(1))
+        self.checker.cancelRoomWaiter(self.checker._roomWaiters[0])
+        self.checker.cancelRoomWaiter(lambda: None)  # unknown: ignored
+        self.pool.runAll()
+        self.assertEqual(calls, [])
+
+    def test_whenIdle(self):
+        self.successResultOf(self.checker.whenIdle())
+        self.checker.submit(BIG_PRIME)
+        idle = self.checker.whenIdle()
+        self.assertNoResult(idle)
+        self.pool.run()
+        self.successResultOf(idle)
+
+    def test_failurePropagates(self):
+        d = self.checker.submit(BIG_PRIME)
+        onResult, f, args, kwargs = self.pool.work.pop()
+        onResult(False, ValueError("boom"))
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(self.checker.queued, 0)

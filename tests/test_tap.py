@@ -1,0 +1,134 @@
+"""
+Tests for L{primed.tap} and L{primed.service}: options, what the service
+listens on (through a L{MemoryReactor}), and the order of a graceful stop.
+"""
+
+import os
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from fakes import HandDrivenPool, ThreadlessReactor, connect
+from primed import tap
+from primed.service import PrimedService, UDPAddress
+
+BIG_PRIME = 2**607 - 1
+
+
+def parse(*args):
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(unittest.TestCase):
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(options["listen"], ["tcp:8809:interface=127.0.0.1"])
+        self.assertEqual([repr(a) for a in options["udp"]], ["127.0.0.1:8808"])
+        self.assertEqual(options["threads"], os.cpu_count())
+        self.assertEqual(options["max-digits"], 4300)
+        self.assertEqual(options["max-connections"], 1024)
+        self.assertEqual(options["idle-timeout"], 300)
+        self.assertEqual(options["drain-timeout"], 10)
+        self.assertFalse(options["verbose"])
+
+    def test_givenValuesReplaceDefaults(self):
+        options = parse("--listen", "tcp:1234", "--listen", "tcp6:1235:interface=\\:\\:1",
+                        "--udp", "9999", "--udp", "[::1]:9998")
+        self.assertEqual(options["listen"], ["tcp:1234", "tcp6:1235:interface=\\:\\:1"])
+        self.assertEqual([(a.host, a.port) for a in options["udp"]], [("", 9999), ("::1", 9998)])
+
+    def test_noUDP(self):
+        self.assertEqual(parse("--no-udp")["udp"], [])
+
+    def test_systemdUDP(self):
+        (address,) = parse("--udp", "systemd:name=primed-udp")["udp"]
+        self.assertEqual(address.systemdName, "primed-udp")
+
+    def test_badValues(self):
+        for args, option in [
+            (["--threads", "0"], "threads"),
+            (["--threads", "many"], "threads"),
+            (["--max-digits", "-1"], "max-digits"),
+            (["--idle-timeout", "-3"], "idle-timeout"),
+            (["--drain-timeout", "nan"], "drain-timeout"),
+            (["--listen", "tcp:notaport"], "listen"),
+            (["--listen", "carrier-pigeon:1"], "listen"),
+            (["--udp", "host:port"], "udp"),
+            (["--udp", "70000"], "udp"),
+            (["--udp", "systemd:fd=3"], "udp"),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(option, str(error), args)
+
+
+class MakeServiceTests(unittest.TestCase):
+    def test_listensOnDefaults(self):
+        reactor = ThreadlessReactor()
+        top = tap.makeService(parse(), reactor)
+        primed = top.getServiceNamed("primed")
+        primed.threadpool = HandDrivenPool()
+        primed.ownsPool = False
+        top.privilegedStartService()
+        top.startService()
+        ((port, factory, backlog, interface),) = reactor.tcpServers
+        self.assertEqual((port, interface), (8809, "127.0.0.1"))
+        self.assertIs(factory, primed.factory)
+        ((udpPort, protocol, udpInterface, size),) = reactor.udpServers
+        self.assertEqual((udpPort, udpInterface), (8808, "127.0.0.1"))
+        self.assertIs(protocol, primed.datagramProtocol)
+        served = self.successResultOf(primed.listening)
+        self.assertEqual([kind for kind, where in served], ["TCP", "UDP"])
+
+    def test_limitsReachTheProtocols(self):
+        reactor = ThreadlessReactor()
+        primed = tap.makeService(
+            parse("--max-digits", "50", "--max-inflight", "3", "--max-queued", "5",
+                  "--max-connections", "7", "--idle-timeout", "9", "--verbose"),
+            reactor,
+        ).getServiceNamed("primed")
+        self.assertEqual(primed.factory.maxDigits, 50)
+        self.assertEqual(primed.factory.maxInflight, 3)
+        self.assertEqual(primed.factory.maxConnections, 7)
+        self.assertEqual(primed.factory.idleTimeout, 9)
+        self.assertTrue(primed.factory.verbose)
+        self.assertEqual(primed.checker.maxQueued, 5)
+        self.assertEqual(primed.datagramProtocol.maxDigits, 50)
+
+
+class StopTests(unittest.TestCase):
+    def setUp(self):
+        from twisted.internet.endpoints import serverFromString
+
+        self.reactor = ThreadlessReactor()
+        self.pool = HandDrivenPool()
+        self.service = PrimedService(
+            self.reactor,
+            [("tcp:0", serverFromString(self.reactor, "tcp:0"))],
+            [UDPAddress("127.0.0.1", 0)],
+            threads=1,
+            drainTimeout=10,
+            threadpool=self.pool,
+        )
+        self.service.startService()
+
+    def test_stopAnswersPendingThenCloses(self):
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nF\n")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        self.successResultOf(stopped)
+
+    def test_drainTimeoutCutsOff(self):
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        stopped = self.service.stopService()
+        self.reactor.advance(10)
+        self.successResultOf(stopped)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")

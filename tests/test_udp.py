@@ -1,0 +1,115 @@
+"""
+Tests for L{primed.udp}, through a fake datagram transport.
+"""
+
+from hypothesis import given, settings, strategies as st
+from twisted.trial import unittest
+
+from fakes import HandDrivenPool, SynchronousPool, makeChecker, makeDatagramProtocol
+from primed import wire
+from primed.primality import is_prime
+
+ADDR = ("127.0.0.1", 40000)
+BIG_PRIME = 2**607 - 1
+
+
+class DatagramTests(unittest.TestCase):
+    def setUp(self):
+        self.pool = HandDrivenPool()
+        self.checker = makeChecker(self.pool, maxQueued=2)
+        self.protocol, self.transport = makeDatagramProtocol(self.checker)
+
+    def replies(self):
+        return [data for data, addr in self.transport.written]
+
+    def test_seedValues(self):
+        for value in ["4j", 4, 5, -5, 17, 29, 2**50, 2**50 - 1]:
+            self.protocol.datagramReceived(b"%s\n" % str(value).encode(), ADDR)
+        self.assertEqual(self.replies(), [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n",
+                                          b"F\n", b"F\n"])
+
+    def test_newlineOptional(self):
+        for datagram in [b"17", b"17\n", b"17\r\n"]:
+            self.protocol.datagramReceived(datagram, ADDR)
+        self.assertEqual(self.replies(), [b"T\n"] * 3)
+
+    def test_repliesToSource(self):
+        self.protocol.datagramReceived(b"4", ("::1", 5, 0, 0))
+        self.assertEqual(self.transport.written, [(b"F\n", ("::1", 5, 0, 0))])
+
+    def test_emptyDatagramIgnored(self):
+        self.protocol.datagramReceived(b"", ADDR)
+        self.assertEqual(self.transport.written, [])
+        self.protocol.datagramReceived(b"5", ADDR)
+        self.assertEqual(self.replies(), [b"T\n"])
+
+    def test_oneDatagramOneRequest(self):
+        self.protocol.datagramReceived(b"17\n18\n", ADDR)
+        self.assertEqual(self.replies(), [b"E\n"])
+
+    def test_oversized(self):
+        self.protocol.datagramReceived(b"1" * 60000, ADDR)
+        self.protocol.datagramReceived(b"1" * 4301, ADDR)
+        self.assertEqual(self.replies(), [b"E\n", b"E\n"])
+
+    def test_bigGoesToPool(self):
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.assertEqual(self.transport.written, [])
+        self.pool.run()
+        self.assertEqual(self.replies(), [b"T\n"])
+
+    def test_poolFullDrops(self):
+        for _ in range(5):
+            self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.assertEqual(len(self.pool.work), 2)
+        self.assertEqual(self.protocol.dropped, 3)
+        self.pool.runAll()
+        self.assertEqual(self.replies(), [b"T\n", b"T\n"])
+
+    def test_dropsLoggedAtALimitedRate(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for _ in range(100):
+            self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.checker.reactor.advance(11)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        drops = [e for e in events if "dropped" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in drops], [1, 98])
+
+    def test_sendErrorIsNotFatal(self):
+        def refuse(data, addr):
+            raise OSError("no buffer space")
+
+        self.transport.write = refuse
+        self.protocol.datagramReceived(b"5", ADDR)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.pool.run()
+
+    def test_drainWaitsForThePool(self):
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        drained = self.protocol.drain()
+        self.protocol.datagramReceived(b"7", ADDR)  # after the stop began
+        self.assertNoResult(drained)
+        self.pool.run()
+        self.successResultOf(drained)
+        self.assertEqual(self.replies(), [b"T\n"])
+
+
+class FuzzTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=20),
+                              st.integers(-(10**40), 10**40).map(lambda n: b"%d" % n),
+                              st.just(b"%d\n" % BIG_PRIME))))
+    def test_oneReplyPerDatagram(self, datagrams):
+        protocol, transport = makeDatagramProtocol(makeChecker(SynchronousPool()))
+        for datagram in datagrams:
+            protocol.datagramReceived(datagram, ADDR)
+        expected = [
+            wire.replyFor(d[:-1] if d.endswith(b"\n") else d, is_prime)
+            for d in datagrams if d
+        ]
+        self.assertEqual([data for data, addr in transport.written], expected)
+        self.assertTrue(all(len(data) == 2 for data, addr in transport.written))

@@ -1,0 +1,74 @@
+"""
+Tests for L{primed.wire}: the request grammar and the replies.
+"""
+
+from hypothesis import given, strategies as st
+from twisted.trial import unittest
+
+from primed import wire
+from primed.wire import Verdict, parseRequest, replyFor
+
+
+class ParseRequestTests(unittest.TestCase):
+    def test_accepted(self):
+        for line, number in [
+            (b"17", 17), (b"-5", -5), (b"+7", 7), (b"0007", 7), (b"-0", 0), (b"000", 0),
+            (b" \t42\t ", 42), (b"17\r", 17), (b"5 \r", 5),
+        ]:
+            self.assertEqual(parseRequest(line), number, line)
+
+    def test_refused(self):
+        for line in [
+            b"", b" ", b"\r", b"4j", b"1.0", b"1e5", b"0x11", b"1_000", b"--5", b"+-5",
+            b"5 5", b"\x005", b"5\x00", b"\xff\xfe", "\u0661\u0667".encode(), b"17\r\r",
+            b"\r17", b"\v17", b"17\n",
+        ]:
+            self.assertIsNone(parseRequest(line), line)
+
+    def test_digitLimit(self):
+        self.assertEqual(parseRequest(b"9" * 4300), int("9" * 4300))
+        self.assertIsNone(parseRequest(b"9" * 4301))
+        self.assertEqual(parseRequest(b"0" * 50 + b"7"), 7)  # leading zeros are free
+        self.assertIsNone(parseRequest(b"123", maxDigits=2))
+
+    def test_lineLimit(self):
+        """
+        Past the line limit a line is refused even when its number is small,
+        as a stream receiver would have refused it before it was complete.
+        """
+        limit = wire.maxLineLength(10)
+        self.assertEqual(parseRequest(b" " * (limit - 1) + b"7", maxDigits=10), 7)
+        self.assertIsNone(parseRequest(b" " * limit + b"7", maxDigits=10))
+
+    def test_aboveCPythonsConversionLimit(self):
+        """
+        A server configured above 4300 digits still converts the number.
+        """
+        digits = "1" * 6000
+        self.assertEqual(parseRequest(digits.encode(), maxDigits=6000),
+                         int(digits[:3000]) * 10**3000 + int(digits[3000:]))
+
+    @given(st.integers())
+    def test_roundTrip(self, number):
+        self.assertEqual(parseRequest(wire.encodeRequest(number)[:-1]), number)
+
+
+class ReplyTests(unittest.TestCase):
+    def test_replies(self):
+        self.assertEqual(replyFor(b"17", lambda n: True), b"T\n")
+        self.assertEqual(replyFor(b"18", lambda n: False), b"F\n")
+        self.assertEqual(replyFor(b"x", lambda n: True), b"E\n")
+
+    def test_belowTwoNeverAsksTheChecker(self):
+        def refuse(n):
+            raise AssertionError(n)
+
+        for line in [b"1", b"0", b"-7"]:
+            self.assertEqual(replyFor(line, refuse), b"F\n")
+
+    def test_verdicts(self):
+        self.assertEqual([v.reply for v in Verdict], [b"T\n", b"F\n", b"E\n"])
+        for verdict in Verdict:
+            self.assertIs(Verdict.fromReply(verdict.reply), verdict)
+            self.assertIs(Verdict.fromReply(verdict.value.encode() + b"\r\n"), verdict)
+        self.assertRaises(ValueError, Verdict.fromReply, b"X\n")
