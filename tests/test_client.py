@@ -600,3 +600,79 @@ class OptionsTests(unittest.TestCase):
             ["--endpoint", "tcp:localhost:1", "--port", "2"],
         ):
             self.assertRaises(usage.UsageError, self.parse, *argv)
+
+
+class RealServiceTests(unittest.TestCase):
+    """
+    The client APIs against a real primed service, in this process, on
+    ephemeral loopback ports.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from primed import tap
+
+        self.reactor = reactor
+        config = tap.Options()
+        config.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0", "--threads", "1"]
+        )
+        top = tap.makeService(config, reactor)
+        self.service = top.getServiceNamed("primed")
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.tcpPort = self.service.tcpPorts[0].getHost().port
+        self.udpPort = self.service.udpPorts[0].getHost().port
+
+    async def connect(self):
+        protocol = await client.connect(
+            self.reactor, f"tcp:host=127.0.0.1:port={self.tcpPort}", timeout=30
+        )
+        self.addCleanup(protocol.transport.loseConnection)
+        return protocol
+
+    async def test_seedValuesPipelined(self):
+        from support import SEED_REPLIES, SEED_VALUES
+
+        protocol = await self.connect()
+        verdicts = await defer.gatherResults([protocol.check(v) for v in SEED_VALUES])
+        self.assertEqual([v.reply for v in verdicts], SEED_REPLIES)
+
+    async def test_orderWithBigAndSmall(self):
+        """
+        A big prime (checked in the service's pool) ahead of small numbers:
+        the answers still come back in request order.
+        """
+        import gmpy2
+
+        big = int(gmpy2.next_prime(10**1000))
+        numbers = [big, 4, 5, big + 2, 7, -1, 2] * 5
+        protocol = await self.connect()
+        verdicts = await defer.gatherResults([protocol.check(n) for n in numbers])
+        expected = [Verdict.PRIME if n > 1 and gmpy2.is_prime(n) else Verdict.NOT_PRIME
+                    for n in numbers]
+        self.assertEqual(verdicts, expected)
+
+    async def test_udpSeedValues(self):
+        from support import SEED_REPLIES, SEED_VALUES
+
+        udp = PrimedUDPClient(self.reactor, "127.0.0.1", self.udpPort, timeout=2.0)
+        verdicts = await defer.gatherResults([udp.check(v) for v in SEED_VALUES])
+        self.assertEqual([v.reply for v in verdicts], SEED_REPLIES)
+
+    async def test_udpRefused(self):
+        """
+        Nothing listening on a loopback UDP port: the request fails at once
+        (ICMP port unreachable), well before its single slow attempt ends.
+        """
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        udp = PrimedUDPClient(self.reactor, "127.0.0.1", port, timeout=30.0, retries=0)
+        started = self.reactor.seconds()
+        with self.assertRaises(PrimedRefused):
+            await udp.check(17)
+        self.assertLess(self.reactor.seconds() - started, 10)
