@@ -29,6 +29,19 @@ _CEILING = re.compile(rb"ceiling tcp=(\d+) udp=(\d+)")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def machineBusySeconds():
+    """
+    CPU seconds the whole machine has spent busy (all but idle and iowait),
+    summed over its cores: what others' processes take shows as the busy
+    time that neither the server nor the load generator accounts for.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    # guest and guest_nice (9, 10) are already counted in user and nice.
+    return (sum(fields[:8]) - idle) / _CLOCK_TICKS
+
+
 class ServerError(Exception):
     """
     A server did not start; the message carries the tail of its output.
