@@ -47,9 +47,10 @@ class DaemonTests(unittest.TestCase):
     def test_netcatHalfClose(self):
         """
         C{printf '17\\n18\\n' | nc -N} and C{nc -q1}: both lines answered,
-        then the server closes.
+        then the server closes.  Plain C{nc -w1} (no half-close) gets its
+        answers too, and leaves when idle.
         """
-        for flags in (["-N"], ["-q1"]):
+        for flags in (["-N"], ["-q1"], ["-w1"]):
             result = subprocess.run(
                 ["nc"] + flags + ["127.0.0.1", str(self.daemon.tcpPort)],
                 input=b"17\n18\n", capture_output=True, timeout=20,
