@@ -133,7 +133,14 @@ def is_prime_releasing_gil(n: int) -> bool:
     """
     if n < DETERMINISTIC_LIMIT or n.bit_length() < RELEASE_MIN_BITS:
         return is_prime(n)
-    n = mpz(n)
+    return _bpsw_releasing_gil(mpz(n))
+
+
+def _bpsw_releasing_gil(n: mpz) -> bool:
+    """
+    BPSW for n > 2**16 (smaller primes would fall to the sieve), with
+    every long GMP operation releasing the GIL.
+    """
     with gmpy2.context(allow_release_gil=True):
         return (
             gmpy2.gcd(n, _SIEVE_PRODUCT) == 1
