@@ -248,11 +248,14 @@ class ContentTests(unittest.TestCase):
 
     def test_limitNOFILE(self):
         """
-        Room for --max-connections' default of 1024 connections and more.
+        Room for --max-connections' default number of connections, plus
+        listeners, pool, log and notify descriptors.
         """
+        from primed.tcp import DEFAULT_MAX_CONNECTIONS
+
         for name in SERVICES:
             limit = int(value(self.units[name], "Service", "LimitNOFILE"))
-            self.assertGreaterEqual(limit, 1024 + 64, name)
+            self.assertGreaterEqual(limit, DEFAULT_MAX_CONNECTIONS + 64, name)
 
     def test_twistdInForeground(self):
         for name in SERVICES:
@@ -262,13 +265,25 @@ class ContentTests(unittest.TestCase):
 
     def test_defaults(self):
         """
-        The plain service listens where the README's defaults do.
+        The plain service spells out the daemon's defaults (those of the
+        README), so an operator sees where it listens.
         """
+        from primed.tap import DEFAULT_LISTEN, DEFAULT_UDP
+
         _, _, options = execArgs(self.units["primed.service"])
-        self.assertEqual(
-            options,
-            ["--listen", "tcp:8809:interface=127.0.0.1", "--udp", "127.0.0.1:8808"],
-        )
+        self.assertEqual(options, ["--listen", DEFAULT_LISTEN, "--udp", DEFAULT_UDP])
+
+    def test_optionsAccepted(self):
+        """
+        primed's own option parser accepts the services' arguments.  (The
+        socket-activated one only parses with inherited descriptors; the
+        end-to-end tests run it under systemd-socket-activate.)
+        """
+        from primed.tap import Options
+
+        for name in ("primed.service", "primed@.service"):
+            _, _, options = execArgs(self.units[name])
+            Options().parseOptions(options)
 
     def test_template(self):
         _, _, options = execArgs(self.units["primed@.service"])
