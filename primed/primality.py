@@ -16,8 +16,8 @@ prime):
     -11, ... with Jacobi(D/n) = -1, P = 1, Q = (1 - D)/4).  No composite is
     known to pass it; a prime always does.
 
-Speed comes from the libraries, not from us: FLINT for numbers that fit a
-machine word or two, GMP (through gmpy2) for everything bigger.  The
+Speed comes from the libraries, not from us: FLINT up to 81 bits, GMP
+(through gmpy2) above.  The
 only arithmetic written here is the Lucas ladder of
 L{is_prime_releasing_gil}, and every operation in it is one GMP call on
 C{mpz} values.
@@ -50,15 +50,15 @@ __all__ = [
 DETERMINISTIC_LIMIT = 3317044064679887385961981
 
 #: Bit length up to which L{is_prime} is cheap enough to call inline in
-#: the reactor thread: its worst case (a prime) here costs about as much
-#: as handing the work to a thread pool and back (tens of microseconds).
-#: Measured on the development machine (2 shared cores) with::
+#: the reactor thread.  Measured on the development machine (2 shared AMD
+#: EPYC cores) with::
 #:
 #:     python benchmarks/primality.py --inline
 #:
-#: which prints the worst-case cost per bit length next to the cost of
-#: one C{deferToThread} round trip.
-INLINE_MAX_BITS = 256
+#: one C{deferToThread} round trip costs the reactor thread 38 us of CPU
+#: (70 us wall); the worst case, a prime, costs 30 us at 192 bits but 48
+#: us at 193-256 bits (one more 64-bit limb), 207 us at 512.
+INLINE_MAX_BITS = 192
 
 #: From this bit length up L{is_prime_releasing_gil} runs its own
 #: GIL-releasing test.  Below it the plain test is used: GMP's whole
@@ -104,7 +104,7 @@ def is_prime(n: int) -> bool:
         try:
             return _fmpz(n).is_prime() == 1
         except TypeError:
-            # Another integer type (gmpy2.mpz, numpy.int64): FLINT wants int.
+            # Another integer type, such as gmpy2.mpz: FLINT wants int.
             return is_prime(operator.index(n))
     if n < DETERMINISTIC_LIMIT:
         return _miller_rabin_first_13_bases(mpz(n))
@@ -128,9 +128,10 @@ def is_prime_releasing_gil(n: int) -> bool:
     not be entered by two threads at once).  Still holding the GIL: the
     Python bytecode between those calls (the interpreter hands the GIL
     over at its switch interval), the conversion of C{n} to C{mpz}, and
-    the Jacobi symbols and the modular inverse that pick the Lucas
-    parameters, each a few microseconds.  Below L{RELEASE_MIN_BITS} this
-    is L{is_prime}, which holds the GIL for under a millisecond.
+    the Jacobi symbols, square test and modular inverse that pick the
+    Lucas parameters (a few microseconds together at 10 000 bits).
+    Below L{RELEASE_MIN_BITS} this is L{is_prime}, which holds the GIL
+    for at most about 2 ms.
     """
     if n < DETERMINISTIC_LIMIT or n.bit_length() < RELEASE_MIN_BITS:
         return is_prime(n)
