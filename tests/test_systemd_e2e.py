@@ -62,7 +62,7 @@ def unitSetting(name, key):
 def unitCommand(name, replacements=()):
     """
     The unit's ExecStart, run with this venv's twistd instead of
-    /usr/local/bin/twistd, each C{(old, new)} of C{replacements} applied to
+    /opt/primed/bin/twistd, each C{(old, new)} of C{replacements} applied to
     primed's own arguments (to swap fixed ports for test ones).
     """
     argv = shlex.split(unitSetting(name, "ExecStart"))

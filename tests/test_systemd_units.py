@@ -3,7 +3,7 @@ Checks of the systemd units in C{contrib/systemd/}, with the real
 C{systemd-analyze} (no running systemd needed).
 
 C{systemd-analyze verify} refuses a unit whose C{ExecStart=} binary does not
-exist, so it runs on a rendered copy whose C{/usr/local/bin/twistd} points at
+exist, so it runs on a rendered copy whose C{/opt/primed/bin/twistd} points at
 the C{twistd} of the running venv.  C{systemd-analyze} comes with Debian's
 C{systemd} package (C{.ci/run} installs it on a machine without it); these
 tests fail rather than skip without it.
@@ -25,7 +25,7 @@ UNITS_DIR = os.path.join(
 SERVICES = ["primed.service", "primed-activated.service", "primed@.service"]
 SOCKETS = ["primed-tcp.socket", "primed-udp.socket"]
 UNITS = SERVICES + SOCKETS
-INSTALLED_TWISTD = "/usr/local/bin/twistd"
+INSTALLED_TWISTD = "/opt/primed/bin/twistd"
 MAX_EXPOSURE = 2.0
 
 
@@ -40,10 +40,13 @@ def systemdAnalyze():
 
 
 def venvTwistd():
+    """
+    An executable for the rendered ExecStart=: this venv's twistd, or the
+    interpreter itself where no twistd script sits beside it (verify only
+    checks that the program exists).
+    """
     path = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if not os.access(path, os.X_OK):
-        raise AssertionError(f"no twistd next to {sys.executable}")
-    return path
+    return path if os.access(path, os.X_OK) else sys.executable
 
 
 def readUnit(name):
@@ -134,8 +137,8 @@ class VerifyTests(unittest.TestCase):
 
     def test_verifyDetectsMissingBinary(self):
         """
-        The check has teeth: an unrendered service (twistd not at
-        /usr/local/bin here) or a typo'd key fails it.
+        The check has teeth: a service whose twistd does not exist fails
+        it.  (A typo'd key only warns, hence the check of the output above.)
         """
         directory = tempfile.mkdtemp(prefix="primed-units-bad-")
         self.addCleanup(shutil.rmtree, directory)
