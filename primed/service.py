@@ -242,6 +242,9 @@ class PrimedService(service.Service):
             fd = _inheritedDescriptor(address.systemdName)
             probe = socket.socket(fileno=fd)
             family = probe.family
+            # The reactor needs it non-blocking; systemd's sockets are, but
+            # systemd-socket-activate's are not.
+            probe.setblocking(False)
             probe.detach()  # the descriptor stays open, for the reactor
             return self.reactor.adoptDatagramPort(
                 fd, family, self.datagramProtocol, maxPacketSize
