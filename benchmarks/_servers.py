@@ -42,6 +42,23 @@ def machineBusySeconds():
     return (sum(fields[:8]) - idle) / _CLOCK_TICKS
 
 
+def waitForQuiet(maxWait, threshold=0.25, sample=0.25):
+    """
+    Wait, at most C{maxWait} seconds, until the machine's busy cores over
+    C{sample} seconds drop to C{threshold} or below: on a shared machine a
+    run that starts while someone else's tests hog a core measures them.
+
+    @return: the busy cores of the last sample.
+    """
+    deadline = time.monotonic() + maxWait
+    while True:
+        before = machineBusySeconds()
+        time.sleep(sample)
+        busy = (machineBusySeconds() - before) / sample
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
+
+
 class ServerError(Exception):
     """
     A server did not start; the message carries the tail of its output.

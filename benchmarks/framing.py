@@ -14,6 +14,11 @@ lines in the read; L{LineOnlyReceiver} splits each read once.  primed's
 protocol must stay linear: its lines/s at 256 KiB should be at least 0.9x
 its lines/s at 4 KiB.  The bare receivers answer a constant, so they are the
 ceiling for framing alone; primed parses and checks each number too.
+
+A second table gives the cost per request, in microseconds, at the read
+shapes of C{benchmarks/load.py}: one 20-digit request per read (scenario a)
+and 16 per read (scenario b).  That is the protocol's share of a request's
+cost, without the reactor and the system calls around it.
 """
 
 import argparse
@@ -29,6 +34,8 @@ KIB = 1024
 READ_SIZES = (4 * KIB, 64 * KIB, 256 * KIB)
 #: The stream fed round and round: long enough for a few 256 KiB reads.
 STREAM_SIZE = 2 * KIB * KIB
+#: Requests per read in load.py's scenarios (a) and (b).
+LOAD_SHAPES = (1, 16)
 
 
 class BareLineReceiver(LineReceiver):
@@ -104,6 +111,26 @@ def chunks(data, readSize):
     return [(piece, piece.count(b"\n")) for piece in pieces]
 
 
+def requestStream(count=4096, seed=8):
+    """
+    20-digit requests below 2**64, as C{benchmarks/load.py} sends them.
+    """
+    import random
+
+    rng = random.Random(seed)
+    return [b"%d\n" % rng.randrange(10**19, 2**64) for _ in range(count)]
+
+
+def shapedReads(lines, perRead):
+    """
+    C{lines} grouped C{perRead} to a read, each read ending on a line.
+    """
+    return [
+        (b"".join(lines[i : i + perRead]), perRead)
+        for i in range(0, len(lines) - perRead + 1, perRead)
+    ]
+
+
 def measure(build, reads, seconds):
     """
     Feed C{reads} to a new protocol, round and round, until C{seconds}
@@ -154,6 +181,8 @@ def main(argv=None):
         protocols.append(("primed", primedFactory()))
     data = stream()
     reads = {size: chunks(data, size) for size in READ_SIZES}
+    requests = requestStream()
+    shapes = {n: shapedReads(requests, n) for n in LOAD_SHAPES}
     best = {}
     # Interleaved rounds, best kept: a busy machine only ever slows a run.
     for _ in range(args.rounds):
@@ -161,6 +190,9 @@ def main(argv=None):
             for size in READ_SIZES:
                 rate = measure(build, reads[size], args.seconds)
                 best[name, size] = max(best.get((name, size), 0.0), rate)
+            for n in LOAD_SHAPES:
+                rate = measure(build, shapes[n], args.seconds / 2)
+                best[name, "shape", n] = max(best.get((name, "shape", n), 0.0), rate)
 
     header = f"{'lines/s':<18}" + "".join(f"{s // KIB:>9} KiB" for s in READ_SIZES)
     header += "   256K/4K"
@@ -178,6 +210,18 @@ def main(argv=None):
         for size in READ_SIZES:
             share = best["primed", size] / best["LineOnlyReceiver", size]
             print(f"primed / LineOnlyReceiver at {size // KIB} KiB: {share:.2f}")
+
+    print()
+    header = f"{'us per request':<18}" + "".join(
+        f"{f'{n} line(s)/read':>18}" for n in LOAD_SHAPES
+    )
+    print(header)
+    print("-" * len(header))
+    for name, _ in protocols:
+        row = f"{name:<18}" + "".join(
+            f"{1e6 / best[name, 'shape', n]:>18.2f}" for n in LOAD_SHAPES
+        )
+        print(row)
     return 0
 
 
