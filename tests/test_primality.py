@@ -5,6 +5,7 @@ nothing but Python's own integers.
 """
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import gmpy2
@@ -382,3 +383,34 @@ def test_1000_digit_property(x):
         assert is_prime_releasing_gil(n) is expected
         assert primality._bpsw_releasing_gil(gmpy2.mpz(n)) is expected
     assert is_prime(p) is True
+
+
+def test_bpsw_needs_both_halves(monkeypatch):
+    """
+    The releasing BPSW consults both tests: with either one forced to pass,
+    the other still rejects a composite with no factor below 2**16.
+    """
+    n = gmpy2.mpz((2**61 - 1) * (2**89 - 1))
+    assert primality._bpsw_releasing_gil(n) is False
+    for half in ("_strong_probable_prime_base_2", "_strong_lucas_probable_prime"):
+        with monkeypatch.context() as patch:
+            patch.setattr(primality, half, lambda n: True)
+            assert primality._bpsw_releasing_gil(n) is False, half
+
+
+def test_strong_lucas_on_squares():
+    """
+    No Selfridge parameter exists for a perfect square; the search must
+    notice instead of running forever (hence the thread and timeout).
+    """
+    squares = [1093**2, 3511**2, (2**61 - 1) ** 2, (2**1279 - 1) ** 2]
+    answers = []
+    worker = threading.Thread(
+        target=lambda: answers.extend(
+            primality._strong_lucas_probable_prime(gmpy2.mpz(n)) for n in squares
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)
+    assert answers == [False] * len(squares)
