@@ -5,7 +5,7 @@ saturated, idle connections, over-long input, and a graceful stop.
 
     python benchmarks/robustness.py [--hog-seconds 8] [--saturate-seconds 6]
                                     [--idle-connections 1000]
-                                    [--scenarios ABSILD]
+                                    [--hogs 50] [--scenarios ABHSILD]
 
 Every scenario starts its own C{twistd -n -l - --pidfile= primed --listen
 tcp:0:interface=127.0.0.1 --udp 127.0.0.1:0} (options added per scenario
@@ -18,6 +18,10 @@ Scenarios:
      reads; daemon RSS growth and another client's latency meanwhile
   B  hog B: the same with 183-digit primes (pool work); the other client
      asks both a small number and a 183-digit prime
+  H  --hogs clients at once (50) like B, with 60-digit primes, the smallest
+     pool work (the most pool requests per read): memory is bounded per
+     connection, so this shows the per-connection bound (target: the
+     issue's 64 MiB for over-long input, as a yardstick)
   S  pool saturated: 2x--threads clients keep every pool thread busy with
      4300-digit primes (the --max-digits maximum); small requests on another
      connection, p50/p99/max.  Run twice: as installed (GIL-releasing check)
@@ -63,6 +67,9 @@ MiB = 1 << 20
 #: (above INLINE_MAX_BITS), well under a millisecond.
 MAX_PRIME_LINE = b"1" + b"0" * (4299 - 4) + b"3187\n"
 MID_PRIME_LINE = b"1" + b"0" * (182 - 3) + b"231\n"
+#: 10**59 + 19, a 60-digit prime (196 bits): the smallest kind of pool work,
+#: so the most pool requests a read can carry.
+SMALL_POOL_PRIME_LINE = b"1" + b"0" * 57 + b"19\n"
 
 _TWISTD_ARGS = ["-n", "-l", "-", "--pidfile=", "primed"]
 _LISTEN = ["--listen", f"tcp:0:interface={HOST}", "--udp", f"{HOST}:0"]
@@ -357,9 +364,9 @@ class Table:
 # Scenarios.
 
 
-def hog(table, name, chunk, requests, seconds):
+def hog(table, name, chunk, requests, seconds, hogs=1, target=32 * MiB):
     """
-    A hog that never reads, a probe meanwhile.
+    C{hogs} clients that never read, a probe meanwhile.
     """
     with Primed() as daemon:
         print(f"{name}: {daemon.describe()}", flush=True)
@@ -367,16 +374,23 @@ def hog(table, name, chunk, requests, seconds):
         probe(daemon.tcpPort, 0.2, [(MID_PRIME_LINE, b"T\n"), (b"13\n", b"T\n")])
         sampler = RssSampler(daemon)
         sampler.start()
-        hogger = Hog(daemon.tcpPort, chunk, seconds)
-        hogger.start()
+        hoggers = [Hog(daemon.tcpPort, chunk, seconds) for _ in range(hogs)]
+        for hogger in hoggers:
+            hogger.start()
         time.sleep(0.2)
         latencies, errors = probe(daemon.tcpPort, seconds - 0.4, requests)
-        hogger.close()
+        for hogger in hoggers:
+            hogger.close()
         growth = sampler.stop()
         alive = daemon.alive()
-    table.add(name, "hog sent (never reads)", f"{hogger.sent / MiB:.1f} MiB in {seconds:.0f} s, "
-              f"then blocked {hogger.blocked / 10:.1f} s")
-    table.add(name, "daemon RSS growth", mib(growth), "< 32 MiB", growth < 32 * MiB)
+    sent = sum(h.sent for h in hoggers)
+    blocked = sum(h.blocked for h in hoggers) / 10 / hogs
+    table.add(name, "hog sent (never reads)" if hogs == 1 else f"{hogs} hogs sent (never read)",
+              f"{sent / MiB:.1f} MiB in {seconds:.0f} s, then blocked {blocked:.1f} s"
+              + (" each on average" if hogs > 1 else ""))
+    table.add(name, "daemon RSS growth",
+              mib(growth) + (f" ({growth / hogs / 1024:.0f} KiB per hog)" if hogs > 1 else ""),
+              f"< {target // MiB} MiB", growth < target)
     count = sum(len(each) for each in latencies)
     table.add(name, "other client: probes", f"{count}, {errors} wrong/missing",
               "0 wrong", errors == 0 and count > 0)
@@ -397,6 +411,13 @@ def scenarioB(table, args):
     chunk = MID_PRIME_LINE * (MiB // len(MID_PRIME_LINE))
     hog(table, "B hog 183-digit", chunk, [(b"13\n", b"T\n"), (MID_PRIME_LINE, b"T\n")],
         args.hog_seconds)
+
+
+def scenarioH(table, args):
+    chunk = SMALL_POOL_PRIME_LINE * (MiB // len(SMALL_POOL_PRIME_LINE))
+    hog(table, f"H {args.hogs} hogs, 60-digit", chunk,
+        [(b"13\n", b"T\n"), (SMALL_POOL_PRIME_LINE, b"T\n")], args.hog_seconds,
+        hogs=args.hogs, target=64 * MiB)
 
 
 def saturated(table, args, holdGIL):
@@ -603,6 +624,7 @@ def scenarioD(table, args):
 SCENARIOS = {
     "A": scenarioA,
     "B": scenarioB,
+    "H": scenarioH,
     "S": scenarioS,
     "I": scenarioI,
     "L": scenarioL,
@@ -622,7 +644,8 @@ def main(argv=None):
     parser.add_argument("--idle-connections", type=int, default=1000, help="(1000)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="pool threads for S and D (the daemon's default: cores)")
-    parser.add_argument("--scenarios", default="ABSILD", help="which to run (ABSILD)")
+    parser.add_argument("--hogs", type=int, default=50, help="hogs in scenario H (50)")
+    parser.add_argument("--scenarios", default="ABHSILD", help="which to run (ABHSILD)")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
