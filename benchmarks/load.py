@@ -36,9 +36,6 @@ sharing one port (C{--reuseport}) and N ceilings likewise, next to one of
 each: the two-core figure.  The load generator shares the cores with the
 servers, so its CPU use is printed beside it.
 
-C{--robustness} measures issue 5's figures instead (see
-C{benchmarks/_robustness.py}).
-
 Every process started here is stopped before exit, whatever happens.
 """
 
@@ -50,10 +47,9 @@ import sys
 import time
 
 try:
-    from benchmarks import _loadgen, _robustness, _servers
+    from benchmarks import _loadgen, _servers
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import _loadgen
-    import _robustness
     import _servers
 
 
@@ -391,16 +387,7 @@ def main(argv=None):
         help="extra option for every primed process (repeatable), e.g. --primed-arg=--threads=4",
     )
     parser.add_argument("--json", help="also write every run's figures to this file")
-    parser.add_argument(
-        "--robustness",
-        action="store_true",
-        help="instead, measure issue 5's figures (hogs, saturated pool, idle "
-        "connections, oversized requests); see benchmarks/_robustness.py",
-    )
     args = parser.parse_args(argv)
-    if args.robustness:
-        _robustness.run(args.primed_arg, log=lambda text: print(text, file=sys.stderr))
-        return 0
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {''.join(sorted(unknown))}")
