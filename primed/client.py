@@ -12,6 +12,7 @@ socket of its own and matches replies by the port they arrive at.
 import collections
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -728,11 +729,6 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
 
     reader = None
     job = _Run(check, window, output.write, output.flush, wantInput)
-
-    def interrupted():
-        job.fail(Failure(KeyboardInterrupt()))
-
-    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
     if options["numbers"]:
         job.feed([os.fsencode(number) for number in options["numbers"]])
         job.end()
@@ -742,8 +738,6 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         job.feed([])
     try:
         await job.finished
-    except KeyboardInterrupt:
-        return 1
     except InputError as e:
         stderr.write(f"primed-client: {e}\n")
         return 1
@@ -752,7 +746,6 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
             stderr.write(f"primed-client: {where}: {_reason(e)}\n")
         return 1
     finally:
-        reactor.removeSystemEventTrigger(trigger)
         if connection is not None:
             connection.transport.loseConnection()
     return 1 if output.broken else 0
@@ -796,11 +789,23 @@ def main(argv=None):
         sys.exit(2)
 
     async def command(reactor):
+        reactor.callWhenRunning(_defaultSignals)
         code = await run(reactor, options, 0, sys.stdout.buffer, sys.stderr)
         if code:
             raise SystemExit(code)
 
     task.react(command)
+
+
+def _defaultSignals():
+    """
+    Let SIGINT and SIGTERM kill the command, as they kill C{cat}.  Twisted's
+    handlers only ask the reactor to stop, which never happens while it is
+    blocked writing to a full pipe; and a client holds nothing that needs
+    an orderly shutdown.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,340 @@
+"""
+C{primed-client} as its users run it: a subprocess, against the installed
+C{twistd -n primed} on ephemeral loopback ports, or against sockets the
+test owns that refuse or never answer.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import gmpy2
+from twisted.trial import unittest
+
+from support import SEED_REPLIES, SEED_VALUES, Daemon
+
+SEED_ARGS = [str(v) for v in SEED_VALUES]
+SEED_WORDS = [
+    {b"T\n": "prime", b"F\n": "not prime", b"E\n": "invalid"}[reply]
+    for reply in SEED_REPLIES
+]
+
+
+def clientCommand():
+    """
+    The console script next to this Python, so the installed client is the
+    one under test; the module when there is none.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "primed-client")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-m", "primed.client"]
+
+
+def primedClient(*args, input=b"", stdin=None, timeout=60):
+    """
+    Run C{primed-client args}; return the completed process (bytes out and
+    err).  Nothing is inherited: standard input is C{input} unless C{stdin}
+    names a file descriptor.
+    """
+    return subprocess.run(
+        clientCommand() + [str(a) for a in args],
+        input=None if stdin is not None else input,
+        stdin=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def freePort(kind=socket.SOCK_STREAM):
+    """
+    A loopback port nothing listens on (bound once, then closed).
+    """
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expectedLines(texts):
+    lines = []
+    for text in texts:
+        n = int(text)
+        lines.append(f"{text}\t{'prime' if n > 1 and gmpy2.is_prime(n) else 'not prime'}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class AgainstDaemonTests(unittest.TestCase):
+    """
+    One daemon for the class: starting it costs more than every run below.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def tcp(self, *args, **kwargs):
+        return primedClient("--port", self.daemon.tcpPort, *args, **kwargs)
+
+    def assertAnswered(self, result, stdout):
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(result.stdout.decode(), stdout)
+
+    def test_seedValues(self):
+        """
+        The seed chapter's eight values, C{4j} sent as the text C{4j}.
+        """
+        result = self.tcp(*SEED_ARGS)
+        self.assertAnswered(
+            result, "".join(f"{a}\t{w}\n" for a, w in zip(SEED_ARGS, SEED_WORDS))
+        )
+
+    def test_seedValuesUDP(self):
+        result = primedClient("--udp", "--port", self.daemon.udpPort, *SEED_ARGS)
+        self.assertAnswered(
+            result, "".join(f"{a}\t{w}\n" for a, w in zip(SEED_ARGS, SEED_WORDS))
+        )
+
+    def test_raw(self):
+        result = self.tcp("--raw", *SEED_ARGS)
+        self.assertAnswered(result, b"".join(SEED_REPLIES).decode())
+
+    def test_rawUDP(self):
+        result = primedClient("--udp", "-p", self.daemon.udpPort, "-r", "17", "18")
+        self.assertAnswered(result, "T\nF\n")
+
+    def test_negativeFirst(self):
+        """
+        C{primed-client -5 17}: numbers, not an unknown option C{-5}.
+        """
+        self.assertAnswered(self.tcp("-5", "17"), "-5\tnot prime\n17\tprime\n")
+
+    def test_stdin(self):
+        """
+        Inputs echoed as given (a CR before the newline dropped), the last
+        line answered even without its newline.
+        """
+        result = self.tcp(input=b"17\r\n\n  5 \n1_000\n\xff\n-0\n18")
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(
+            result.stdout,
+            b"17\tprime\n\tinvalid\n  5 \tprime\n1_000\tinvalid\n\xff\tinvalid\n"
+            b"-0\tnot prime\n18\tnot prime\n",
+        )
+
+    def test_stdinMany(self):
+        """
+        Many numbers from standard input, pipelined: every answer, in input
+        order.
+        """
+        texts = [str(n) for n in range(-100, 30000)]
+        result = self.tcp(input=("\n".join(texts) + "\n").encode())
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(result.stdout, expectedLines(texts))
+
+    def test_stdinUDP(self):
+        texts = [str(n) for n in range(2000)]
+        result = primedClient(
+            "--udp", "--port", self.daemon.udpPort, input=("\n".join(texts)).encode()
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(result.stdout, expectedLines(texts))
+
+    def test_stdinRegularFileAndDevNull(self):
+        """
+        Standard input from a file or C{/dev/null}, which the epoll reactor
+        could not watch.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"2\n3\n4\n")
+        with open(path, "rb") as f:
+            result = self.tcp("--raw", stdin=f.fileno())
+        self.assertAnswered(result, "T\nT\nF\n")
+        with open(os.devnull, "rb") as f:
+            self.assertAnswered(self.tcp(stdin=f.fileno()), "")
+
+    def test_terminatedWhileBlocked(self):
+        """
+        SIGTERM ends a client blocked writing to a pipe nobody reads.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"".join(b"%d\n" % n for n in range(200000)))
+        with open(path, "rb") as numbers:
+            process = subprocess.Popen(
+                clientCommand() + ["--port", str(self.daemon.tcpPort)],
+                stdin=numbers,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        try:
+            process.stdout.read(1)  # running, and its output pipe filling
+            process.terminate()
+            status = process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+            process.stdout.close()
+        self.assertEqual(status, -signal.SIGTERM)
+
+    def test_argumentsWinOverStdin(self):
+        self.assertAnswered(self.tcp("-r", "2", input=b"4\n"), "T\n")
+
+    def test_multiLineArgument(self):
+        """
+        An argument holding a newline is one invalid input, not two requests.
+        """
+        self.assertAnswered(self.tcp("-r", "1\n2", "3"), "E\nT\n")
+
+    def test_readerGoneAway(self):
+        """
+        C{primed-client | head -1}: the reader closes the pipe; the client
+        stops quietly.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"".join(b"%d\n" % n for n in range(200000)))
+        with open(path, "rb") as numbers:
+            process = subprocess.Popen(
+                clientCommand() + ["--port", str(self.daemon.tcpPort)],
+                stdin=numbers,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        # Only the first line is read, as head -1 would; then the pipe goes.
+        first = process.stdout.readline()
+        process.stdout.close()
+        try:
+            status = process.wait(60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        error = process.stderr.read()
+        process.stderr.close()
+        self.assertEqual(first, b"0\tnot prime\n")
+        self.assertEqual(status, 1)
+        self.assertNotIn(b"Traceback", error)
+
+
+class FailureTests(unittest.TestCase):
+    """
+    What cannot be answered: exit status 1 and one line on standard error
+    naming the server.
+    """
+
+    def assertOneLineError(self, result, *fragments):
+        self.assertEqual(result.returncode, 1, result)
+        lines = result.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("primed-client: "), lines)
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+    def test_connectionRefused(self):
+        port = freePort()
+        result = primedClient("--port", port, "17")
+        self.assertOneLineError(result, f"127.0.0.1:{port}", "refused")
+        self.assertEqual(result.stdout, b"")
+
+    def test_connectionRefusedStdin(self):
+        port = freePort()
+        result = primedClient("--port", port, input=b"17\n")
+        self.assertOneLineError(result, f"127.0.0.1:{port}")
+
+    def test_udpRefused(self):
+        port = freePort(socket.SOCK_DGRAM)
+        result = primedClient("--udp", "--port", port, "--timeout", "30", "17")
+        self.assertOneLineError(result, f"127.0.0.1:{port}", "unreachable")
+
+    def test_udpTimeoutWithRetries(self):
+        """
+        A UDP socket that receives but never answers: each attempt waits
+        C{--timeout}, C{--retries} more are sent, then the client gives up.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            result = primedClient(
+                "--udp", "--port", port, "--timeout", "0.2", "--retries", "2", "17"
+            )
+            silent.setblocking(False)
+            received = []
+            for _ in range(100):
+                try:
+                    received.append(silent.recv(100))
+                except BlockingIOError:
+                    break
+        self.assertOneLineError(result, f"127.0.0.1:{port}", "3 attempts")
+        self.assertEqual(received, [b"17\n"] * 3)
+        self.assertEqual(result.stdout, b"")
+
+    def test_tcpSilentServer(self):
+        """
+        A TCP server that accepts but never answers: given up after
+        C{--timeout} seconds of silence.
+        """
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(1)
+            port = silent.getsockname()[1]
+            result = primedClient("--port", port, "--timeout", "0.5", "17")
+        self.assertOneLineError(result, f"127.0.0.1:{port}", "no reply")
+
+    def test_notPrimed(self):
+        """
+        A server that answers something other than verdicts.
+        """
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            port = server.getsockname()[1]
+            process = subprocess.Popen(
+                clientCommand() + ["--port", str(port), "17"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                server.settimeout(30)
+                connection, _ = server.accept()
+                with connection:
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                    out, err = process.communicate(timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate(timeout=10)
+        self.assertOneLineError(
+            subprocess.CompletedProcess([], process.returncode, out, err), "unexpected reply"
+        )
+
+
+class UsageTests(unittest.TestCase):
+    def test_usageErrors(self):
+        for args in (
+            ["--bogus"],
+            ["--port", "http"],
+            ["--port", "70000"],
+            ["--timeout", "0"],
+            ["--retries", "-1"],
+            ["--udp", "--endpoint", "unix:path=/x"],
+        ):
+            result = primedClient(*args, "17")
+            self.assertEqual(result.returncode, 2, (args, result))
+            self.assertEqual(result.stdout, b"")
+            self.assertNotIn(b"Traceback", result.stderr)
+            self.assertTrue(result.stderr.startswith(b"primed-client: "), result.stderr)
+
+    def test_help(self):
+        result = primedClient("--help")
+        self.assertEqual(result.returncode, 0)
+        for option in (b"--host", b"--port", b"--udp", b"--timeout", b"--retries", b"--raw"):
+            self.assertIn(option, result.stdout)
