@@ -84,7 +84,7 @@ def _request(number) -> bytes:
     lines: over TCP the replies would then no longer match the requests.
     """
     request = encodeRequest(number)
-    if b"\n" in request[:-1]:
+    if request.find(b"\n") != len(request) - 1:
         raise ValueError(f"{number!r} is not one line")
     return request
 
@@ -127,17 +127,28 @@ class PrimedClientProtocol(LineReceiver):
             earlier request; or failing with a L{PrimedError}.
         @raise ValueError: if C{number}'s text spans several lines.
         """
+        d = defer.Deferred()
+        self.request(number, d)
+        return d
+
+    def request(self, number, receiver):
+        """
+        L{check} without the Deferred, for callers sending numbers by the
+        thousand: the answer goes to C{receiver.callback(verdict)} or
+        C{receiver.errback(failure)} (a L{Deferred} is such a receiver).
+
+        @raise ValueError: if C{number}'s text spans several lines.
+        """
         request = _request(number)
         if self._lost:
-            return defer.fail(PrimedConnectionLost("the connection is closed"))
+            receiver.errback(Failure(PrimedConnectionLost("the connection is closed")))
+            return
         if not self._pending and self.timeout is not None:
             self._lastHeard = self._clock.seconds()
             if self._timer is None:
                 self._timer = self._clock.callLater(self.timeout, self._checkSilence)
-        d = defer.Deferred()
-        self._pending.append(d)
+        self._pending.append(receiver)
         self.transport.write(request)
-        return d
 
     def dataReceived(self, data):
         if self.timeout is not None:
@@ -196,8 +207,8 @@ class PrimedClientProtocol(LineReceiver):
                 f"connection lost before {len(pending)} answers arrived"
                 f" ({reason.getErrorMessage()})"
             )
-        for d in pending:
-            d.errback(Failure(error_))
+        for receiver in pending:
+            receiver.errback(Failure(error_))
 
 
 def connect(reactor, description, timeout=None) -> defer.Deferred:
@@ -499,10 +510,30 @@ _WORDS = {
 _LETTERS = {verdict: verdict.reply for verdict in Verdict}
 
 
+class _Slot:
+    """
+    One input of a L{_Run}, in input order, and the receiver of its answer
+    (see L{PrimedClientProtocol.request}).
+    """
+
+    __slots__ = ("run", "text", "verdict")
+
+    def __init__(self, run, text):
+        self.run = run
+        self.text = text
+        self.verdict = None
+
+    def callback(self, verdict):
+        self.run._answered(self, verdict)
+
+    def errback(self, reason):
+        self.run.fail(reason)
+
+
 class _Run:
     """
-    Feed inputs to C{check} with at most C{window} unanswered, and print the
-    answers in input order.
+    Feed inputs to C{send(number, receiver)} with at most C{window}
+    unanswered, and print the answers in input order.
 
     The output is always a prefix of the inputs: the first request primed
     does not answer stops the run, and L{finished} fails with its error.
@@ -511,14 +542,14 @@ class _Run:
         is printed.
     """
 
-    def __init__(self, check, window, write, flush, wantInput=lambda: None):
-        self._check = check
+    def __init__(self, send, window, write, flush, wantInput=lambda: None):
+        self._send = send
         self._window = window
         self._write = write
         self._flush = flush
         self._wantInput = wantInput
         self._queued = collections.deque()  # inputs not sent yet
-        self._sent = collections.deque()  # [input, verdict], input order
+        self._sent = collections.deque()  # _Slots, input order
         self._inFlight = 0
         self._pumping = False
         self._asked = False
@@ -554,19 +585,16 @@ class _Run:
         if self._pumping:
             return
         self._pumping = True
+        queued, sent, send, finished = self._queued, self._sent, self._send, self.finished
         try:
-            while self._queued and self._inFlight < self._window:
-                if self.finished.called:
-                    return
-                text = self._queued.popleft()
-                slot = [text, None]
-                self._sent.append(slot)
+            while queued and self._inFlight < self._window and not finished.called:
+                slot = _Slot(self, queued.popleft())
+                sent.append(slot)
                 self._inFlight += 1
                 try:
-                    d = self._check(text.decode("utf-8", "surrogateescape"))
+                    send(slot.text.decode("utf-8", "surrogateescape"), slot)
                 except ValueError:
-                    d = defer.succeed(Verdict.INVALID)
-                d.addCallbacks(self._answered, self.fail, (slot,))
+                    slot.callback(Verdict.INVALID)
         finally:
             self._pumping = False
         if self.finished.called:
@@ -580,15 +608,15 @@ class _Run:
             self._asked = True
             self._wantInput()
 
-    def _answered(self, verdict, slot):
+    def _answered(self, slot, verdict):
         if self.finished.called:
             return
-        slot[1] = verdict
+        slot.verdict = verdict
         self._inFlight -= 1
         sent, write = self._sent, self._write
-        while sent and sent[0][1] is not None:
-            text, verdict = sent.popleft()
-            write(text, verdict)
+        while sent and sent[0].verdict is not None:
+            slot = sent.popleft()
+            write(slot.text, slot.verdict)
         self._pump()
 
 
@@ -714,21 +742,24 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         client = PrimedUDPClient(
             reactor, options["host"], options["port"], options["timeout"], options["retries"]
         )
-        check, window, connection = client.check, UDP_WINDOW, None
+        def send(number, receiver):
+            client.check(number).addCallbacks(receiver.callback, receiver.errback)
+
+        window, connection = UDP_WINDOW, None
     else:
         try:
             connection = await _connectTCP(reactor, options)
         except Exception as e:
             stderr.write(f"primed-client: cannot connect to {where}: {_reason(e)}\n")
             return 1
-        check, window = connection.check, TCP_WINDOW
+        send, window = connection.request, TCP_WINDOW
 
     def wantInput():
         if reader is not None:
             reader.more()
 
     reader = None
-    job = _Run(check, window, output.write, output.flush, wantInput)
+    job = _Run(send, window, output.write, output.flush, wantInput)
     if options["numbers"]:
         job.feed([os.fsencode(number) for number in options["numbers"]])
         job.end()
@@ -790,7 +821,10 @@ def main(argv=None):
 
     async def command(reactor):
         reactor.callWhenRunning(_defaultSignals)
-        code = await run(reactor, options, 0, sys.stdout.buffer, sys.stderr)
+        # Buffered whatever PYTHONUNBUFFERED says: the run flushes whenever
+        # it waits for input, so a terminal still sees each answer at once.
+        stdout = open(1, "wb", buffering=1 << 16, closefd=False)
+        code = await run(reactor, options, 0, stdout, sys.stderr)
         if code:
             raise SystemExit(code)
 

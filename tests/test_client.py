@@ -397,10 +397,8 @@ class RunTests(unittest.TestCase):
         self.flushes = 0
         self.wanted = 0
 
-    def check(self, text):
-        d = defer.Deferred()
-        self.pending[text] = d
-        return d
+    def send(self, text, receiver):
+        self.pending[text] = receiver
 
     def flush(self):
         self.flushes += 1
@@ -410,7 +408,7 @@ class RunTests(unittest.TestCase):
 
     def run_(self, window=2):
         return client._Run(
-            self.check, window, lambda t, v: self.printed.append((t, v)), self.flush, self.want
+            self.send, window, lambda t, v: self.printed.append((t, v)), self.flush, self.want
         )
 
     def test_windowAndOrder(self):
@@ -435,7 +433,7 @@ class RunTests(unittest.TestCase):
         recurses nor stalls.
         """
         run = client._Run(
-            lambda t: defer.succeed(Verdict.PRIME), 2, lambda t, v: self.printed.append(t),
+            lambda t, r: r.callback(Verdict.PRIME), 2, lambda t, v: self.printed.append(t),
             self.flush,
         )
         run.feed([b"%d" % i for i in range(5000)])
@@ -444,11 +442,11 @@ class RunTests(unittest.TestCase):
         self.assertEqual(len(self.printed), 5000)
 
     def test_multiLineIsInvalid(self):
-        def check(text):
+        def send(text, receiver):
             client._request(text)
-            return defer.succeed(Verdict.PRIME)
+            receiver.callback(Verdict.PRIME)
 
-        run = client._Run(check, 2, lambda t, v: self.printed.append((t, v)), self.flush)
+        run = client._Run(send, 2, lambda t, v: self.printed.append((t, v)), self.flush)
         run.feed([b"1\n2", b"3"])
         run.end()
         self.assertEqual(self.printed, [(b"1\n2", Verdict.INVALID), (b"3", Verdict.PRIME)])
