@@ -467,6 +467,12 @@ class Options(usage.Options):
                 raise usage.UsageError("--endpoint is for TCP; use --host with --udp")
             if self["port"] is not None or self["host"] != DEFAULT_HOST:
                 raise usage.UsageError("give either --endpoint or --host/--port")
+            from twisted.internet import reactor
+
+            try:
+                endpoints.clientFromString(reactor, self["endpoint"])
+            except Exception as e:  # the parsers raise anything at all
+                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {e}")
         self["port"] = _number(
             "--port", self["port"], int, DEFAULT_UDP_PORT if udp else DEFAULT_TCP_PORT
         )
@@ -698,6 +704,7 @@ class _Output:
         self._words = _LETTERS if raw else _WORDS
         self._raw = raw
         self.broken = False
+        self.onBroken = lambda: None
 
     def write(self, text, verdict):
         if self.broken:
@@ -725,6 +732,7 @@ class _Output:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self._stream.fileno())
         os.close(devnull)
+        self.onBroken()
 
 
 async def run(reactor, options, stdin, stdout, stderr) -> int:
@@ -742,6 +750,7 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         client = PrimedUDPClient(
             reactor, options["host"], options["port"], options["timeout"], options["retries"]
         )
+
         def send(number, receiver):
             client.check(number).addCallbacks(receiver.callback, receiver.errback)
 
@@ -760,6 +769,7 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
 
     reader = None
     job = _Run(send, window, output.write, output.flush, wantInput)
+    output.onBroken = lambda: job.fail(Failure(BrokenPipeError()))
     if options["numbers"]:
         job.feed([os.fsencode(number) for number in options["numbers"]])
         job.end()

@@ -596,6 +596,8 @@ class OptionsTests(unittest.TestCase):
             ["--bogus"],
             ["--udp", "--endpoint", "tcp:localhost:1"],
             ["--endpoint", "tcp:localhost:1", "--port", "2"],
+            ["--endpoint", "nonsense:1"],
+            ["--endpoint", "tcp:host=localhost:port=x"],
         ):
             self.assertRaises(usage.UsageError, self.parse, *argv)
 
@@ -674,3 +676,74 @@ class RealServiceTests(unittest.TestCase):
         with self.assertRaises(PrimedRefused):
             await udp.check(17)
         self.assertLess(self.reactor.seconds() - started, 10)
+
+
+class RunCommandTests(unittest.TestCase):
+    """
+    L{client.run}, the command after option parsing, over the fake UDP
+    reactor: no sockets, no clock but L{task.Clock}.
+    """
+
+    def run_(self, *argv):
+        import io
+
+        options = Options()
+        options.parseOptions(["--udp", "--timeout", "1", "--retries", "1", *argv])
+        self.reactor = FakeUDPReactor()
+        self.stdout, self.stderr = io.BytesIO(), io.StringIO()
+        return defer.ensureDeferred(
+            client.run(self.reactor, options, None, self.stdout, self.stderr)
+        )
+
+    def test_answersInInputOrder(self):
+        d = self.run_("17", "4j", "18")
+        for port, reply in reversed(list(zip(self.reactor.ports, [b"T\n", b"E\n", b"F\n"]))):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.stdout.getvalue(), b"17\tprime\n4j\tinvalid\n18\tnot prime\n")
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_raw(self):
+        d = self.run_("--raw", "17")
+        self.reactor.ports[0].reply(b"T\n")
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.stdout.getvalue(), b"T\n")
+
+    def test_timeoutPrintsPrefix(self):
+        """
+        The first unanswered input ends the run: what came before it is
+        printed, then one line on standard error, and the status is 1.
+        """
+        d = self.run_("2", "3", "4")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.reactor.pump([1.0, 1.0])
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(self.stdout.getvalue(), b"2\tprime\n")
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
+        )
+
+
+class ReceiverTests(unittest.TestCase):
+    def test_requestWithoutDeferred(self):
+        """
+        L{PrimedClientProtocol.request} hands the answer to any object with
+        C{callback} and C{errback}.
+        """
+        protocol, transport = connected()
+
+        class Receiver:
+            def __init__(self):
+                self.got = []
+                self.callback = self.errback = self.got.append
+
+        first, second = Receiver(), Receiver()
+        protocol.request(2, first)
+        protocol.request(3, second)
+        protocol.dataReceived(b"T\n")
+        lose(protocol, transport)
+        self.assertEqual(first.got, [Verdict.PRIME])
+        [failure] = second.got
+        self.assertIsInstance(failure.value, PrimedConnectionLost)

@@ -109,6 +109,12 @@ class AgainstDaemonTests(unittest.TestCase):
         result = primedClient("--udp", "-p", self.daemon.udpPort, "-r", "17", "18")
         self.assertAnswered(result, "T\nF\n")
 
+    def test_endpoint(self):
+        result = primedClient(
+            "--endpoint", f"tcp:host=127.0.0.1:port={self.daemon.tcpPort}", "-r", "2", "9"
+        )
+        self.assertAnswered(result, "T\nF\n")
+
     def test_negativeFirst(self):
         """
         C{primed-client -5 17}: numbers, not an unknown option C{-5}.
@@ -326,6 +332,7 @@ class UsageTests(unittest.TestCase):
             ["--timeout", "0"],
             ["--retries", "-1"],
             ["--udp", "--endpoint", "unix:path=/x"],
+            ["--endpoint", "nonsense:1"],
         ):
             result = primedClient(*args, "17")
             self.assertEqual(result.returncode, 2, (args, result))
