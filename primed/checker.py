@@ -22,6 +22,13 @@ from primed.primality import INLINE_MAX_BITS, is_prime, is_prime_releasing_gil
 DEFAULT_MAX_QUEUED = 64
 
 
+class CheckAbandoned(Exception):
+    """
+    A pool check that had not started when the checker was abandoned (a
+    stop past its drain deadline); it never ran.
+    """
+
+
 class PrimeChecker:
     """
     Run primality checks inline or in C{threadpool}, bounded by C{maxQueued}.
@@ -47,6 +54,7 @@ class PrimeChecker:
         self.maxQueued = maxQueued
         self.inlineMaxBits = inlineMaxBits
         self.queued = 0
+        self.abandoned = False
         self._roomWaiters: Deque[Callable[[], None]] = deque()
         self._idleWaiters: list = []
 
@@ -74,11 +82,26 @@ class PrimeChecker:
             thread.
         """
         self.queued += 1
-        d = deferToThreadPool(
-            self.reactor, self.threadpool, is_prime_releasing_gil, number
-        )
+        d = deferToThreadPool(self.reactor, self.threadpool, self._check, number)
         d.addBoth(self._finished)
         return d
+
+    def _check(self, number: int) -> bool:
+        """
+        In a pool thread: the check, unless the checker was abandoned while
+        it waited for a thread.
+        """
+        if self.abandoned:
+            raise CheckAbandoned()
+        return is_prime_releasing_gil(number)
+
+    def abandon(self) -> None:
+        """
+        Let no waiting check start: those not running yet fail at once with
+        L{CheckAbandoned}, so stopping the pool waits only for the checks
+        already running (L{ThreadPool.stop} runs every queued task first).
+        """
+        self.abandoned = True
 
     def notifyRoom(self, callback: Callable[[], None]) -> None:
         """

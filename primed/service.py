@@ -314,9 +314,13 @@ class PrimedService(service.Service):
         for port in self.udpPorts:
             port.stopListening()
         self.tcpPorts, self.udpPorts = [], []
+        # Checks still waiting for a thread have nobody left to answer
+        # (the drain deadline passed): skip them, or ThreadPool.stop would
+        # run every one of them before joining.
+        self.checker.abandon()
         if self.ownsPool:
-            # Joins the workers: at most one check each, all bounded by
-            # --max-digits.
+            # Joins the workers: at most one running check each, all bounded
+            # by --max-digits.
             self.threadpool.stop()
         self._log.info("Stopped")
 

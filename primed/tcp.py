@@ -35,6 +35,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from primed import wire
+from primed.checker import CheckAbandoned
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
@@ -254,6 +255,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self._flushPending()
 
     def _checkFailed(self, failure, slot: list, line: bytes) -> None:
+        if self._lost or failure.check(CheckAbandoned):
+            return  # nobody to answer: gone, or cut off by a stop
         self._log.failure("Checking a {digits}-digit number failed", failure,
                           digits=len(line))
         slot[0] = INVALID_REPLY
@@ -325,7 +328,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         """
         Complete requests received and not answered yet.
         """
-        return len(self._held) + sum(1 for slot in self._pending if slot[0] is None)
+        return len(self._held) + len(self._pending)
 
     def _finishIfDone(self) -> None:
         if (

@@ -14,6 +14,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from primed import wire
+from primed.checker import CheckAbandoned
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
 
 #: Seconds between two log lines about dropped datagrams.
@@ -83,6 +84,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self._done()
 
     def _checkFailed(self, failure, line: bytes, addr) -> None:
+        if failure.check(CheckAbandoned):
+            self._done()  # a stop past its deadline: no reply
+            return
         self._log.failure("Checking a {digits}-digit number failed", failure,
                           digits=len(line))
         self._reply(INVALID_REPLY, line, addr)

@@ -80,3 +80,19 @@ class PrimeCheckerTests(unittest.TestCase):
         onResult(False, ValueError("boom"))
         self.failureResultOf(d, ValueError)
         self.assertEqual(self.checker.queued, 0)
+
+    def test_abandonSkipsChecksNotStarted(self):
+        """
+        After L{PrimeChecker.abandon} (a stop past its deadline), checks still
+        waiting for a thread fail at once instead of running.
+        """
+        from primed.checker import CheckAbandoned
+
+        first = self.checker.submit(BIG_PRIME)
+        second = self.checker.submit(BIG_PRIME)
+        self.pool.run()
+        self.checker.abandon()
+        self.pool.run()
+        self.assertIs(self.successResultOf(first), True)
+        self.failureResultOf(second, CheckAbandoned)
+        self.assertEqual(self.checker.queued, 0)
