@@ -230,6 +230,9 @@ class _UDPRequest(DatagramProtocol):
     of the same request all get the same answer.
     """
 
+    # Two log events per request would cost more than the request.
+    noisy = False
+
     def __init__(self, clock, request, timeout, retries):
         self._clock = clock
         self._request = request
