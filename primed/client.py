@@ -7,6 +7,10 @@ in order, so L{PrimedClientProtocol} just keeps a queue of Deferreds and
 fires the oldest with each reply.  Over UDP a reply carries nothing that
 names its request, so L{PrimedUDPClient} gives each request a connected
 socket of its own and matches replies by the port they arrive at.
+
+The command reads numbers in a thread, keeps L{TCP_WINDOW} of them in flight
+on one connection, and prints the answers in input order; its output is
+always a prefix of its input, complete when the exit status is 0.
 """
 
 import collections
@@ -94,7 +98,7 @@ class PrimedClientProtocol(LineReceiver):
     Pipelined requests on one TCP connection.
 
     primed answers a connection's requests in order, so the oldest pending
-    Deferred is always the one a reply belongs to.  L{check} does not limit
+    request is always the one a reply belongs to.  L{check} does not limit
     how many requests are in flight: that is the caller's policy (the
     command keeps L{TCP_WINDOW}).
 
@@ -380,7 +384,9 @@ class Options(usage.Options):
         "Ask primed whether each NUMBER is prime; with no NUMBER, read them "
         "from standard input, one per line. Prints each input, a tab and "
         "'prime', 'not prime' or 'invalid', in input order. Exit status: 0 "
-        "if every input was answered, 1 if not, 2 for a usage error."
+        "if every input was answered, 1 if not (the output then stops at the "
+        "first unanswered input, and one line on standard error says why), "
+        "2 for a usage error. Options go before the numbers."
     )
 
     optFlags = [
