@@ -5,10 +5,12 @@ test owns that refuse or never answer.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import gmpy2
 from twisted.trial import unittest
@@ -78,6 +80,15 @@ class AgainstDaemonTests(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
+
+    def tempPath(self):
+        """
+        A file name in a fresh temporary directory, removed after the test
+        (trial's mktemp would litter the working directory under pytest).
+        """
+        directory = tempfile.mkdtemp(prefix="primed-client-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "input")
 
     def tcp(self, *args, **kwargs):
         return primedClient("--port", self.daemon.tcpPort, *args, **kwargs)
@@ -157,7 +168,7 @@ class AgainstDaemonTests(unittest.TestCase):
         Standard input from a file or C{/dev/null}, which the epoll reactor
         could not watch.
         """
-        path = self.mktemp()
+        path = self.tempPath()
         with open(path, "wb") as f:
             f.write(b"2\n3\n4\n")
         with open(path, "rb") as f:
@@ -170,7 +181,7 @@ class AgainstDaemonTests(unittest.TestCase):
         """
         SIGTERM ends a client blocked writing to a pipe nobody reads.
         """
-        path = self.mktemp()
+        path = self.tempPath()
         with open(path, "wb") as f:
             f.write(b"".join(b"%d\n" % n for n in range(200000)))
         with open(path, "rb") as numbers:
@@ -205,7 +216,7 @@ class AgainstDaemonTests(unittest.TestCase):
         C{primed-client | head -1}: the reader closes the pipe; the client
         stops quietly.
         """
-        path = self.mktemp()
+        path = self.tempPath()
         with open(path, "wb") as f:
             f.write(b"".join(b"%d\n" % n for n in range(200000)))
         with open(path, "rb") as numbers:
