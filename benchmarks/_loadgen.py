@@ -15,6 +15,7 @@ window, to requests sent in it, count.
 
 import collections
 import resource
+import select
 import selectors
 import socket
 import time
@@ -171,65 +172,86 @@ def runTCP(host, port, connections, depth, requests, startAt, endAt, bigEvery=0)
     return _result(completed, errors, 0, hist, bigHist, cpuStart)
 
 
-def runUDP(host, port, sockets, requests, startAt, endAt):
+def runUDP(host, port, sockets, depth, requests, startAt, endAt):
     """
-    One request in flight on each of C{sockets} connected UDP sockets until
-    C{endAt}.  A request unanswered after L{UDP_TIMEOUT} counts as lost and
-    is replaced.
+    C{depth} datagrams in flight on each of C{sockets} connected UDP sockets
+    until C{endAt}.
+
+    This loop is leaner than L{runTCP}'s (raw epoll, each socket drained
+    until it would block, latencies recorded inline): a UDP request costs
+    the server little more than its two system calls, so a generator as
+    heavy as the server would measure itself.  Replies carry no request id;
+    the server answers a socket's datagrams in order, so each reply is
+    matched with its socket's oldest request.  When a socket's oldest
+    request is unanswered after L{UDP_TIMEOUT}, all its requests in flight
+    count as lost and are replaced.
     """
-    sel = selectors.EpollSelector()
-    socks = []
-    sentAt = {}
+    poller = select.epoll()
+    states = {}
     hist = {}
     completed = errors = lost = 0
     cpuStart = None
+    small = requests.small
     try:
         for i in range(sockets):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.connect((host, port))
             sock.setblocking(False)
-            socks.append(sock)
-            sel.register(sock, selectors.EVENT_READ, [i * 997])
+            # [socket, send times in flight (oldest first), requests sent]
+            states[sock.fileno()] = [sock, collections.deque(), i * 997]
+            poller.register(sock.fileno(), select.EPOLLIN)
 
-        def send(sock, counter, now):
-            sock.send(requests.small(counter[0], 1))
-            counter[0] += 1
-            sentAt[sock] = now
+        def refill(state, now, n):
+            sock, times, counter = state
+            for k in range(n):
+                sock.send(small(counter + k, 1))
+                times.append(now)
+            state[2] = counter + n
 
         now = time.monotonic()
-        for sock in socks:
-            send(sock, sel.get_key(sock).data, now)
+        for state in states.values():
+            refill(state, now, depth)
         nextSweep = now + UDP_TIMEOUT
         while now < endAt:
-            events = sel.select(min(0.1, endAt - now))
+            events = poller.poll(min(0.1, endAt - now))
             now = time.monotonic()
             if cpuStart is None and now >= startAt:
                 cpuStart = _cpuSeconds()
             measuring = now >= startAt
-            for key, mask in events:
-                sock = key.fileobj
-                try:
-                    data = sock.recv(64)
-                except (BlockingIOError, ConnectionRefusedError):
-                    continue
+            for fd, _ in events:
+                state = states[fd]
+                sock, times = state[0], state[1]
+                n = 0
+                while True:
+                    try:
+                        data = sock.recv(64)
+                    except (BlockingIOError, ConnectionRefusedError):
+                        break
+                    n += 1
+                    sentAt = times.popleft() if times else now
+                    if measuring:
+                        if data != b"T\n" and data != b"F\n":
+                            errors += 1
+                        if sentAt >= startAt:
+                            key = int((now - sentAt) * 1e6)
+                            hist[key] = hist.get(key, 0) + 1
                 if measuring:
-                    completed += 1
-                    if data != b"T\n" and data != b"F\n":
-                        errors += 1
-                    if sentAt[sock] >= startAt:
-                        _record(hist, now - sentAt[sock], 1)
-                send(sock, key.data, now)
+                    completed += n
+                refill(state, now, n)
             if now >= nextSweep:
                 nextSweep = now + UDP_TIMEOUT
-                for sock in socks:
-                    if now - sentAt[sock] > UDP_TIMEOUT:
-                        lost += now >= startAt
-                        send(sock, sel.get_key(sock).data, now)
+                for state in states.values():
+                    times = state[1]
+                    if times and now - times[0] > UDP_TIMEOUT:
+                        if now >= startAt:
+                            lost += len(times)
+                        times.clear()
+                        refill(state, now, depth)
     finally:
-        for sock in socks:
-            sel.unregister(sock)
-            sock.close()
-        sel.close()
+        for state in states.values():
+            poller.unregister(state[0].fileno())
+            state[0].close()
+        poller.close()
     return _result(completed, errors, lost, hist, {}, cpuStart)
 
 
