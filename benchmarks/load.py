@@ -16,7 +16,8 @@ Two ratios are printed.  C{ratio} is primed's requests/s over the
 ceiling's, best run of each (noise only ever slows a run down).  C{cpu ratio}
 is the ceiling's server CPU time per request over primed's, least of each:
 what the throughput ratio would be if each server had a core to itself, and
-much steadier when other people's work shares the machine.  C{other cores}
+much steadier when other people's work shares the machine.  C{srv cores}
+near 1.0 means the server, not the generator, set the pace.  C{other cores}
 is the machine's busy time that neither the server nor the generator used:
 when it is high, requests/s figures are the other work's, not ours.  Before
 each run the suite waits (C{--quiet-wait}, bounded) for the machine to idle.
@@ -295,7 +296,7 @@ def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
     header = (
         "scenario          primed req/s  ceiling req/s  ratio  target           cpu ratio  "
         "primed p50/p99 ms  ceiling p50/p99 ms  server us/req p/c  "
-        "gen cores p/c  other cores p/c"
+        "srv cores p/c  gen cores p/c  other cores p/c"
     )
     lines = [header, "-" * len(header)]
     for scenario in scenarios:
@@ -319,6 +320,7 @@ def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
             f"  {ratioText}  {target:<15}  {cpuText:>9}  "
             f"{_ms(p['p50']):>8}/{_ms(p['p99']):<8}  {_ms(c['p50']):>8}/{_ms(c['p99']):<9}  "
             f"{_us(leanest(runs[primed])):>8}/{_us(leanest(runs[ceiling])):<8}  "
+            f"{p['serverCores']:>6.2f}/{c['serverCores']:<6.2f}  "
             f"{p['generatorCores']:>6.2f}/{c['generatorCores']:<6.2f}  "
             f"{p['otherCores']:>7.2f}/{c['otherCores']:.2f}"
         )
