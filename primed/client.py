@@ -105,6 +105,9 @@ class PrimedClientProtocol(LineReceiver):
     @ivar timeout: L{None}, or the seconds of silence tolerated while answers
         are owed; then the connection is dropped and the pending requests
         fail with L{PrimedTimeout}.
+    @ivar lostIdle: whether the connection closed owing no answer (primed's
+        idle timeout, say): nothing was lost with it, and a new connection
+        can carry on.
     """
 
     delimiter = b"\n"
@@ -119,6 +122,7 @@ class PrimedClientProtocol(LineReceiver):
         self._pending = collections.deque()
         self._error = None
         self._lost = False
+        self.lostIdle = False
         self._timer = None
         self._lastHeard = 0.0
 
@@ -203,6 +207,7 @@ class PrimedClientProtocol(LineReceiver):
         self._timer = None
         pending, self._pending = self._pending, collections.deque()
         if not pending:
+            self.lostIdle = self._error is None
             return
         if self._error is not None:
             error_ = self._error
@@ -641,6 +646,43 @@ class InputError(Exception):
     """
 
 
+class _Reconnecting:
+    """
+    The command's TCP sender.  primed closes connections left idle, as a
+    command reading a slow pipe or a terminal easily leaves one: a connection
+    that closed owing nothing is replaced for the next request instead of
+    ending the run.  One that closed owing answers still ends it.
+    """
+
+    def __init__(self, connect, protocol):
+        self._connect = connect
+        self.protocol = protocol
+        self._waiting = None
+
+    def request(self, number, receiver):
+        if self._waiting is None and not self.protocol.lostIdle:
+            self.protocol.request(number, receiver)
+            return
+        _request(number)  # Refuse now what the new connection would refuse.
+        if self._waiting is not None:
+            self._waiting.append((number, receiver))
+            return
+        self._waiting = [(number, receiver)]
+        connecting = defer.ensureDeferred(self._connect())
+        connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol):
+        self.protocol = protocol
+        waiting, self._waiting = self._waiting, None
+        for number, receiver in waiting:
+            protocol.request(number, receiver)
+
+    def _failed(self, reason):
+        waiting, self._waiting = self._waiting, None
+        for number, receiver in waiting:
+            receiver.errback(reason)
+
+
 class _StdinReader:
     """
     Read a file descriptor in chunks, in a daemon thread, one chunk per
@@ -766,10 +808,11 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         window, connection = UDP_WINDOW, None
     else:
         try:
-            connection = await _connectTCP(reactor, options)
+            protocol = await _connectTCP(reactor, options)
         except Exception as e:
             stderr.write(f"primed-client: cannot connect to {where}: {_reason(e)}\n")
             return 1
+        connection = _Reconnecting(lambda: _connectTCP(reactor, options), protocol)
         send, window = connection.request, TCP_WINDOW
 
     def wantInput():
@@ -797,7 +840,7 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         return 1
     finally:
         if connection is not None:
-            connection.transport.loseConnection()
+            connection.protocol.transport.loseConnection()
     return 1 if output.broken else 0
 
 

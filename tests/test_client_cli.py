@@ -242,6 +242,42 @@ class AgainstDaemonTests(unittest.TestCase):
         self.assertNotIn(b"Traceback", error)
 
 
+class IdleTimeoutTests(unittest.TestCase):
+    def ask(self, process, number):
+        process.stdin.write(number + b"\n")
+        process.stdin.flush()
+        return process.stdout.readline()
+
+    def test_outlivesIdleTimeout(self):
+        """
+        Input that pauses longer than primed's idle timeout: the closed
+        connection is replaced and every line answered.
+        """
+        with Daemon(
+            "--listen", "tcp:0:interface=127.0.0.1", "--no-udp", "--idle-timeout", "0.3"
+        ) as daemon:
+            process = subprocess.Popen(
+                clientCommand() + ["--port", str(daemon.tcpPort), "--raw"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                answers = [self.ask(process, b"2")]
+                daemon.waitForLog("Closing idle connection", timeout=10)
+                answers.append(self.ask(process, b"4"))
+                process.stdin.close()
+                status = process.wait(30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+                process.stdout.close()
+                error = process.stderr.read()
+                process.stderr.close()
+        self.assertEqual((answers, status, error), ([b"T\n", b"F\n"], 0, b""))
+
+
 class FailureTests(unittest.TestCase):
     """
     What cannot be answered: exit status 1 and one line on standard error
