@@ -14,7 +14,9 @@ from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
 
-DEFAULT_LISTEN = "tcp:8809:interface=127.0.0.1"
+# Twisted's own default backlog (50) drops SYNs when a few hundred clients
+# connect at once, and they retry only after a second: match --max-connections.
+DEFAULT_LISTEN = "tcp:8809:interface=127.0.0.1:backlog=1024"
 DEFAULT_UDP = "127.0.0.1:8808"
 
 
@@ -101,7 +103,7 @@ class Options(usage.Options):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,
         tcp6:…, unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
-        replaces the default [default: tcp:8809:interface=127.0.0.1].
+        replaces the default [default: tcp:8809:interface=127.0.0.1:backlog=1024].
         """
         self["listen"].append(description)
 

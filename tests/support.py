@@ -63,7 +63,7 @@ class Daemon:
     def start(self) -> None:
         argv = _twistdArgv(
             self.args
-            or ["--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0"]
+            or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"]
         )
         self.process = subprocess.Popen(
             argv,

@@ -289,16 +289,11 @@ class ContentTests(unittest.TestCase):
             Options().parseOptions(options)
 
     def test_template(self):
+        from primed.tap import DEFAULT_LISTEN, DEFAULT_UDP
+
         _, _, options = execArgs(self.units["primed@.service"])
         self.assertEqual(
-            options,
-            [
-                "--reuseport",
-                "--listen",
-                "tcp:8809:interface=127.0.0.1",
-                "--udp",
-                "127.0.0.1:8808",
-            ],
+            options, ["--reuseport", "--listen", DEFAULT_LISTEN, "--udp", DEFAULT_UDP]
         )
 
     def test_socketsNamedPerTransport(self):

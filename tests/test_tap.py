@@ -24,7 +24,7 @@ def parse(*args):
 class OptionsTests(unittest.TestCase):
     def test_defaults(self):
         options = parse()
-        self.assertEqual(options["listen"], ["tcp:8809:interface=127.0.0.1"])
+        self.assertEqual(options["listen"], ["tcp:8809:interface=127.0.0.1:backlog=1024"])
         self.assertEqual([repr(a) for a in options["udp"]], ["127.0.0.1:8808"])
         self.assertEqual(options["threads"], os.cpu_count())
         self.assertEqual(options["max-digits"], 4300)
