@@ -126,8 +126,10 @@ def replyFor(line: bytes, isPrime, maxDigits: int = DEFAULT_MAX_DIGITS) -> bytes
 
 def encodeRequest(number) -> bytes:
     """
-    The request line for C{number} (an int or a string of one), newline
-    included, as a client sends it.
+    The request line for C{number} (an int, or text sent as given), newline
+    included, as a client sends it.  Only a line ending the text already
+    has is dropped: stripping more (Unicode spaces, say) would let a client
+    send something other than what it was given.
     """
-    text = str(number).strip()
+    text = str(number).rstrip("\r\n")
     return text.encode("utf-8", "surrogateescape") + b"\n"

@@ -48,6 +48,11 @@ class ParseRequestTests(unittest.TestCase):
         self.assertEqual(parseRequest(digits.encode(), maxDigits=6000),
                          int(digits[:3000]) * 10**3000 + int(digits[3000:]))
 
+    def test_encodeSendsTextAsGiven(self):
+        self.assertEqual(wire.encodeRequest(" 17\t"), b" 17\t\n")
+        self.assertEqual(wire.encodeRequest("17\r\n"), b"17\n")
+        self.assertEqual(wire.encodeRequest("17\u00a0"), "17\u00a0\n".encode())
+
     @given(st.integers())
     def test_roundTrip(self, number):
         self.assertEqual(parseRequest(wire.encodeRequest(number)[:-1]), number)
