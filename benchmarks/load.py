@@ -2,8 +2,8 @@
 Loopback load benchmark: primed against the bare Twisted ceiling, side by
 side in one run.
 
-    python benchmarks/load.py [--duration 5] [--repeat 2] [--scenarios abcde]
-                              [--generators 1] [--processes 2]
+    python benchmarks/load.py [--duration 4] [--repeat 3] [--scenarios abcde]
+                              [--generators 1] [--processes 2] [--json FILE]
 
 It starts primed (C{twistd -n primed} on port 0, ports read from its log)
 and C{benchmarks/ceiling.py}, then runs every scenario against both,
@@ -55,6 +55,12 @@ except ImportError:  # run as a script: benchmarks/ is sys.path[0]
 
 
 class Scenario:
+    """
+    One load shape: C{connections} TCP connections (or UDP sockets), each
+    with C{depth} requests in flight; with C{bigEvery}, every C{bigEvery}-th
+    request of a connection is a big prime.
+    """
+
     def __init__(self, key, title, kind, connections, depth=1, bigEvery=0, target=None):
         self.key = key
         self.title = title
