@@ -71,6 +71,9 @@ RELEASE_MIN_BITS = 1280
 # bound (it checks n >> 64 < 179817); a little below DETERMINISTIC_LIMIT.
 _FLINT_13_BASES_LIMIT = 179817 << 64
 
+_TWO_64 = 1 << 64
+_FMPZ_TWO_64 = _fmpz(_TWO_64)
+
 _FIRST_13_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
 _PRODUCT_OF_FIRST_13_PRIMES = gmpy2.primorial(41)
 
@@ -102,6 +105,11 @@ def is_prime(n: int) -> bool:
     """
     if n < _FLINT_13_BASES_LIMIT:
         try:
+            if n >> 63 == 1:
+                # python-flint converts ints in [2**63, 2**64) on a slow
+                # path (0.42 us, against 0.1 us below 2**63): build it from
+                # a small one instead, same value, half the cost.
+                return (_fmpz(n - _TWO_64) + _FMPZ_TWO_64).is_prime() == 1
             return _fmpz(n).is_prime() == 1
         except TypeError:
             # Another integer type, such as gmpy2.mpz: FLINT wants int.

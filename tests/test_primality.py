@@ -233,8 +233,8 @@ def test_other_integer_types(check):
 @BOTH
 @pytest.mark.parametrize(
     "centre",
-    [2**64, primality._FLINT_13_BASES_LIMIT, DETERMINISTIC_LIMIT],
-    ids=["2**64", "FLINT 13 bases", "deterministic limit"],
+    [2**63, 2**64, primality._FLINT_13_BASES_LIMIT, DETERMINISTIC_LIMIT],
+    ids=["2**63", "2**64", "FLINT 13 bases", "deterministic limit"],
 )
 def test_around_boundaries(check, centre):
     """
