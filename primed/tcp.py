@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.fastpath import streamWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
@@ -87,6 +88,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self.maxDigits = factory.maxDigits
         self.MAX_LENGTH = wire.maxLineLength(factory.maxDigits)
         self.maxInflight = factory.maxInflight
+        self._write = streamWriter(self.transport)
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
         factory.connected(self)
@@ -207,7 +209,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
                     break
                 if out:
                     # Keep order even when the pool answers synchronously.
-                    self.transport.write(b"".join(out))
+                    self._write(b"".join(out))
                     out = []
                 slot = [None]
                 pending.append(slot)
@@ -225,14 +227,14 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             else:
                 out.append(reply)
         if out:
-            self.transport.write(b"".join(out))
+            self._write(b"".join(out))
         self._processing -= 1
 
     def _answer(self, reply: bytes) -> None:
         if self._pending:
             self._pending.append([reply])
         else:
-            self.transport.write(reply)
+            self._write(reply)
 
     def _hold(self, lines: List[bytes], start: int, reason: str) -> None:
         self._held.extendleft(reversed(lines[start:]))
@@ -274,7 +276,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         while pending and pending[0][0] is not None:
             ready.append(pending.popleft()[0])
         if ready:
-            self.transport.write(b"".join(ready))
+            self._write(b"".join(ready))
             self.resetTimeout()  # idle time counts from the last reply
         if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
             self._unpause(PAUSED_BY_INFLIGHT)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.fastpath import datagramWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
 
 #: Seconds between two log lines about dropped datagrams.
@@ -52,6 +53,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self._lastDropLog: Optional[float] = None
         self._idleWaiters: list = []
         self._stopped = False
+
+    def startProtocol(self) -> None:
+        self._send = datagramWriter(self.transport)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if not data or self._stopped:
@@ -103,7 +107,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
         if self.transport is None:
             return  # stopped listening while the pool was busy
         try:
-            self.transport.write(reply, addr)
+            self._send(reply, addr)
         except OSError as e:
             # A full socket buffer or an unreachable source: UDP may lose a
             # reply, it must not lose the server.

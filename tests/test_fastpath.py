@@ -1,0 +1,97 @@
+"""
+Tests for L{primed.fastpath}, on real sockets driven without a reactor.
+"""
+
+import socket
+
+from twisted.internet import tcp, udp
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from fakes import FakeDatagramTransport
+from primed.fastpath import datagramWriter, streamWriter
+
+
+class FDSet:
+    """
+    The part of a reactor a Twisted transport registers with.
+    """
+
+    def __init__(self):
+        self.writers = set()
+
+    def addWriter(self, writer):
+        self.writers.add(writer)
+
+    def removeWriter(self, writer):
+        self.writers.discard(writer)
+
+    def addReader(self, reader):
+        pass
+
+    def removeReader(self, reader):
+        pass
+
+
+class StreamWriterTests(unittest.TestCase):
+    def setUp(self):
+        self.ours, self.peer = socket.socketpair()
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.peer.close)
+        self.ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.fds = FDSet()
+        self.transport = tcp.Connection(self.ours, Protocol(), self.fds)
+        self.transport.connected = True
+        self.write = streamWriter(self.transport)
+
+    def test_sendsAtOnce(self):
+        self.write(b"T\n")
+        self.assertEqual(self.peer.recv(16), b"T\n")
+        self.assertEqual(self.fds.writers, set())
+
+    def test_queuesBehindBufferedData(self):
+        """
+        Once Twisted holds data, later writes go behind it, in order.
+        """
+        self.transport.write(b"F\n")
+        self.write(b"E\n")
+        self.assertEqual(self.transport._tempDataBuffer, [b"F\n", b"E\n"])
+        self.assertEqual(self.fds.writers, {self.transport})
+
+    def test_remainderBuffered(self):
+        """
+        What the kernel does not take is handed to Twisted, not lost.
+        """
+        data = b"T\n" * 2_000_000
+        self.write(data)
+        buffered = b"".join(self.transport._tempDataBuffer)
+        self.assertTrue(0 < len(buffered) < len(data))
+        self.assertTrue(data.endswith(buffered))
+
+    def test_afterLoseConnectionUsesTwisted(self):
+        self.transport.disconnecting = True
+        self.write(b"T\n")
+        self.assertEqual(self.transport._tempDataBuffer, [b"T\n"])
+
+    def test_otherTransports(self):
+        transport = StringTransport()
+        self.assertEqual(streamWriter(transport), transport.write)
+
+
+class DatagramWriterTests(unittest.TestCase):
+    def test_sendsFromThePortsSocket(self):
+        port = udp.Port(0, DatagramProtocol(), "127.0.0.1", reactor=FDSet())
+        port.socket = port.createInternetSocket()
+        port.socket.bind(("127.0.0.1", 0))
+        self.addCleanup(port.socket.close)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(5)
+            datagramWriter(port)(b"F\n", peer.getsockname())
+            self.assertEqual(peer.recvfrom(16)[0], b"F\n")
+
+    def test_otherTransports(self):
+        transport = FakeDatagramTransport()
+        self.assertEqual(datagramWriter(transport), transport.write)
