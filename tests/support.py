@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from twisted.trial import unittest
 
 SEED_VALUES = ["4j", 4, 5, -5, 17, 29, 2**50, 2**50 - 1]
 SEED_REPLIES = [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n", b"F\n", b"F\n"]
@@ -159,6 +161,24 @@ class Daemon:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+
+class SharedDaemonTestCase(unittest.TestCase):
+    """
+    A test case whose tests share one daemon, started with C{daemonArgs}:
+    starting Python and Twisted costs more than most exchanges.
+    """
+
+    daemonArgs: Tuple[str, ...] = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon(*cls.daemonArgs)
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
 
 
 def ask(port: int, payload: bytes, timeout: float = 10.0, host: str = "127.0.0.1") -> bytes:

@@ -15,7 +15,7 @@ import tempfile
 import gmpy2
 from twisted.trial import unittest
 
-from support import SEED_REPLIES, SEED_VALUES, Daemon
+from support import SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase
 
 SEED_ARGS = [str(v) for v in SEED_VALUES]
 SEED_WORDS = [
@@ -67,19 +67,11 @@ def expectedLines(texts):
     return ("\n".join(lines) + "\n").encode()
 
 
-class AgainstDaemonTests(unittest.TestCase):
+class AgainstDaemonTests(SharedDaemonTestCase):
     """
     One daemon for the class: starting it costs more than every run below.
     """
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        cls.daemon.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
 
     def tempPath(self):
         """

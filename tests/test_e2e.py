@@ -10,23 +10,16 @@ import time
 
 from twisted.trial import unittest
 
-from support import SEED_REPLIES, SEED_VALUES, Daemon, ask, askUDP, readAll, twistdCommand
+from support import (
+    SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase, ask, askUDP, readAll, twistdCommand,
+)
 
 
-class DaemonTests(unittest.TestCase):
+class DaemonTests(SharedDaemonTestCase):
     """
     One daemon for the whole class: starting Python and Twisted costs more
     than every exchange below.
     """
-
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        cls.daemon.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
 
     def test_seedClientExchange(self):
         """

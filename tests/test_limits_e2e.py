@@ -16,7 +16,7 @@ import time
 
 from twisted.trial import unittest
 
-from support import Daemon, ask, askUDP, readAll
+from support import Daemon, SharedDaemonTestCase, ask, askUDP, readAll
 
 MiB = 1 << 20
 
@@ -110,19 +110,11 @@ class Hog(threading.Thread):
             offset = (offset + n) % len(view)
 
 
-class DefaultLimitsTests(unittest.TestCase):
+class DefaultLimitsTests(SharedDaemonTestCase):
     """
     One daemon with the default limits for the whole class.
     """
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        cls.daemon.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
 
     def assertServed(self):
         self.assertEqual(ask(self.daemon.tcpPort, b"13\n"), b"T\n")
@@ -240,19 +232,12 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(any("Connection limit of 3 reached" in line for line in d.log))
 
 
-class IdleTimeoutTests(unittest.TestCase):
+class IdleTimeoutTests(SharedDaemonTestCase):
     """
     C{--idle-timeout 1}, one pool thread so that big checks take turns.
     """
 
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon(*_TCP_ONLY, "--idle-timeout", "1", "--threads", "1")
-        cls.daemon.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
+    daemonArgs = (*_TCP_ONLY, "--idle-timeout", "1", "--threads", "1")
 
     def connect(self):
         return socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10)
