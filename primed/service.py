@@ -160,9 +160,9 @@ class PrimedService(service.Service):
         self.factory = PrimeLineFactory(
             self.checker, reactor, maxDigits=maxDigits, verbose=verbose, **tcpLimits
         )
-        self.datagramProtocol = PrimeDatagramProtocol(
-            self.checker, reactor, maxDigits=maxDigits, verbose=verbose
-        )
+        self.verbose = verbose
+        #: One per UDP port: a protocol is bound to a single transport.
+        self.datagramProtocols: List[PrimeDatagramProtocol] = []
         self.tcpPorts: List = []
         self.udpPorts: List = []
         self._served: List[Tuple[str, str]] = []
@@ -237,6 +237,10 @@ class PrimedService(service.Service):
         return result[0]
 
     def _listenUDP(self, address: UDPAddress):
+        protocol = PrimeDatagramProtocol(
+            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
+        )
+        self.datagramProtocols.append(protocol)
         maxPacketSize = min(_MAX_DATAGRAM, max(8192, wire.maxLineLength(self.maxDigits) + 1))
         if address.systemdName is not None:
             fd = _inheritedDescriptor(address.systemdName)
@@ -247,18 +251,18 @@ class PrimedService(service.Service):
             probe.setblocking(False)
             probe.detach()  # the descriptor stays open, for the reactor
             return self.reactor.adoptDatagramPort(
-                fd, family, self.datagramProtocol, maxPacketSize
+                fd, family, protocol, maxPacketSize
             )
         if self.reusePort:
             sock = _reusePortSocket(socket.SOCK_DGRAM, address.host, address.port)
             try:
                 return self.reactor.adoptDatagramPort(
-                    sock.fileno(), sock.family, self.datagramProtocol, maxPacketSize
+                    sock.fileno(), sock.family, protocol, maxPacketSize
                 )
             finally:
                 sock.close()
         return self.reactor.listenUDP(
-            address.port, self.datagramProtocol, address.host, maxPacketSize
+            address.port, protocol, address.host, maxPacketSize
         )
 
     @staticmethod
@@ -286,7 +290,8 @@ class PrimedService(service.Service):
             getattr(port, "stopReading", lambda: None)()
         drained = defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for port in self.tcpPorts]
-            + [self.factory.drain(), self.datagramProtocol.drain(), self.checker.whenIdle()],
+            + [protocol.drain() for protocol in self.datagramProtocols]
+            + [self.factory.drain(), self.checker.whenIdle()],
             consumeErrors=True,
         )
         done = defer.Deferred()
@@ -298,7 +303,9 @@ class PrimedService(service.Service):
 
     def _cutOff(self, done: defer.Deferred) -> None:
         connections = len(self.factory.protocols)
-        requests = self.factory.abortAll() + self.datagramProtocol.inflight
+        requests = self.factory.abortAll() + sum(
+            protocol.inflight for protocol in self.datagramProtocols
+        )
         self._log.warn(
             "Drain timeout of {timeout}s reached: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",

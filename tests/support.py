@@ -52,6 +52,7 @@ class Daemon:
         self.startTimeout = startTimeout
         self.tcpPort: Optional[int] = None
         self.udpPort: Optional[int] = None
+        self.udpPorts: List[int] = []
         self.log: List[str] = []
         self.process: Optional[subprocess.Popen] = None
 
@@ -96,8 +97,9 @@ class Daemon:
                     kind, _, port = match.groups()
                     if kind == "TCP" and self.tcpPort is None:
                         self.tcpPort = int(port)
-                    elif kind == "UDP" and self.udpPort is None:
-                        self.udpPort = int(port)
+                    elif kind == "UDP":
+                        self.udpPorts.append(int(port))
+                        self.udpPort = self.udpPorts[0]
 
     def waitForLog(self, text: str, timeout: float = 10.0) -> str:
         """

@@ -193,6 +193,12 @@ class LifecycleTests(unittest.TestCase):
             self.assertIn(option.encode(), output, args)
             self.assertNotIn(b"Traceback", output, args)
 
+    def test_severalUDPPorts(self):
+        with Daemon("--udp", "127.0.0.1:0", "--udp", "127.0.0.1:0",
+                    "--listen", "tcp:0:interface=127.0.0.1") as d:
+            self.assertEqual(len(d.udpPorts), 2)
+            self.assertEqual([askUDP(port, b"17") for port in d.udpPorts], [b"T\n", b"T\n"])
+
     def test_portInUse(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))

@@ -77,7 +77,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIs(factory, primed.factory)
         ((udpPort, protocol, udpInterface, size),) = reactor.udpServers
         self.assertEqual((udpPort, udpInterface), (8808, "127.0.0.1"))
-        self.assertIs(protocol, primed.datagramProtocol)
+        self.assertEqual(primed.datagramProtocols, [protocol])
         served = self.successResultOf(primed.listening)
         self.assertEqual([kind for kind, where in served], ["TCP", "UDP"])
 
@@ -94,7 +94,26 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(primed.factory.idleTimeout, 9)
         self.assertTrue(primed.factory.verbose)
         self.assertEqual(primed.checker.maxQueued, 5)
-        self.assertEqual(primed.datagramProtocol.maxDigits, 50)
+        top = tap.makeService(parse("--max-digits", "50"), reactor)
+        top.privilegedStartService()
+        (udp,) = top.getServiceNamed("primed").datagramProtocols
+        self.assertEqual(udp.maxDigits, 50)
+
+    def test_severalUDPPorts(self):
+        """
+        Each UDP port gets its own protocol (a protocol has one transport);
+        they share the checker.
+        """
+        reactor = ThreadlessReactor()
+        top = tap.makeService(parse("--udp", "127.0.0.1:8808", "--udp", "[::1]:8808"), reactor)
+        top.privilegedStartService()
+        primed = top.getServiceNamed("primed")
+        self.assertEqual([(port, host) for port, _, host, _ in reactor.udpServers],
+                         [(8808, "127.0.0.1"), (8808, "::1")])
+        first, second = primed.datagramProtocols
+        self.assertIsNot(first, second)
+        self.assertIs(first.checker, second.checker)
+        self.assertIsNot(first.transport, second.transport)
 
 
 class StopTests(unittest.TestCase):
