@@ -175,7 +175,10 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         """
         L{LineReceiver}'s interface: handle one request line.
         """
-        self._process([line])
+        if self._held or self._paused & _HOLDING:
+            self._held.append(line)
+        else:
+            self._process([line])
 
     def _process(self, lines: List[bytes]) -> None:
         """
@@ -341,8 +344,9 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             and not self._pending
             and not self._lost
         ):
+            # The idle timer keeps running: a client that never reads its
+            # last replies would otherwise hold the connection open forever.
             self._closing = True
-            self.setTimeout(None)
             self.transport.loseConnection()
 
     # Logging.

@@ -105,10 +105,19 @@ class FramingTests(unittest.TestCase):
 
     def test_lineReceived(self):
         """
-        L{LineReceiver}'s interface still works.
+        L{LineReceiver}'s interface still works, and keeps request order
+        while lines are held back.
         """
         self.protocol.lineReceived(b"13")
         self.assertEqual(self.transport.value(), b"T\n")
+        harness = Harness(maxInflight=1)
+        protocol, transport = harness.connect()
+        protocol.lineReceived(b"%d" % BIG_PRIME)
+        protocol.lineReceived(b"4")
+        protocol.lineReceived(b"5")
+        self.assertEqual(transport.value(), b"")
+        harness.pool.run()
+        self.assertEqual(transport.value(), b"T\nF\nT\n")
 
 
 class OrderingTests(unittest.TestCase):
@@ -262,6 +271,18 @@ class IdleTimeoutTests(unittest.TestCase):
         self.harness.pool.run()
         self.clock.advance(300)
         self.assertTrue(self.transport.disconnecting)
+
+    def test_closingClientThatDoesNotRead(self):
+        """
+        After a half-close is answered, a client that never reads the last
+        replies cannot hold the connection forever: the idle timer aborts it.
+        """
+        self.protocol.dataReceived(b"7\n")
+        self.protocol.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(300)
+        self.assertTrue(self.transport.disconnected)
 
     def test_zeroMeansNever(self):
         harness = Harness(idleTimeout=0)
