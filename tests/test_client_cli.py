@@ -169,20 +169,27 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         with open(os.devnull, "rb") as f:
             self.assertAnswered(self.tcp(stdin=f.fileno()), "")
 
-    def test_terminatedWhileBlocked(self):
+    def bulkClient(self, stderr):
         """
-        SIGTERM ends a client blocked writing to a pipe nobody reads.
+        primed-client reading 200 000 numbers from a file, its output on a
+        pipe the test reads (or not).
         """
         path = self.tempPath()
         with open(path, "wb") as f:
             f.write(b"".join(b"%d\n" % n for n in range(200000)))
         with open(path, "rb") as numbers:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 clientCommand() + ["--port", str(self.daemon.tcpPort)],
                 stdin=numbers,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=stderr,
             )
+
+    def test_terminatedWhileBlocked(self):
+        """
+        SIGTERM ends a client blocked writing to a pipe nobody reads.
+        """
+        process = self.bulkClient(stderr=subprocess.DEVNULL)
         try:
             process.stdout.read(1)  # running, and its output pipe filling
             process.terminate()
@@ -208,16 +215,7 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         C{primed-client | head -1}: the reader closes the pipe; the client
         stops quietly.
         """
-        path = self.tempPath()
-        with open(path, "wb") as f:
-            f.write(b"".join(b"%d\n" % n for n in range(200000)))
-        with open(path, "rb") as numbers:
-            process = subprocess.Popen(
-                clientCommand() + ["--port", str(self.daemon.tcpPort)],
-                stdin=numbers,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+        process = self.bulkClient(stderr=subprocess.PIPE)
         # Only the first line is read, as head -1 would; then the pipe goes.
         first = process.stdout.readline()
         process.stdout.close()
