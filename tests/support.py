@@ -31,13 +31,15 @@ def twistdCommand() -> List[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _twistdArgv(args) -> List[str]:
+def _runnerArgv(runner: str, args) -> List[str]:
+    if runner == "twist":
+        return [sys.executable, "-m", "twisted", "--log-format", "text", "primed"] + list(args)
     return twistdCommand() + ["-n", "-l", "-", "--pidfile=", "primed"] + list(args)
 
 
 class Daemon:
     """
-    A running C{twistd -n primed}.  Use as a context manager; leaving it stops
+    A running C{twistd -n primed} (or C{twist primed}).  Use as a context manager; leaving it stops
     the process (SIGTERM, then SIGKILL after a bound).
 
     @ivar tcpPort: the TCP port it listens on (first one), or L{None}.
@@ -45,11 +47,13 @@ class Daemon:
     @ivar log: every line it logged so far (read by L{waitForLog}).
     """
 
-    def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0):
+    def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
+                 runner: str = "twistd"):
         self.args = args
         self.env = env
         self.pass_fds = pass_fds
         self.startTimeout = startTimeout
+        self.runner = runner
         self.tcpPort: Optional[int] = None
         self.udpPort: Optional[int] = None
         self.udpPorts: List[int] = []
@@ -64,7 +68,8 @@ class Daemon:
         self.stop()
 
     def start(self) -> None:
-        argv = _twistdArgv(
+        argv = _runnerArgv(
+            self.runner,
             self.args
             or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"]
         )

@@ -175,6 +175,11 @@ class LifecycleTests(unittest.TestCase):
                              capture_output=True, timeout=60).stdout
         self.assertIn(b"primed", out)
 
+    def test_twistServes(self):
+        with Daemon(runner="twist") as d:
+            self.assertEqual(ask(d.tcpPort, b"17\n18\n"), b"T\nF\n")
+            self.assertEqual(askUDP(d.udpPort, b"29"), b"T\n")
+
     def test_usageErrors(self):
         """
         Bad values name the option, exit non-zero, and print no traceback.
