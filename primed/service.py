@@ -241,7 +241,9 @@ class PrimedService(service.Service):
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
         )
         self.datagramProtocols.append(protocol)
-        maxPacketSize = min(_MAX_DATAGRAM, max(8192, wire.maxLineLength(self.maxDigits) + 1))
+        # Room for the longest line and its CRLF: anything the kernel has to
+        # truncate is longer than that, and is answered E.
+        maxPacketSize = min(_MAX_DATAGRAM, max(8192, wire.maxLineLength(self.maxDigits) + 2))
         if address.systemdName is not None:
             fd = _inheritedDescriptor(address.systemdName)
             probe = socket.socket(fileno=fd)

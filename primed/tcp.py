@@ -169,7 +169,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         if self._held or self._paused & _HOLDING:
             self._held.append(b"!")  # any non-request answers E
         else:
-            self._answer(INVALID_REPLY)
+            self._process([b"!"])  # honours --max-inflight like any line
 
     def lineReceived(self, line: bytes):
         """
@@ -232,12 +232,6 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         if out:
             self._write(b"".join(out))
         self._processing -= 1
-
-    def _answer(self, reply: bytes) -> None:
-        if self._pending:
-            self._pending.append([reply])
-        else:
-            self._write(reply)
 
     def _hold(self, lines: List[bytes], start: int, reason: str) -> None:
         self._held.extendleft(reversed(lines[start:]))
@@ -347,6 +341,9 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             # The idle timer keeps running: a client that never reads its
             # last replies would otherwise hold the connection open forever.
             self._closing = True
+            # A producer the transport paused would be resumed, not closed,
+            # once its buffer drains: unregister first.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # Logging.

@@ -60,10 +60,10 @@ class PrimeDatagramProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr) -> None:
         if not data or self._stopped:
             return
-        if len(data) > self.maxLength:
-            self._reply(INVALID_REPLY, data, addr)
-            return
         line = data[:-1] if data[-1:] == b"\n" else data
+        if len(line) > self.maxLength:
+            self._reply(INVALID_REPLY, line[:80], addr)
+            return
         number = parseRequest(line, self.maxDigits)
         checker = self.checker
         if number is None:

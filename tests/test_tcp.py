@@ -94,6 +94,22 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"99\n13\n")
         self.assertEqual(self.transport.value(), b"E\nT\n")
 
+    def test_overLongLinesRespectInflightBound(self):
+        """
+        E answers for over-long lines queue behind pool work like any reply:
+        the connection stops reading at --max-inflight instead of queueing
+        them without bound.
+        """
+        harness = Harness(maxInflight=2)
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"%d\n%d\n" % (BIG_PRIME, BIG_COMPOSITE))
+        protocol.dataReceived(b"9" * 5000)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(protocol._pending), 2)
+        harness.pool.runAll()
+        self.assertEqual(transport.value(), b"T\nF\nE\n")
+        self.assertEqual(transport.producerState, "producing")
+
     def test_tooManyDigits(self):
         self.protocol.dataReceived(b"1" * 4301 + b"\n" + b"0" * 5000 + b"7\n")
         self.assertEqual(self.transport.value(), b"E\nE\n")
@@ -222,6 +238,18 @@ class HalfCloseTests(unittest.TestCase):
         self.protocol.dataReceived(b"17\n19")
         self.protocol.readConnectionLost()
         self.assertEqual(self.transport.value(), b"T\nT\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_closingUnregistersProducer(self):
+        """
+        The connection stops being the transport's producer before it
+        closes: a transport that paused it would otherwise resume it, not
+        close, once its buffer drained.
+        """
+        self.protocol.pauseProducing()  # the client is not reading
+        self.protocol.dataReceived(b"7\n")
+        self.protocol.readConnectionLost()
+        self.assertIsNone(self.transport.producer)
         self.assertTrue(self.transport.disconnecting)
 
     def test_nothingPending(self):

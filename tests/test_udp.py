@@ -52,6 +52,15 @@ class DatagramTests(unittest.TestCase):
         self.protocol.datagramReceived(b"1" * 4301, ADDR)
         self.assertEqual(self.replies(), [b"E\n", b"E\n"])
 
+    def test_lengthLimitExcludesNewline(self):
+        """
+        The line limit is the same as over TCP: the newline does not count.
+        """
+        line = b" " * (wire.maxLineLength(wire.DEFAULT_MAX_DIGITS) - 1) + b"7"
+        self.protocol.datagramReceived(line + b"\n", ADDR)
+        self.protocol.datagramReceived(b" " + line, ADDR)
+        self.assertEqual(self.replies(), [b"T\n", b"E\n"])
+
     def test_bigGoesToPool(self):
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
         self.assertEqual(self.transport.written, [])

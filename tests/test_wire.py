@@ -31,6 +31,12 @@ class ParseRequestTests(unittest.TestCase):
         self.assertEqual(parseRequest(b"0" * 50 + b"7"), 7)  # leading zeros are free
         self.assertIsNone(parseRequest(b"123", maxDigits=2))
 
+    def test_leadingZeros(self):
+        self.assertEqual(parseRequest(b"-0007"), -7)
+        self.assertEqual(parseRequest(b" 000 \r"), 0)
+        self.assertIsNone(parseRequest(b"0" * 4000 + b"x"))
+        self.assertIsNone(parseRequest(b"+0" * 2))
+
     def test_lineLimit(self):
         """
         Past the line limit a line is refused even when its number is small,
