@@ -1,6 +1,6 @@
 """
-Tests for L{primed.tap} and L{primed.service}: options, what the service
-listens on (through a L{MemoryReactor}), and the order of a graceful stop.
+Tests for L{primed.tap}: options, and what the service listens on (through
+a L{MemoryReactor}).
 """
 
 import os
@@ -8,11 +8,8 @@ import os
 from twisted.python import usage
 from twisted.trial import unittest
 
-from fakes import HandDrivenPool, ThreadlessReactor, connect
+from fakes import HandDrivenPool, ThreadlessReactor
 from primed import tap
-from primed.service import PrimedService, UDPAddress
-
-BIG_PRIME = 2**607 - 1
 
 
 def parse(*args):
@@ -114,40 +111,3 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsNot(first, second)
         self.assertIs(first.checker, second.checker)
         self.assertIsNot(first.transport, second.transport)
-
-
-class StopTests(unittest.TestCase):
-    def setUp(self):
-        from twisted.internet.endpoints import serverFromString
-
-        self.reactor = ThreadlessReactor()
-        self.pool = HandDrivenPool()
-        self.service = PrimedService(
-            self.reactor,
-            [("tcp:0", serverFromString(self.reactor, "tcp:0"))],
-            [UDPAddress("127.0.0.1", 0)],
-            threads=1,
-            drainTimeout=10,
-            threadpool=self.pool,
-        )
-        self.service.startService()
-
-    def test_stopAnswersPendingThenCloses(self):
-        protocol, transport = connect(self.service.factory)
-        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
-        stopped = self.service.stopService()
-        self.assertNoResult(stopped)
-        self.pool.run()
-        self.assertEqual(transport.value(), b"T\nF\n")
-        self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(None)
-        self.successResultOf(stopped)
-
-    def test_drainTimeoutCutsOff(self):
-        protocol, transport = connect(self.service.factory)
-        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
-        stopped = self.service.stopService()
-        self.reactor.advance(10)
-        self.successResultOf(stopped)
-        self.assertTrue(transport.disconnected)
-        self.assertEqual(transport.value(), b"")

@@ -1,0 +1,63 @@
+"""
+Tests for L{primed.service}: UDP addresses, and the order of a graceful stop
+(through a L{MemoryReactor} and a hand-driven pool).
+"""
+
+from twisted.internet.endpoints import serverFromString
+from twisted.trial import unittest
+
+from fakes import HandDrivenPool, ThreadlessReactor, connect
+from primed.service import PrimedService, UDPAddress
+
+BIG_PRIME = 2**607 - 1
+
+
+class UDPAddressTests(unittest.TestCase):
+    def test_forms(self):
+        for text, expected in [
+            ("8808", ("", 8808, None)),
+            ("127.0.0.1:8808", ("127.0.0.1", 8808, None)),
+            ("[::1]:8808", ("::1", 8808, None)),
+            ("systemd:name=primed-udp", ("", 0, "primed-udp")),
+        ]:
+            address = UDPAddress.fromString(text)
+            self.assertEqual((address.host, address.port, address.systemdName), expected)
+
+    def test_refused(self):
+        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name="]:
+            self.assertRaises(ValueError, UDPAddress.fromString, text)
+
+
+class StopTests(unittest.TestCase):
+    def setUp(self):
+        self.reactor = ThreadlessReactor()
+        self.pool = HandDrivenPool()
+        self.service = PrimedService(
+            self.reactor,
+            [("tcp:0", serverFromString(self.reactor, "tcp:0"))],
+            [UDPAddress("127.0.0.1", 0)],
+            threads=1,
+            drainTimeout=10,
+            threadpool=self.pool,
+        )
+        self.service.startService()
+
+    def test_stopAnswersPendingThenCloses(self):
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nF\n")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        self.successResultOf(stopped)
+
+    def test_drainTimeoutCutsOff(self):
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        stopped = self.service.stopService()
+        self.reactor.advance(10)
+        self.successResultOf(stopped)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
