@@ -14,11 +14,17 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from primed import wire
-from primed.checker import PrimeChecker
-from primed.tcp import PrimeLineFactory
+from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
+from primed.tcp import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INFLIGHT,
+    PrimeLineFactory,
+)
 from primed.udp import PrimeDatagramProtocol
 
 #: Seconds a stop waits for pending answers before cutting connections.
@@ -119,10 +125,10 @@ class PrimedService(service.Service):
         udpAddresses: Sequence[UDPAddress],
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
-        maxQueued: Optional[int] = None,
-        maxInflight: Optional[int] = None,
-        maxConnections: Optional[int] = None,
-        idleTimeout: Optional[float] = None,
+        maxQueued: int = DEFAULT_MAX_QUEUED,
+        maxInflight: int = DEFAULT_MAX_INFLIGHT,
+        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         reusePort: bool = False,
         verbose: bool = False,
@@ -146,19 +152,15 @@ class PrimedService(service.Service):
         if threadpool is None:
             threadpool = ThreadPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
-        checkerLimits = {} if maxQueued is None else {"maxQueued": maxQueued}
-        self.checker = PrimeChecker(reactor, threadpool, **checkerLimits)
-        tcpLimits = {
-            key: value
-            for key, value in [
-                ("maxInflight", maxInflight),
-                ("maxConnections", maxConnections),
-                ("idleTimeout", idleTimeout),
-            ]
-            if value is not None
-        }
+        self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
         self.factory = PrimeLineFactory(
-            self.checker, reactor, maxDigits=maxDigits, verbose=verbose, **tcpLimits
+            self.checker,
+            reactor,
+            maxDigits=maxDigits,
+            maxInflight=maxInflight,
+            maxConnections=maxConnections,
+            idleTimeout=idleTimeout,
+            verbose=verbose,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -231,9 +233,8 @@ class PrimedService(service.Service):
         endpoint.listen(self.factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
-        if isinstance(result[0], Exception) or hasattr(result[0], "raiseException"):
-            error = getattr(result[0], "value", result[0])
-            raise CannotListenError(None, description, error)
+        if isinstance(result[0], Failure):
+            raise CannotListenError(None, description, result[0].value)
         return result[0]
 
     def _listenUDP(self, address: UDPAddress):
