@@ -113,7 +113,9 @@ class Notifier:
         """
         if self.address is None:
             return False
-        data = "\n".join(assignments).encode("utf-8") + b"\n"
+        # surrogateescape: a status may name a path that is not UTF-8 (a
+        # unix: socket), and sending must never raise.
+        data = "\n".join(assignments).encode("utf-8", "surrogateescape") + b"\n"
         try:
             sock = self._socketFactory(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:

@@ -7,6 +7,7 @@ received is answered (those in the pool included), then connections close,
 then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 """
 
+import os
 import socket
 from typing import List, Optional, Sequence, Tuple
 
@@ -272,7 +273,10 @@ class PrimedService(service.Service):
     def _describe(host, fallback: str) -> str:
         if hasattr(host, "port"):
             return f"{host.host}:{host.port}"
-        return getattr(host, "name", None) or fallback
+        name = getattr(host, "name", None)
+        if isinstance(name, bytes):
+            name = os.fsdecode(name)  # unix: sockets
+        return name or fallback
 
     # Stopping.
 

@@ -150,10 +150,11 @@ class Daemon:
         return self.process.returncode
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
         try:
-            self.terminate()
+            if self.process.poll() is None:
+                self.terminate()
         except AssertionError:
             pass
         finally:

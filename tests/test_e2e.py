@@ -3,6 +3,7 @@ End to end: the installed C{twistd -n primed}, probed the ways its users
 probe it — the seed chapter's client, netcat, telnet, hundreds of clients.
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -66,16 +67,22 @@ class DaemonTests(SharedDaemonTestCase):
             ["telnet", "127.0.0.1", str(self.daemon.tcpPort)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
+        out = b""
         try:
             process.stdin.write(b"17\n1.0\n")
             process.stdin.flush()
-            time.sleep(1)
-            process.stdin.close()
-            out = process.stdout.read()
+            os.set_blocking(process.stdout.fileno(), False)
+            deadline = time.monotonic() + 20
+            while b"T\nE\n" not in out.replace(b"\r", b"") and time.monotonic() < deadline:
+                out += process.stdout.read() or b""
+                time.sleep(0.02)
+            self.assertIsNone(process.poll())  # answered while still connected
         finally:
             process.kill()
             process.wait(10)
-        self.assertIn(b"T\r\nE\r\n".replace(b"\r", b""), out.replace(b"\r", b""))
+            process.stdin.close()
+            process.stdout.close()
+        self.assertIn(b"T\nE\n", out.replace(b"\r", b""))
 
     def test_framing(self):
         """

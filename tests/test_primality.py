@@ -276,9 +276,13 @@ def test_gmp_without_bpsw(monkeypatch):
 
 def test_inline_threshold():
     """
-    Numbers checked inline are also those the plain form handles alone.
+    Numbers checked inline are also those the plain form handles alone, and
+    both forms agree around the threshold.
     """
     assert 64 <= INLINE_MAX_BITS < RELEASE_MIN_BITS
+    for centre in (2**INLINE_MAX_BITS, 2 ** (INLINE_MAX_BITS - 1)):
+        for n in range(centre - 99, centre + 100, 2):
+            assert is_prime(n) == is_prime_releasing_gil(n) == miller_rabin(n)
 
 
 # -- the GIL-releasing BPSW, piece by piece -----------------------------------------

@@ -90,6 +90,15 @@ class NotifierTests(unittest.TestCase):
         self.notifier.status("\u00e9t\u00e9")
         self.assertEqual(self.receiver.receive(), "STATUS=\u00e9t\u00e9\n".encode())
 
+    def test_statusNotUTF8(self):
+        """
+        A status naming a path that is not UTF-8 (undecodable bytes come back
+        from os.fsdecode as surrogates) is sent byte for byte, not raised.
+        """
+        self.notifier.ready("Serving TCP " + os.fsdecode(b"/run/caf\xe9.sock"))
+        self.assertEqual(self.receiver.receive(),
+                         b"READY=1\nSTATUS=Serving TCP /run/caf\xe9.sock\n")
+
     def test_statusNewlines(self):
         """
         A newline in a status cannot smuggle in another assignment.
@@ -193,7 +202,8 @@ class DisabledTests(unittest.TestCase):
         """
         Works on the real environment mapping too (read-only).
         """
-        Notifier(os.environ)
+        self.assertEqual(Notifier(os.environ).enabled,
+                         bool(os.environ.get("NOTIFY_SOCKET")))
 
 
 class WatchdogIntervalTests(unittest.TestCase):

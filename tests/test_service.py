@@ -28,6 +28,16 @@ class UDPAddressTests(unittest.TestCase):
             self.assertRaises(ValueError, UDPAddress.fromString, text)
 
 
+class DescribeTests(unittest.TestCase):
+    def test_addresses(self):
+        from twisted.internet.address import IPv4Address, UNIXAddress
+
+        describe = PrimedService._describe
+        self.assertEqual(describe(IPv4Address("TCP", "127.0.0.1", 8809), "x"), "127.0.0.1:8809")
+        self.assertEqual(describe(UNIXAddress(b"/run/primed.sock"), "x"), "/run/primed.sock")
+        self.assertEqual(describe(object(), "fallback"), "fallback")
+
+
 class StopTests(unittest.TestCase):
     def setUp(self):
         self.reactor = ThreadlessReactor()

@@ -286,7 +286,12 @@ class ContentTests(unittest.TestCase):
 
         for name in ("primed.service", "primed@.service"):
             _, _, options = execArgs(self.units[name])
-            Options().parseOptions(options)
+            parsed = Options()
+            parsed.parseOptions(options)
+            self.assertEqual(parsed["listen"], [options[options.index("--listen") + 1]])
+            self.assertEqual([repr(a) for a in parsed["udp"]],
+                             [options[options.index("--udp") + 1]])
+            self.assertEqual(parsed["reuseport"], "--reuseport" in options)
 
     def test_template(self):
         from primed.tap import DEFAULT_LISTEN, DEFAULT_UDP

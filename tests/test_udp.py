@@ -5,9 +5,12 @@ Tests for L{primed.udp}, through a fake datagram transport.
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
-from fakes import HandDrivenPool, SynchronousPool, makeChecker, makeDatagramProtocol
+from fakes import (
+    FakeDatagramTransport, HandDrivenPool, SynchronousPool, makeChecker, makeDatagramProtocol,
+)
 from primed import wire
 from primed.primality import is_prime
+from primed.udp import PrimeDatagramProtocol
 
 ADDR = ("127.0.0.1", 40000)
 BIG_PRIME = 2**607 - 1
@@ -89,13 +92,28 @@ class DatagramTests(unittest.TestCase):
         self.assertEqual([e["count"] for e in drops], [1, 98])
 
     def test_sendErrorIsNotFatal(self):
-        def refuse(data, addr):
-            raise OSError("no buffer space")
+        """
+        A reply the kernel refuses (full buffer, unreachable source) is lost,
+        not the server: later datagrams are still answered.
+        """
+        transport = FakeDatagramTransport()
+        refusing = [True]
 
-        self.transport.write = refuse
-        self.protocol.datagramReceived(b"5", ADDR)
-        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        def write(data, addr):
+            if refusing:
+                raise OSError("no buffer space")
+            transport.written.append((data, addr))
+
+        transport.write = write
+        protocol = PrimeDatagramProtocol(self.checker, self.checker.reactor)
+        protocol.makeConnection(transport)
+        protocol.datagramReceived(b"5", ADDR)
+        protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
         self.pool.run()
+        self.assertEqual((protocol.inflight, transport.written), (0, []))
+        refusing.clear()
+        protocol.datagramReceived(b"7", ADDR)
+        self.assertEqual(transport.written, [(b"T\n", ADDR)])
 
     def test_drainWaitsForThePool(self):
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
