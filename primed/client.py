@@ -159,11 +159,18 @@ class PrimedClientProtocol(LineReceiver):
         self.transport.write(request)
 
     def dataReceived(self, data):
+        # After a protocol error nothing more is trusted: a real transport's
+        # abortConnection does not stop LineReceiver from delivering the
+        # replies still in this segment.
+        if self._error is not None:
+            return
         if self.timeout is not None:
             self._lastHeard = self._clock.seconds()
         LineReceiver.dataReceived(self, data)
 
     def lineReceived(self, line):
+        if self._error is not None:
+            return
         verdict = _VERDICT_OF_LINE.get(line)
         if verdict is None:
             try:
@@ -177,6 +184,8 @@ class PrimedClientProtocol(LineReceiver):
         self._pending.popleft().callback(verdict)
 
     def lineLengthExceeded(self, line):
+        if self._error is not None:
+            return
         self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}..."))
 
     def _checkSilence(self):

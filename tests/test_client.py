@@ -26,9 +26,23 @@ from primed.client import (
 from primed.wire import Verdict
 
 
-def connected(timeout=None, clock=None):
+class AbortingTransport(StringTransport):
+    """
+    A L{StringTransport} whose C{abortConnection} behaves like a real TCP
+    transport's: it marks the transport disconnected but leaves
+    C{disconnecting} False, so L{LineReceiver} would go on delivering the
+    lines already received.
+    """
+
+    def abortConnection(self):
+        self.disconnected = True
+        self.aborted = True
+
+
+def connected(timeout=None, clock=None, transport=None):
     protocol = PrimedClientProtocol(timeout, clock)
-    transport = StringTransport()
+    if transport is None:
+        transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport
 
@@ -104,26 +118,50 @@ class TCPProtocolTests(unittest.TestCase):
         A reply that is not a verdict drops the connection and fails every
         pending request: later replies could not be trusted.
         """
-        protocol, transport = connected()
+        protocol, transport = connected(transport=AbortingTransport())
         ds = [protocol.check(n) for n in (2, 3)]
-        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
-        self.assertTrue(transport.disconnected)
+        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\nT\n")
+        self.assertTrue(transport.aborted)
+        for d in ds:
+            self.assertNoResult(d)
         lose(protocol, transport)
         for d in ds:
             self.failureResultOf(d, PrimedProtocolError)
 
-    def test_replyToNoRequest(self):
-        protocol, transport = connected()
-        protocol.dataReceived(b"T\n")
-        self.assertTrue(transport.disconnected)
+    def test_repliesAfterErrorIgnored(self):
+        """
+        Replies already received behind a bad one are not matched to the
+        pending requests: the connection is aborted, but a real transport
+        leaves C{disconnecting} False, so only the protocol can refuse them.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (4, 9, 5)]
+        protocol.dataReceived(b"X\nT\n")
+        protocol.dataReceived(b"T\n" + b"T" * 1000)
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        for d in ds:
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertIn("unexpected reply b'X'", str(failure.value))
 
-    def test_longReplyLine(self):
-        protocol, transport = connected()
+    def test_replyToNoRequest(self):
+        protocol, transport = connected(transport=AbortingTransport())
+        protocol.dataReceived(b"T\nT\n")
+        self.assertTrue(transport.aborted)
         d = protocol.check(2)
-        protocol.dataReceived(b"T" * 1000)
-        self.assertTrue(transport.disconnected)
+        protocol.dataReceived(b"T\n")
+        self.assertNoResult(d)
         lose(protocol, transport)
         self.failureResultOf(d, PrimedProtocolError)
+
+    def test_longReplyLine(self):
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (2, 3)]
+        protocol.dataReceived(b"T" * 1000 + b"\nT\n")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        for d in ds:
+            self.failureResultOf(d, PrimedProtocolError)
 
     def test_cancelledRequestKeepsItsPlace(self):
         """
