@@ -604,9 +604,15 @@ class _Run:
         """
         Stop, and fail L{finished} with C{reason}.
         """
-        if not self.finished.called:
+        if self.finished.called:
+            return
+        try:
             self._flush()
-            self.finished.errback(reason)
+        finally:
+            # The flush may itself have failed the run (standard output
+            # gone): the first reason stands.
+            if not self.finished.called:
+                self.finished.errback(reason)
 
     def _pump(self):
         # Replies may fire synchronously, calling back here: the flag turns
@@ -630,7 +636,7 @@ class _Run:
             return
         if self._inFlight == 0 and not self._queued:
             self._flush()
-            if self._ended:
+            if self._ended and not self.finished.called:
                 self.finished.callback(None)
                 return
         if not (self._ended or self._asked) and len(self._queued) < self._window:
@@ -756,7 +762,13 @@ def _displayed(line):
 class _Output:
     """
     Answer lines on standard output, flushed when the run waits or ends; a
-    reader gone away (C{| head}) stops the run quietly.
+    reader gone away (C{| head}) stops the run quietly, any other write
+    error (a full disk, C{> /dev/full}) stops it with L{error} set.
+
+    @ivar broken: whether standard output failed; it then points at
+        C{/dev/null}, and nothing more is written.
+    @ivar error: the L{OSError} that broke it, unless that was a broken
+        pipe.
     """
 
     def __init__(self, stream, raw):
@@ -764,6 +776,7 @@ class _Output:
         self._words = _LETTERS if raw else _WORDS
         self._raw = raw
         self.broken = False
+        self.error = None
         self.onBroken = lambda: None
 
     def write(self, text, verdict):
@@ -774,24 +787,32 @@ class _Output:
                 self._stream.write(self._words[verdict])
             else:
                 self._stream.write(text + self._words[verdict])
-        except BrokenPipeError:
-            self._broke()
+        except OSError as e:
+            self._broke(e)
 
     def flush(self):
         if self.broken:
             return
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._broke()
+        except OSError as e:
+            self._broke(e)
 
-    def _broke(self):
+    def _broke(self, e):
         # As the Python documentation advises: point stdout at /dev/null so
-        # the interpreter's own flush at exit cannot complain again.
+        # the interpreter's own flush at exit cannot complain again (the
+        # stream still holds what it could not write).
         self.broken = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
+        if not isinstance(e, BrokenPipeError):
+            self.error = e
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError):
+            pass  # Not a real descriptor: nothing will flush it at exit.
         self.onBroken()
 
 
@@ -830,7 +851,7 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
 
     reader = None
     job = _Run(send, window, output.write, output.flush, wantInput)
-    output.onBroken = lambda: job.fail(Failure(BrokenPipeError()))
+    output.onBroken = lambda: job.fail(Failure(output.error or BrokenPipeError()))
     if options["numbers"]:
         job.feed([os.fsencode(number) for number in options["numbers"]])
         job.end()
@@ -844,7 +865,10 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         stderr.write(f"primed-client: {e}\n")
         return 1
     except Exception as e:
-        if not output.broken:
+        if output.error is not None:
+            reason = output.error.strerror or _reason(output.error)
+            stderr.write(f"primed-client: cannot write standard output: {reason}\n")
+        elif not output.broken:
             stderr.write(f"primed-client: {where}: {_reason(e)}\n")
         return 1
     finally:

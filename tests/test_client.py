@@ -506,6 +506,42 @@ class RunTests(unittest.TestCase):
         self.assertNotIn("6", self.pending)
         self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
 
+    def test_failingFlushFailsOnce(self):
+        """
+        A flush that itself fails the run (standard output gone) while the
+        run is failing for another reason: L{_Run.finished} fails once, with
+        the output's error, and nothing raises.
+        """
+        broken = []
+
+        def flush():
+            # As _Output.flush: the first failure only.
+            if not broken:
+                broken.append(True)
+                run.fail(Failure(OSError(28, "No space left on device")))
+
+        run = client._Run(self.send, 2, lambda t, v: None, flush)
+        run.feed([b"2"])
+        run.fail(Failure(PrimedTimeout("no reply")))
+        self.failureResultOf(run.finished, OSError)
+
+    def test_failingFlushAtEnd(self):
+        """
+        The last flush failing the run: L{_Run.finished} fails, and is not
+        then called back as if everything had been printed.
+        """
+        broken = []
+
+        def flush():
+            # As _Output.flush: the first failure only.
+            if not broken:
+                broken.append(True)
+                run.fail(Failure(OSError(28, "No space left on device")))
+
+        run = client._Run(self.send, 2, lambda t, v: None, flush)
+        run.end()
+        self.failureResultOf(run.finished, OSError)
+
     def test_asksForInputWhenLow(self):
         run = self.run_()
         run.feed([])

@@ -231,6 +231,50 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         self.assertEqual(status, 1)
         self.assertNotIn(b"Traceback", error)
 
+    def fullOutput(self, *args, input=b""):
+        """
+        Run C{primed-client args > /dev/full}.
+        """
+        with open("/dev/full", "wb") as full:
+            return subprocess.run(
+                clientCommand() + ["--port", str(self.daemon.tcpPort)] + list(args),
+                input=input,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+
+    def assertCannotWrite(self, result):
+        lines = result.stderr.decode().splitlines()
+        self.assertEqual(
+            (result.returncode, lines),
+            (1, ["primed-client: cannot write standard output: No space left on device"]),
+        )
+
+    def test_outputFull(self):
+        """
+        C{> /dev/full}: exit status 1 and one line saying why, not a hang
+        with a traceback.
+        """
+        self.assertCannotWrite(self.fullOutput("17", "18"))
+
+    def test_outputFullStdin(self):
+        """
+        The same while reading standard input, the error arising mid-run.
+        """
+        numbers = b"".join(b"%d\n" % n for n in range(100000))
+        self.assertCannotWrite(self.fullOutput(input=numbers))
+
+    def test_outputFullUDP(self):
+        with open("/dev/full", "wb") as full:
+            result = subprocess.run(
+                clientCommand() + ["--udp", "--port", str(self.daemon.udpPort), "17"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+        self.assertCannotWrite(result)
+
 
 class IdleTimeoutTests(unittest.TestCase):
     def ask(self, process, number):
