@@ -14,6 +14,7 @@ always a prefix of its input, complete when the exit status is 0.
 """
 
 import collections
+import errno
 import os
 import re
 import signal
@@ -267,9 +268,16 @@ class _UDPRequest(DatagramProtocol):
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
         try:
             self.transport.write(self._request)
-        except Exception:
-            # E.g. a request too long for a datagram: no retry will help.
-            self._finish(Failure())
+        except error.MessageLengthError:
+            # Too long for a datagram: more than primed accepts, so invalid,
+            # as primed answers E to an over-long line over TCP.
+            self._finish(Verdict.INVALID)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EMSGSIZE:
+                self._finish(Verdict.INVALID)
+            else:
+                # No retry will help.
+                self._finish(Failure())
 
     def _timedOut(self):
         self._timer = None
@@ -545,18 +553,19 @@ class _Slot:
     (see L{PrimedClientProtocol.request}).
     """
 
-    __slots__ = ("run", "text", "verdict")
+    __slots__ = ("run", "text", "verdict", "failure")
 
     def __init__(self, run, text):
         self.run = run
         self.text = text
         self.verdict = None
+        self.failure = None
 
     def callback(self, verdict):
         self.run._answered(self, verdict)
 
     def errback(self, reason):
-        self.run.fail(reason)
+        self.run._answered(self, None, reason)
 
 
 class _Run:
@@ -566,6 +575,8 @@ class _Run:
 
     The output is always a prefix of the inputs: the first request primed
     does not answer stops the run, and L{finished} fails with its error.
+    Answers may arrive out of order (over UDP): a failure stops the sending
+    at once, but ends the run only once every earlier input is printed.
 
     @ivar finished: fires with L{None} once every input given before L{end}
         is printed.
@@ -583,6 +594,7 @@ class _Run:
         self._pumping = False
         self._asked = False
         self._ended = False
+        self._failing = False  # an input failed: send nothing more
         self.finished = defer.Deferred()
 
     def feed(self, inputs):
@@ -622,7 +634,12 @@ class _Run:
         self._pumping = True
         queued, sent, send, finished = self._queued, self._sent, self._send, self.finished
         try:
-            while queued and self._inFlight < self._window and not finished.called:
+            while (
+                queued
+                and self._inFlight < self._window
+                and not self._failing
+                and not finished.called
+            ):
                 slot = _Slot(self, queued.popleft())
                 sent.append(slot)
                 self._inFlight += 1
@@ -632,7 +649,7 @@ class _Run:
                     slot.callback(Verdict.INVALID)
         finally:
             self._pumping = False
-        if self.finished.called:
+        if self.finished.called or self._failing:
             return
         if self._inFlight == 0 and not self._queued:
             self._flush()
@@ -643,15 +660,25 @@ class _Run:
             self._asked = True
             self._wantInput()
 
-    def _answered(self, slot, verdict):
-        if self.finished.called:
+    def _answered(self, slot, verdict, failure=None):
+        if self.finished.called or slot.verdict is not None or slot.failure is not None:
             return
-        slot.verdict = verdict
+        slot.verdict, slot.failure = verdict, failure
+        if failure is not None:
+            self._failing = True
         self._inFlight -= 1
         sent, write = self._sent, self._write
-        while sent and sent[0].verdict is not None:
-            slot = sent.popleft()
+        while sent:
+            slot = sent[0]
+            if slot.failure is not None:
+                self.fail(slot.failure)
+                return
+            if slot.verdict is None:
+                break
+            sent.popleft()
             write(slot.text, slot.verdict)
+            if self.finished.called:
+                return  # The output broke.
         self._pump()
 
 

@@ -375,10 +375,11 @@ class UDPTests(unittest.TestCase):
         self.failureResultOf(d, PrimedRefused)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_writeFails(self):
+    def test_tooLongIsInvalid(self):
         """
-        A request the socket refuses to send (too long for a datagram) fails
-        at once and leaves no socket or timer behind.
+        A request too long for a datagram is invalid, as primed answers over
+        TCP (E for an over-long line), at once and leaving no socket or
+        timer behind.
         """
         from twisted.internet.error import MessageLengthError
 
@@ -387,7 +388,36 @@ class UDPTests(unittest.TestCase):
 
         self.reactor.listenUDP = self._wrapListen(write)
         d = self.client.check("9" * 70000)
-        self.failureResultOf(d, MessageLengthError)
+        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
+        self.assertTrue(self.reactor.ports[0].stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_tooLongOSErrorIsInvalid(self):
+        """
+        The same when the socket raises a bare C{EMSGSIZE}.
+        """
+        import errno
+
+        def write(datagram, address=None):
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
+        self.reactor.listenUDP = self._wrapListen(write)
+        d = self.client.check("9" * 70000)
+        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
+
+    def test_writeFails(self):
+        """
+        A request the socket refuses to send for another reason fails at
+        once and leaves no socket or timer behind.
+        """
+        import errno
+
+        def write(datagram, address=None):
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+        self.reactor.listenUDP = self._wrapListen(write)
+        d = self.client.check(17)
+        self.failureResultOf(d, OSError)
         self.assertTrue(self.reactor.ports[0].stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
@@ -505,6 +535,89 @@ class RunTests(unittest.TestCase):
         run.feed([b"6"])
         self.assertNotIn("6", self.pending)
         self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
+    def test_laterFailureWaitsForEarlier(self):
+        """
+        Over UDP answers come out of order: a later input failing first
+        stops the sending at once, but the run ends only when every earlier
+        input is printed, so the output stops at the first unanswered input.
+        """
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4", b"5", b"6"])
+        run.end()
+        self.pending["3"].callback(Verdict.PRIME)
+        self.pending["4"].errback(PrimedTimeout("no reply"))
+        self.pending["5"].callback(Verdict.PRIME)
+        self.assertNoResult(run.finished)
+        self.assertNotIn("6", self.pending)
+        self.assertEqual(self.printed, [])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.failureResultOf(run.finished, PrimedTimeout)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME), (b"3", Verdict.PRIME)])
+        self.assertNotIn("6", self.pending)
+
+    def test_firstOfSeveralFailuresWins(self):
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4"])
+        run.end()
+        self.pending["4"].errback(PrimedTimeout("no reply"))
+        self.pending["3"].errback(PrimedRefused("port unreachable"))
+        self.pending["2"].callback(Verdict.PRIME)
+        self.failureResultOf(run.finished, PrimedRefused)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
+    def test_udpOutOfOrder(self):
+        """
+        The command's UDP path on the fake reactor: a too-long input is
+        invalid, a refused later input does not hide the earlier answers
+        that arrive after it.
+        """
+        from twisted.internet.error import MessageLengthError
+
+        reactor = FakeUDPReactor()
+        udp = PrimedUDPClient(reactor, "127.0.0.1", 8808, timeout=1.0, retries=0)
+        listen = FakeUDPReactor.listenUDP.__get__(reactor)
+
+        def listenUDP(*args, **kwargs):
+            port = listen(*args, **kwargs)
+            original = port.write
+
+            def write(datagram, address=None):
+                if len(datagram) > 65507:
+                    raise MessageLengthError("message too long")
+                original(datagram, address)
+
+            port.write = write
+            return port
+
+        reactor.listenUDP = listenUDP
+
+        def send(text, receiver):
+            udp.check(text).addCallbacks(receiver.callback, receiver.errback)
+
+        run = client._Run(send, 64, lambda t, v: self.printed.append((t, v)), self.flush)
+        big = b"1" * 70000
+        run.feed([b"17", big, b"19", b"20", b"21"])
+        run.end()
+        # Ports: 17, big (closed at once), 19, 20, 21.
+        ports = reactor.ports
+        self.assertEqual(len(ports), 5)
+        ports[4].protocol.connectionRefused()
+        ports[3].reply(b"F\n")
+        ports[2].reply(b"T\n")
+        self.assertNoResult(run.finished)
+        ports[0].reply(b"T\n")
+        self.failureResultOf(run.finished, PrimedRefused)
+        self.assertEqual(
+            self.printed,
+            [
+                (b"17", Verdict.PRIME),
+                (big, Verdict.INVALID),
+                (b"19", Verdict.PRIME),
+                (b"20", Verdict.NOT_PRIME),
+            ],
+        )
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_failingFlushFailsOnce(self):
         """
