@@ -643,6 +643,9 @@ class _Run:
                 slot = _Slot(self, queued.popleft())
                 sent.append(slot)
                 self._inFlight += 1
+                if slot.text.__class__ is _OverLong:
+                    slot.callback(Verdict.INVALID)
+                    continue
                 try:
                     send(slot.text.decode("utf-8", "surrogateescape"), slot)
                 except ValueError:
@@ -725,6 +728,21 @@ class _Reconnecting:
             receiver.errback(reason)
 
 
+class _OverLong(bytes):
+    """
+    An input line longer than L{_StdinReader.MAX_LINE}, as it is echoed: its
+    start and an ellipsis.  Far more than primed accepts, it is answered
+    C{invalid} without asking.
+    """
+
+
+def _overLong(head):
+    return _OverLong(head[: _OverLong.SHOWN] + "\N{HORIZONTAL ELLIPSIS}".encode())
+
+
+_OverLong.SHOWN = 40
+
+
 class _StdinReader:
     """
     Read a file descriptor in chunks, in a daemon thread, one chunk per
@@ -734,9 +752,17 @@ class _StdinReader:
     or C{/dev/null}, which epoll refuses, and a non-blocking descriptor
     would leak into whoever shares it.  A daemon thread rather than the
     reactor's pool: a read blocked on a terminal must not hold up exit.
+
+    A line is kept until its newline arrives, but at most L{MAX_LINE}
+    bytes of it: the rest of a longer line is discarded as it arrives, and
+    the line passed on as an L{_OverLong}.
+
+    @ivar partialHigh: the most bytes of an unfinished line held at once.
     """
 
     CHUNK = 1 << 16
+    #: Far above primed's longest valid request (thousands of digits).
+    MAX_LINE = 1 << 20
 
     def __init__(self, reactor, fd, lines, end, fail):
         self._reactor = reactor
@@ -745,7 +771,12 @@ class _StdinReader:
         self._end = end
         self._fail = fail
         self._wanted = threading.Event()
-        self._partial = b""
+        # The unfinished line: its chunks (joined once, at its newline) and
+        # their length; or, once it is too long, its echo.
+        self._parts = []
+        self._partLength = 0
+        self._discarding = None
+        self.partialHigh = 0
 
     def start(self):
         threading.Thread(target=self._read, name="stdin", daemon=True).start()
@@ -770,15 +801,51 @@ class _StdinReader:
             if not data:
                 return
 
+    def _unfinished(self, last):
+        """
+        The unfinished line, completed by C{last}.
+        """
+        if self._discarding is not None:
+            line, self._discarding = self._discarding, None
+            return line
+        if self._parts:
+            self._parts.append(last)
+            last = b"".join(self._parts)
+            self._parts, self._partLength = [], 0
+        return self._line(last)
+
+    def _line(self, line):
+        if len(line) > self.MAX_LINE:
+            return _overLong(line)
+        return _displayed(line)
+
     def _received(self, data):
         if not data:
-            if self._partial:
-                self._lines([_displayed(self._partial)])
+            if self._parts or self._discarding is not None:
+                self._lines([self._unfinished(b"")])
             self._end()
             return
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        self._lines([_displayed(line) for line in lines])
+        # Only this chunk is searched for newlines: a long line costs its
+        # length, not its length squared.
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if lines:
+            lines[0] = self._unfinished(lines[0])
+            if len(data) > self.MAX_LINE:
+                lines[1:] = [self._line(line) for line in lines[1:]]
+            else:
+                lines[1:] = [_displayed(line) for line in lines[1:]]
+        if rest and self._discarding is None:
+            if self._partLength + len(rest) > self.MAX_LINE:
+                self._parts.append(rest[: _OverLong.SHOWN])
+                self._discarding = _overLong(b"".join(self._parts))
+                self._parts, self._partLength = [], 0
+            else:
+                self._parts.append(rest)
+                self._partLength += len(rest)
+                if self._partLength > self.partialHigh:
+                    self.partialHigh = self._partLength
+        self._lines(lines)
 
 
 def _displayed(line):

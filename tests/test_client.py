@@ -5,6 +5,7 @@ L{StringTransport}, UDP over a fake reactor, time from a L{task.Clock}.
 
 import os
 import queue
+import threading
 
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
@@ -619,6 +620,19 @@ class RunTests(unittest.TestCase):
         )
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_overLongIsInvalid(self):
+        """
+        An over-long stdin line is answered invalid without being sent.
+        """
+        run = self.run_()
+        marker = client._overLong(b"9" * 100)
+        run.feed([marker, b"2"])
+        run.end()
+        self.assertEqual(sorted(self.pending), ["2"])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [(marker, Verdict.INVALID), (b"2", Verdict.PRIME)])
+        self.successResultOf(run.finished)
+
     def test_failingFlushFailsOnce(self):
         """
         A flush that itself fails the run (standard output gone) while the
@@ -678,7 +692,7 @@ class StdinReaderTests(unittest.TestCase):
     (bounded waits throughout).
     """
 
-    def read(self, data, chunk=None):
+    def read(self, data, chunk=None, maxLine=None):
         readFd, writeFd = os.pipe()
         self.addCleanup(os.close, readFd)
         calls = queue.Queue()
@@ -693,8 +707,17 @@ class StdinReaderTests(unittest.TestCase):
         )
         if chunk:
             reader.CHUNK = chunk
-        with os.fdopen(writeFd, "wb") as w:
-            w.write(data)
+        if maxLine:
+            reader.MAX_LINE = maxLine
+        self.reader = reader
+
+        # A thread, as data may be more than the pipe holds.
+        def write():
+            with os.fdopen(writeFd, "wb") as w:
+                w.write(data)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
         reader.start()
         for _ in range(10000):
             reader.more()
@@ -702,6 +725,8 @@ class StdinReaderTests(unittest.TestCase):
             f(*args)
             if ended or failed:
                 break
+        writer.join(10)
+        self.assertFalse(writer.is_alive())
         return lines, ended, failed
 
     def test_lines(self):
@@ -711,6 +736,40 @@ class StdinReaderTests(unittest.TestCase):
 
     def test_empty(self):
         self.assertEqual(self.read(b""), ([], [True], []))
+
+    def test_longLine(self):
+        """
+        An 8 MiB line on a real pipe: read in chunks, at most MAX_LINE of it
+        kept, passed on as an over-long marker echoing its start; the lines
+        around it are untouched.
+        """
+        long = b"12345" * ((8 << 20) // 5)
+        lines, ended, failed = self.read(b"2\n" + long + b"\n3\n" + long)
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(lines, [b"2", long[:40] + ellipsis, b"3", long[:40] + ellipsis])
+        self.assertIs(type(lines[1]), client._OverLong)
+        self.assertIs(type(lines[3]), client._OverLong)
+        self.assertEqual((ended, failed), ([True], []))
+        self.assertLessEqual(self.reader.partialHigh, client._StdinReader.MAX_LINE)
+        self.assertGreater(self.reader.partialHigh, client._StdinReader.MAX_LINE // 2)
+
+    def test_lineAtTheLimit(self):
+        """
+        A line of exactly MAX_LINE bytes, over several chunks, is a line; one
+        byte more is over-long, whatever the chunks.
+        """
+        lines, ended, failed = self.read(
+            b"1234567890\n12345678901\n1\n12345678901", chunk=3, maxLine=10
+        )
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(
+            lines, [b"1234567890", b"12345678901" + ellipsis, b"1", b"12345678901" + ellipsis]
+        )
+        self.assertEqual(self.reader.partialHigh, 10)
+
+    def test_longLineInOneChunk(self):
+        lines, ended, failed = self.read(b"1234567890123\n5\n", chunk=100, maxLine=10)
+        self.assertEqual(lines, [b"1234567890123" + "\N{HORIZONTAL ELLIPSIS}".encode(), b"5"])
 
     def test_readError(self):
         calls = queue.Queue()

@@ -201,6 +201,15 @@ class AgainstDaemonTests(SharedDaemonTestCase):
             process.stdout.close()
         self.assertEqual(status, -signal.SIGTERM)
 
+    def test_stdinLongLine(self):
+        """
+        An 8 MiB line is answered invalid, echoed shortened, without holding
+        up the lines around it.
+        """
+        long = b"7" * (8 << 20)
+        result = self.tcp(input=b"2\n" + long + b"\n3\n")
+        self.assertAnswered(result, f"2\tprime\n{'7' * 40}\u2026\tinvalid\n3\tprime\n")
+
     def test_argumentsWinOverStdin(self):
         self.assertAnswered(self.tcp("-r", "2", input=b"4\n"), "T\n")
 
