@@ -473,8 +473,21 @@ class Options(usage.Options):
                 break
             if re.match(r"-[0-9]", argument):
                 return arguments[:index] + ["--"] + arguments[index:]
-            index += 2 if argument in self._valued else 1
+            index += 2 if self._takesNext(argument) else 1
         return arguments
+
+    def _takesNext(self, argument):
+        """
+        Whether option C{argument} takes the next argument as its value:
+        C{--port}, C{-p}, or a cluster of short options ending in one that
+        takes a value (C{-up}).  C{--port=1} and C{-p1} hold theirs.
+        """
+        if argument.startswith("--"):
+            return argument in self._valued
+        for position, letter in enumerate(argument[1:], 1):
+            if "-" + letter in self._valued:
+                return position == len(argument) - 1
+        return False
 
     def opt_version(self):
         """

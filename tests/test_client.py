@@ -825,6 +825,26 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(self.parse("-p", "9", "-5")["numbers"], ["-5"])
         self.assertEqual(self.parse("--", "-5")["numbers"], ["-5"])
 
+    def test_negativeNumbersAfterClusters(self):
+        """
+        A cluster of short options ending in one that takes a value takes
+        the next argument; one holding its value does not.
+        """
+        options = self.parse("-up", "8808", "-5")
+        self.assertEqual((options["udp"], options["port"]), (True, 8808))
+        self.assertEqual(options["numbers"], ["-5"])
+        options = self.parse("-rt", "2", "-5", "7")
+        self.assertEqual((options["raw"], options["timeout"]), (True, 2.0))
+        self.assertEqual(options["numbers"], ["-5", "7"])
+        options = self.parse("-up8808", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (8808, ["-5"]))
+        options = self.parse("-p9", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (9, ["-5"]))
+        options = self.parse("--port=9", "-ur", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (9, ["-5"]))
+        options = self.parse("-urp", "9", "-5")
+        self.assertEqual((options["raw"], options["port"], options["numbers"]), (True, 9, ["-5"]))
+
     def test_endpoint(self):
         options = self.parse("--endpoint", "unix:path=/run/primed", "2")
         self.assertEqual(options.where(), "unix:path=/run/primed")
