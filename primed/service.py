@@ -26,14 +26,10 @@ from primed.tcp import (
     DEFAULT_MAX_INFLIGHT,
     PrimeLineFactory,
 )
-from primed.udp import PrimeDatagramProtocol
+from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 #: Seconds a stop waits for pending answers before cutting connections.
 DEFAULT_DRAIN_TIMEOUT = 10.0
-
-#: Largest UDP payload; anything longer is truncated by the kernel and then
-#: answered E, as any over-long request is.
-_MAX_DATAGRAM = 65507
 
 
 class UDPAddress:
@@ -243,9 +239,8 @@ class PrimedService(service.Service):
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
         )
         self.datagramProtocols.append(protocol)
-        # Room for the longest line and its CRLF: anything the kernel has to
-        # truncate is longer than that, and is answered E.
-        maxPacketSize = min(_MAX_DATAGRAM, max(8192, wire.maxLineLength(self.maxDigits) + 2))
+        # A datagram the kernel cuts is never checked: see receiveBufferSize.
+        maxPacketSize = receiveBufferSize(self.maxDigits)
         if address.systemdName is not None:
             fd = _inheritedDescriptor(address.systemdName)
             probe = socket.socket(fileno=fd)
