@@ -16,10 +16,9 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from primed import wire
-from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
+from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -147,7 +146,7 @@ class PrimedService(service.Service):
         self.reusePort = reusePort
         self.ownsPool = threadpool is None
         if threadpool is None:
-            threadpool = ThreadPool(threads, threads, name="primed-check")
+            threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
         self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
         self.factory = PrimeLineFactory(
@@ -328,9 +327,10 @@ class PrimedService(service.Service):
         # run every one of them before joining.
         self.checker.abandon()
         if self.ownsPool:
-            # Joins the workers: at most one running check each, all bounded
-            # by --max-digits.
-            self.threadpool.stop()
+            # After a full drain the workers are idle and join at once; past
+            # the deadline a running check may take minutes, and nobody
+            # waits for its answer: leave it to its daemon thread.
+            self.threadpool.stop(wait=not self.checker.queued)
         self._log.info("Stopped")
 
 
