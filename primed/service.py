@@ -166,6 +166,7 @@ class PrimedService(service.Service):
         self._served: List[Tuple[str, str]] = []
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
+        self._deadline = None
 
     # Starting.
 
@@ -296,21 +297,33 @@ class PrimedService(service.Service):
             consumeErrors=True,
         )
         done = defer.Deferred()
-        timeout = self.reactor.callLater(self.drainTimeout, self._cutOff, done)
+        timeout = self.reactor.callLater(
+            self.drainTimeout, self._cutOff, done, f"Drain timeout of {self.drainTimeout}s reached"
+        )
         drained.addBoth(lambda _: done.called or done.callback(None))
         done.addCallback(self._closed, timeout)
         self._stopping = done
+        self._deadline = timeout
         return done
 
-    def _cutOff(self, done: defer.Deferred) -> None:
+    def endDrain(self) -> None:
+        """
+        End a stop's drain now, as its deadline would (a second stop
+        signal); nothing happens outside a drain.
+        """
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+            self._cutOff(self._stopping, "Drain ended by a second stop signal")
+
+    def _cutOff(self, done: defer.Deferred, why: str) -> None:
         connections = len(self.factory.protocols)
         requests = self.factory.abortAll() + sum(
             protocol.inflight for protocol in self.datagramProtocols
         )
         self._log.warn(
-            "Drain timeout of {timeout}s reached: cut {connections} connection(s), "
+            "{why}: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",
-            timeout=self.drainTimeout,
+            why=why,
             connections=connections,
             requests=requests,
         )

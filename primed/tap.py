@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import sdnotify, wire
+from primed import sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -170,4 +170,6 @@ def makeService(config, reactor=None):
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)
+    # SIGHUP stops gracefully too; a second stop signal ends the drain.
+    signals.handleStopSignals(primed, reactor)
     return top

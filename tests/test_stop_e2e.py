@@ -27,6 +27,16 @@ HUGE_LINE = gmpy2.digits(HUGE_PRIME).encode() + b"\n"
 STOP_SLACK = 15.0
 
 
+def _received(sock: socket.socket) -> bytes:
+    """
+    What comes before the daemon closes or resets C{sock}.
+    """
+    try:
+        return readAll(sock, 5)
+    except ConnectionResetError:
+        return b""
+
+
 def _hugeDaemon(*extra: str) -> Daemon:
     return Daemon("--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
                   "--threads", "1", "--max-digits", "26000", "--verbose", *extra)
@@ -69,10 +79,59 @@ class DrainDeadlineTests(unittest.TestCase):
                 d.process.send_signal(signal.SIGTERM)
                 status = d.wait(drain + STOP_SLACK)
                 took = time.monotonic() - start
-                self.assertEqual(readAll(tcp, 5), b"")  # cut, nothing owed sent
+                self.assertEqual(_received(tcp), b"")  # cut, nothing owed sent
         self.assertEqual(status, -signal.SIGTERM)
         self.assertGreaterEqual(took, drain)
         cut = [line for line in d.log if "Drain timeout of 2.0s reached" in line]
         self.assertEqual(len(cut), 1, d.log)
         self.assertIn("cut 1 connection(s), 3 received request(s) left unanswered", cut[0])
+        self.assertTrue(any("Stopped" in line for line in d.log), d.log)
+
+
+class SignalTests(unittest.TestCase):
+    def secondSignalEndsTheDrain(self, first, second):
+        """
+        A second stop signal during a drain (with a deadline far away)
+        ends it at once, quietly: the cut-off is logged with a count, and
+        no traceback.
+        """
+        with _hugeDaemon("--drain-timeout", "600") as d:
+            with _startHugeChecks(d) as tcp:
+                d.process.send_signal(first)
+                d.waitForLog("Stopping: answering")
+                d.process.send_signal(second)
+                status = d.wait(STOP_SLACK)
+                self.assertEqual(_received(tcp), b"")
+        self.assertEqual(status, -first)
+        cut = [line for line in d.log if "left unanswered" in line]
+        self.assertEqual(len(cut), 1, d.log)
+        self.assertIn("Drain ended by a second stop signal: cut 1 connection(s), "
+                      "3 received request(s) left unanswered", cut[0])
+        self.assertFalse([line for line in d.log if "Traceback" in line
+                          or "ReactorNotRunning" in line or "Unhandled" in line], d.log)
+
+    def test_secondSIGINT(self):
+        self.secondSignalEndsTheDrain(signal.SIGINT, signal.SIGINT)
+
+    def test_SIGTERMThenSIGINT(self):
+        self.secondSignalEndsTheDrain(signal.SIGTERM, signal.SIGINT)
+
+    def test_sighupStopsGracefully(self):
+        """
+        SIGHUP stops like SIGTERM: everything received is answered, then
+        the daemon exits by SIGHUP (which systemd counts as clean).
+        """
+        big = 2**4253 - 1  # tens of ms each, in one thread
+        requests = [big] * 20 + list(range(1000))
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp",
+                    "--threads", "1", "--verbose") as d:
+            with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
+                s.sendall(b"".join(b"%d\n" % n for n in requests))
+                d.waitForLog("asked b'999': F", 30)  # all received
+                d.process.send_signal(signal.SIGHUP)
+                data = readAll(s, 60)
+            self.assertEqual(d.wait(), -signal.SIGHUP)
+        self.assertEqual(data.count(b"\n"), len(requests))
+        self.assertTrue(data.startswith(b"T\n" * 20 + b"F\nF\nT\nT\nF\nT\n"))
+        self.assertTrue(any("Received SIGHUP" in line for line in d.log), d.log)
         self.assertTrue(any("Stopped" in line for line in d.log), d.log)
