@@ -223,3 +223,22 @@ class LifecycleTests(unittest.TestCase):
             )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"cannot listen", result.stdout + result.stderr)
+
+
+class VerboseTests(unittest.TestCase):
+    def test_oneLinePerRequest(self):
+        """
+        C{-v} with requests held back by C{--max-inflight}: one log line per
+        request, with its verdict.
+        """
+        big = b"%d" % (2**4253 - 1)
+        requests = [big, b"5", big, b"6", big, b"7"]
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp", "--threads", "4",
+                    "--max-queued", "1", "--max-inflight", "1", "-v") as d:
+            self.assertEqual(ask(d.tcpPort, b"".join(r + b"\n" for r in requests), 60),
+                             b"T\nT\nT\nF\nT\nT\n")
+            d.waitForLog("asked b'7': T")
+            d.terminate()
+        logged = [line for line in d.log if " asked b'" in line]
+        self.assertEqual([line.rsplit(": ", 1)[1] for line in logged], list("TTTFTT"), logged)
+        self.assertEqual(sum("asked b'5'" in line for line in logged), 1, logged)
