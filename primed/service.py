@@ -55,9 +55,14 @@ class UDPAddress:
                 raise ValueError(f"expected systemd:name=NAME, not {text!r}")
             return cls(systemdName=name)
         host, _, port = text.rpartition(":")
-        host = host.strip("[]")
         if not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected [HOST:]PORT with a port from 0 to 65535, not {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            if not host or "[" in host or "]" in host:
+                raise ValueError(f"expected [IPV6]:PORT, not {text!r}")
+        elif "[" in host or "]" in host or ":" in host:
+            raise ValueError(f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}")
         return cls(host, int(port))
 
     def __repr__(self) -> str:
@@ -79,7 +84,10 @@ def _reusePortSocket(kind: int, host: str, port: int, backlog: int = 50) -> sock
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise CannotListenError(host, port, e)
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -191,6 +199,9 @@ class PrimedService(service.Service):
             for port in self.tcpPorts + self.udpPorts:
                 port.stopListening()
             self.tcpPorts, self.udpPorts = [], []
+            if isinstance(e, CannotListenError):  # its own text ends in "."
+                where = e.port if e.interface is None else f"{e.interface}:{e.port}"
+                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
             raise SystemExit(f"primed: cannot listen: {e}")
         self._served = served
 
@@ -231,7 +242,8 @@ class PrimedService(service.Service):
         if not result:
             raise ValueError(f"{description} did not listen at once")
         if isinstance(result[0], Failure):
-            raise CannotListenError(None, description, result[0].value)
+            reason = result[0].value
+            raise CannotListenError(None, description, getattr(reason, "socketError", reason))
         return result[0]
 
     def _listenUDP(self, address: UDPAddress):

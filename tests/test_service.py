@@ -24,7 +24,8 @@ class UDPAddressTests(unittest.TestCase):
             self.assertEqual((address.host, address.port, address.systemdName), expected)
 
     def test_refused(self):
-        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name="]:
+        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name=",
+                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808"]:
             self.assertRaises(ValueError, UDPAddress.fromString, text)
 
 
