@@ -73,6 +73,43 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--endpoint", "unix:path=/run/primed", "2")
         self.assertEqual(options.where(), "unix:path=/run/primed")
 
+    def test_tls(self):
+        """
+        C{--tls} verifies against C{--ca}'s certificates, by C{--host}'s name
+        unless C{--server-name} gives another.
+        """
+        import shutil
+        import tempfile
+
+        from support import makeCertificates
+
+        directory = tempfile.mkdtemp(prefix="primed-clientcmd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = makeCertificates(directory)
+        options = self.parse("--tls", "--ca", paths["ca"], "-H", "localhost", "17")
+        self.assertEqual(options.tlsOptions._hostname, "localhost")
+        options = self.parse("--tls", "--ca", paths["ca"], "--server-name", "primed.example")
+        self.assertEqual(options.tlsOptions._hostname, "primed.example")
+        self.assertEqual(options.where(), "127.0.0.1:8809")
+        options = self.parse("--tls")  # the system's CAs
+        self.assertEqual(options.tlsOptions._hostname, "127.0.0.1")
+        self.assertIsNone(self.parse("17").tlsOptions)
+        for argv, message in (
+            (["--tls", "--ca", paths["key"]], "no PEM certificate in it"),
+            (["--tls", "--ca", directory + "/missing.pem"], "No such file or directory"),
+            (["--ca", paths["ca"]], "--ca and --server-name go with --tls"),
+            (["--server-name", "x"], "--ca and --server-name go with --tls"),
+            (["--tls", "--udp"], "--tls is for --host/--port over TCP"),
+            (["--tls", "--endpoint", "tcp:localhost:1"], "--tls is for --host/--port over TCP"),
+            (["--endpoint", "tls:localhost:1:trustRoots=" + directory + "/missing"],
+             "trustRoots is not a directory"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(message, str(caught.exception))
+        # Negative numbers after the new valued options are still numbers.
+        self.assertEqual(self.parse("--tls", "--server-name", "x", "-5")["numbers"], ["-5"])
+
     def test_usageErrors(self):
         for argv in (
             ["--port", "x"],
