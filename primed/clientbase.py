@@ -48,6 +48,13 @@ class PrimedRefused(PrimedError):
     """
 
 
+class PrimedRequestTooLong(PrimedError):
+    """
+    The request does not fit in a UDP datagram, so it was not sent.  Far
+    over primed's C{--max-digits} by default: primed would answer C{E}.
+    """
+
+
 class PrimedTLSError(PrimedError):
     """
     The TLS handshake failed: the server's certificate is not trusted, is

@@ -14,6 +14,7 @@ from primed.clientbase import (
     DEFAULT_RETRIES,
     DEFAULT_UDP_TIMEOUT,
     PrimedRefused,
+    PrimedRequestTooLong,
     PrimedTimeout,
     _request,
 )
@@ -46,15 +47,17 @@ class _UDPRequest(DatagramProtocol):
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
         try:
             self.transport.write(self._request)
-        except error.MessageLengthError:
-            # Too long for a datagram: more than primed accepts, so invalid,
-            # as primed answers E to an over-long line over TCP.
-            self._finish(Verdict.INVALID)
         except Exception as e:
-            if isinstance(e, OSError) and e.errno == errno.EMSGSIZE:
-                self._finish(Verdict.INVALID)
+            # No retry will help either way.
+            if isinstance(e, error.MessageLengthError) or (
+                isinstance(e, OSError) and e.errno == errno.EMSGSIZE
+            ):
+                # Not primed's answer, so not a verdict: the caller decides
+                # (the command answers it invalid, as primed would).
+                self._finish(Failure(PrimedRequestTooLong(
+                    f"a request of {len(self._request)} bytes does not fit in a datagram"
+                )))
             else:
-                # No retry will help.
                 self._finish(Failure())
 
     def _timedOut(self):
@@ -137,8 +140,8 @@ class PrimedUDPClient:
         Ask whether C{number} (an int, or the text of one) is prime.
 
         @return: a Deferred firing with a L{Verdict}, or failing with
-            L{PrimedTimeout} or L{PrimedRefused}; unlike TCP, in the order
-            the answers arrive.
+            L{PrimedTimeout}, L{PrimedRefused} or L{PrimedRequestTooLong};
+            unlike TCP, in the order the answers arrive.
         @raise ValueError: if C{number}'s text spans several lines.
         """
         request = _request(number)

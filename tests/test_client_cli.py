@@ -155,6 +155,20 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         self.assertEqual((result.returncode, result.stderr), (0, b""))
         self.assertEqual(result.stdout, expectedLines(texts))
 
+    def test_udpTooLongForADatagram(self):
+        """
+        Over UDP an input too long for a datagram (70 000 digits, from the
+        arguments or standard input) is answered invalid and echoed as its
+        first 40 bytes and an ellipsis, as the README says.
+        """
+        big = "9" * 70000
+        expected = "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n"
+        result = primedClient("--udp", "--port", self.daemon.udpPort, "17", big, "18")
+        self.assertAnswered(result, expected)
+        result = primedClient("--udp", "--port", self.daemon.udpPort,
+                              input=f"17\n{big}\n18\n".encode())
+        self.assertAnswered(result, expected)
+
     def test_stdinRegularFileAndDevNull(self):
         """
         Standard input from a file or C{/dev/null}, which the epoll reactor

@@ -160,6 +160,22 @@ class RunCommandTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), 0)
         self.assertEqual(self.stdout.getvalue(), b"T\n")
 
+    def test_udpTooLongEchoedShortened(self):
+        """
+        Over UDP an input too long for a datagram is answered invalid and
+        echoed as its first 40 bytes and an ellipsis, as the README says
+        and as an over-long line is over TCP.
+        """
+        big = "9" * 70000
+        d = self.run_("17", big, "18")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue().decode(),
+            "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n",
+        )
+
     def test_timeoutPrintsPrefix(self):
         """
         The first unanswered input ends the run: what came before it is

@@ -7,7 +7,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from fakes import FakeUDPReactor
-from primed.client import PrimedRefused, PrimedTimeout, PrimedUDPClient
+from primed.client import PrimedRefused, PrimedRequestTooLong, PrimedTimeout, PrimedUDPClient
 from primed.wire import Verdict
 
 
@@ -106,24 +106,19 @@ class UDPTests(unittest.TestCase):
         self.failureResultOf(d, PrimedRefused)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_tooLongIsInvalid(self):
+    def test_tooLong(self):
         """
-        A request too long for a datagram is invalid, as primed answers over
-        TCP (E for an over-long line), at once and leaving no socket or
-        timer behind.
+        A request too long for a datagram fails with L{PrimedRequestTooLong}
+        (it was not sent, so there is no verdict), at once and leaving no
+        socket or timer behind.
         """
-        from twisted.internet.error import MessageLengthError
-
-        def write(datagram, address=None):
-            raise MessageLengthError("message too long")
-
-        self.reactor.listenUDP = self._wrapListen(write)
         d = self.client.check("9" * 70000)
-        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
+        failure = self.failureResultOf(d, PrimedRequestTooLong)
+        self.assertIn("70001 bytes", str(failure.value))
         self.assertTrue(self.reactor.ports[0].stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_tooLongOSErrorIsInvalid(self):
+    def test_tooLongOSError(self):
         """
         The same when the socket raises a bare C{EMSGSIZE}.
         """
@@ -134,7 +129,7 @@ class UDPTests(unittest.TestCase):
 
         self.reactor.listenUDP = self._wrapListen(write)
         d = self.client.check("9" * 70000)
-        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
+        self.failureResultOf(d, PrimedRequestTooLong)
 
     def test_writeFails(self):
         """
