@@ -155,10 +155,24 @@ class RunCommandTests(unittest.TestCase):
         self.assertEqual(self.stderr.getvalue(), "")
 
     def test_raw(self):
-        d = self.run_("--raw", "17")
-        self.reactor.ports[0].reply(b"T\n")
+        """
+        C{--raw}: the letter of each verdict, all three, in input order.
+        """
+        d = self.run_("--raw", "17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
         self.assertEqual(self.successResultOf(d), 0)
-        self.assertEqual(self.stdout.getvalue(), b"T\n")
+        self.assertEqual(self.stdout.getvalue(), b"T\nF\nE\nT\n")
+
+    def test_plain(self):
+        d = self.run_("17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            b"17\tprime\n18\tnot prime\n4j\tinvalid\n19\tprime\n",
+        )
 
     def test_udpTooLongEchoedShortened(self):
         """

@@ -333,3 +333,27 @@ class StdinReaderTests(unittest.TestCase):
         f, args = calls.get(timeout=10)
         f(*args)
         self.assertIn("standard input", str(failed[0].value))
+
+
+class OutputTests(unittest.TestCase):
+    """
+    L{clientio.Output}: each verdict's line, exactly, in both forms.  Every
+    verdict, so a form that printed C{T} for C{F} cannot pass.
+    """
+
+    def written(self, raw):
+        import io
+
+        stream = io.BytesIO()
+        output = clientio.Output(stream, raw)
+        for text, verdict in ((b"17", Verdict.PRIME), (b"18", Verdict.NOT_PRIME),
+                              (b"4j", Verdict.INVALID)):
+            output.write(text, verdict)
+        output.flush()
+        return stream.getvalue()
+
+    def test_raw(self):
+        self.assertEqual(self.written(raw=True), b"T\nF\nE\n")
+
+    def test_plain(self):
+        self.assertEqual(self.written(raw=False), b"17\tprime\n18\tnot prime\n4j\tinvalid\n")
