@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -190,7 +191,8 @@ class PrimedService(service.Service):
             for description, endpoint in self.tcpEndpoints:
                 port = self._listenTCP(description, endpoint)
                 self.tcpPorts.append(port)
-                served.append(("TCP", self._describe(port.getHost(), description)))
+                kind = "TLS" if _tlsContext(endpoint) is not None else "TCP"
+                served.append((kind, self._describe(port.getHost(), description)))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)
                 self.udpPorts.append(port)
@@ -230,13 +232,24 @@ class PrimedService(service.Service):
         self.listening.callback(list(self._served))
 
     def _listenTCP(self, description: str, endpoint):
+        factory = self.factory
+        tlsContext = _tlsContext(endpoint)
+        if tlsContext is not None:
+            # Twisted's ssl: endpoint would wrap the factory in a TLS layer
+            # that drops the answers owed to a client that half-closes.
+            from primed.tls import HalfCloseableTLSFactory
+
+            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
         if self.reusePort:
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
             try:
-                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
             finally:
                 sock.close()
+        if tlsContext is not None:
+            host, port, backlog = _tcpBinding(description, endpoint)
+            return self.reactor.listenTCP(port, factory, backlog, host)
         result = []
         endpoint.listen(self.factory).addBoth(result.append)
         if not result:
@@ -361,10 +374,21 @@ class PrimedService(service.Service):
 
 def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
     """
-    Host, port and backlog of a C{tcp:} or C{tcp6:} endpoint, to bind a
-    reusable socket of our own.  Twisted's endpoints keep these private.
+    Host, port and backlog of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint, to
+    bind a socket of our own.  Twisted's endpoints keep these private.
     """
     try:
         return endpoint._interface, endpoint._port, endpoint._backlog
     except AttributeError:
-        raise ValueError(f"--reuseport works with tcp: and tcp6: endpoints, not {description!r}")
+        raise ValueError(
+            f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
+        )
+
+
+def _tlsContext(endpoint):
+    """
+    The TLS context factory of an C{ssl:} endpoint, or L{None}.
+    """
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        return endpoint._sslContextFactory
+    return None
