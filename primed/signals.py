@@ -22,8 +22,10 @@ gaps are filled here:
     by then.  The reactor's own handlers would each ask for a stop, and the
     second would raise C{ReactorNotRunning}.
 
-The handlers replace the reactor's once it runs (it installs its own as it
-starts).
+Every handler is a note and a C{callFromThread}, so it is installed at once,
+before the reactor runs: the daemon says it is ready (C{Limits:}) before
+that, and a signal then must not kill it silently.  The reactor installs
+its SIGTERM handler as it starts; ours replaces it once it runs.
 
 A signal the daemon was started with ignored (C{nohup}, a shell's
 background job) stays ignored.
@@ -70,9 +72,10 @@ class StopSignals:
 
     def hook(self) -> None:
         """
-        Register with the reactor; nothing is installed before it runs
-        (Twisted installs its own handlers as it starts).
+        Install the handlers now, and again once the reactor runs (it
+        installs its own SIGTERM handler as it starts).
         """
+        self._installAll()
         self.reactor.callWhenRunning(self._installAll)
         self.reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
 

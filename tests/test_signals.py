@@ -62,9 +62,23 @@ class StopSignalsTests(unittest.TestCase):
         for f, args, kwargs in self.reactor.triggers["before"]["shutdown"]:
             f(*args, **kwargs)
 
-    def test_nothingInstalledBeforeTheReactorRuns(self):
+    def test_installedBeforeTheReactorRuns(self):
+        """
+        The daemon logs that it is ready before its reactor runs: a signal
+        then is noted, and the stop begins once the reactor runs (it used
+        to kill the daemon silently).
+        """
+        calls = []
+        self.reactor.callFromThread = lambda f, *a, **kw: calls.append((f, a, kw))
         signals = self.hooked()
-        self.assertEqual(signals.handlers, {})
+        self.assertEqual(set(signals.handlers), {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        signals.handlers[signal.SIGHUP](signal.SIGHUP, None)
+        self.assertEqual(self.stopped, 0)
+        self.start()
+        for f, a, kw in calls:
+            f(*a, **kw)
+        self.assertEqual(self.stopped, 1)
+        self.assertEqual(self.reactor._exitSignal, signal.SIGHUP)
 
     def test_hangupStopsAndExitsBySIGHUP(self):
         signals = self.hooked()

@@ -12,11 +12,13 @@ check with it.
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import gmpy2
 from twisted.trial import unittest
 
+import support
 from support import Daemon, readAll
 
 #: 2**86243 - 1, a Mersenne prime of 25 962 digits: one check takes minutes.
@@ -161,3 +163,31 @@ class SignalTests(unittest.TestCase):
                           or "ReactorNotRunning" in line or "left unanswered" in line], d.log)
         self.assertTrue(any("Stopped" in line for line in d.log), d.log)
 
+    def test_sighupAsSoonAsReady(self):
+        """
+        SIGHUP the moment the daemon logs its limits (its ports are bound),
+        which is before its reactor runs, is a graceful stop too; it used
+        to kill the daemon at once, with nothing logged.  The log is read
+        line by line, blocking, to signal as early as a script would.
+        """
+        process = subprocess.Popen(
+            support._runnerArgv("twistd", ["--listen", "tcp:0:interface=127.0.0.1",
+                                           "--no-udp"]),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            log = []
+            for line in process.stdout:
+                log.append(line.decode("utf-8", "replace"))
+                if "Limits:" in log[-1]:
+                    process.send_signal(signal.SIGHUP)
+                    break
+            log += [line.decode("utf-8", "replace") for line in process.stdout]
+            self.assertEqual(process.wait(30), -signal.SIGHUP, log)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        self.assertTrue(any("Received SIGHUP, shutting down." in line for line in log), log)
+        self.assertTrue(any("Stopped" in line for line in log), log)
