@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -56,14 +57,19 @@ class UDPAddress:
                 raise ValueError(f"expected systemd:name=NAME, not {text!r}")
             return cls(systemdName=name)
         host, _, port = text.rpartition(":")
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        # str.isdigit() alone takes "\u0663" (port 3) and "\u00b2" (no port).
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected [HOST:]PORT with a port from 0 to 65535, not {text!r}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-            if not host or "[" in host or "]" in host:
+            if not isIPv6Address(host):
                 raise ValueError(f"expected [IPV6]:PORT, not {text!r}")
         elif "[" in host or "]" in host or ":" in host:
             raise ValueError(f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}")
+        elif host and not isIPAddress(host):
+            # Twisted's listenUDP binds addresses, not names: refuse one now
+            # rather than fail to listen.
+            raise ValueError(f"expected an IP address as HOST, not {host!r}")
         return cls(host, int(port))
 
     def __repr__(self) -> str:

@@ -135,7 +135,8 @@ class Options(usage.Options):
 
     def opt_udp(self, address):
         """
-        Serve UDP on [HOST:]PORT, [IPV6]:PORT (an IPv6 address in brackets)
+        Serve UDP on [HOST:]PORT (an IPv4 address; PORT alone is every
+        interface), [IPV6]:PORT (an IPv6 address in brackets)
         or an inherited socket systemd:name=NAME; repeatable, replaces the
         default [default: 127.0.0.1:8808].
         """

@@ -25,8 +25,19 @@ class UDPAddressTests(unittest.TestCase):
 
     def test_refused(self):
         for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name=",
-                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808"]:
+                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808",
+                     # Twisted's listenUDP binds IP addresses only: a name
+                     # used to pass here and fail at listen time, exit 1.
+                     "localhost:8808", "nosuchhost.invalid:8808", "[127.0.0.1]:8808",
+                     # str.isdigit() is true for these; int() takes the first
+                     # as port 3 and refuses the second.
+                     "\u0663", "\u00b2"]:
             self.assertRaises(ValueError, UDPAddress.fromString, text)
+
+    def test_ipAddresses(self):
+        for text, host in [("[::ffff:127.0.0.1]:0", "::ffff:127.0.0.1"),
+                           ("[fe80::1%lo]:0", "fe80::1%lo"), ("0.0.0.0:0", "0.0.0.0")]:
+            self.assertEqual(UDPAddress.fromString(text).host, host)
 
 
 class DescribeTests(unittest.TestCase):

@@ -60,6 +60,7 @@ class OptionsTests(unittest.TestCase):
             (["--udp", "::1]:8808"], "udp"),
             (["--udp", "::1:8808"], "udp"),
             (["--udp", "[]:8808"], "udp"),
+            (["--udp", "localhost:8808"], "udp"),
             (["--idle-timeout", "nan"], "idle-timeout"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
