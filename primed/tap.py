@@ -68,7 +68,7 @@ class Options(usage.Options):
     optFlags = [
         ["no-udp", None, "Do not serve UDP."],
         ["reuseport", None,
-         "Bind TCP (tcp:/tcp6: endpoints) and UDP with SO_REUSEPORT, so several "
+         "Bind TCP (tcp:, tcp6: and ssl: endpoints) and UDP with SO_REUSEPORT, so several "
          "primed processes can share the ports, one core each."],
         ["verbose", "v", "Log every request and its verdict, once, when it is known."],
     ]
