@@ -321,10 +321,12 @@ class PrimedService(service.Service):
             # No new datagrams; replies can still leave.  (Fake ports in
             # tests may not read at all.)
             getattr(port, "stopReading", lambda: None)()
+        # Not the pool's idleness: a check whose connection is gone is owed
+        # to nobody, and _closed leaves it to its daemon thread.
         drained = defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for port in self.tcpPorts]
             + [protocol.drain() for protocol in self.datagramProtocols]
-            + [self.factory.drain(), self.checker.whenIdle()],
+            + [self.factory.drain()],
             consumeErrors=True,
         )
         done = defer.Deferred()
@@ -366,14 +368,14 @@ class PrimedService(service.Service):
         for port in self.udpPorts:
             port.stopListening()
         self.tcpPorts, self.udpPorts = [], []
-        # Checks still waiting for a thread have nobody left to answer
-        # (the drain deadline passed): skip them, or ThreadPool.stop would
-        # run every one of them before joining.
+        # Checks still waiting for a thread have nobody left to answer (the
+        # drain deadline passed, or their connection is gone): skip them, or
+        # ThreadPool.stop would run every one of them before joining.
         self.checker.abandon()
         if self.ownsPool:
-            # After a full drain the workers are idle and join at once; past
-            # the deadline a running check may take minutes, and nobody
-            # waits for its answer: leave it to its daemon thread.
+            # With no check left the workers are idle and join at once;
+            # otherwise a running check may take minutes, and nobody waits
+            # for its answer: leave it to its daemon thread.
             self.threadpool.stop(wait=not self.checker.queued)
         self._log.info("Stopped")
 

@@ -75,6 +75,22 @@ class StopTests(unittest.TestCase):
         protocol.connectionLost(None)
         self.successResultOf(stopped)
 
+    def test_stopDoesNotWaitForChecksOwedToNobody(self):
+        """
+        A check whose connection is gone (reset by its client) is owed to
+        nobody: the stop ends at once, not at the drain deadline with a
+        warning that cuts nothing.
+        """
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.connectionLost(None)
+        self.assertEqual(self.service.checker.queued, 1)
+        stopped = self.service.stopService()
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.pool.run()  # it never starts: the checker was abandoned
+        self.assertEqual(self.service.checker.queued, 0)
+
     def test_drainTimeoutCutsOff(self):
         protocol, transport = connect(self.service.factory)
         protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
