@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
+from primed.counters import Counters
 from primed.tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -154,6 +155,8 @@ class PrimedService(service.Service):
             threadpool = ThreadPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
         self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+        #: What every protocol counts; L{primed.metrics} reads it.
+        self.counters = Counters()
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -162,6 +165,7 @@ class PrimedService(service.Service):
             maxConnections=maxConnections,
             idleTimeout=idleTimeout,
             verbose=verbose,
+            counters=self.counters,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -240,7 +244,8 @@ class PrimedService(service.Service):
 
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(
-            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
+            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
+            counters=self.counters,
         )
         self.datagramProtocols.append(protocol)
         # Room for the longest line and its CRLF: anything the kernel has to
@@ -313,6 +318,7 @@ class PrimedService(service.Service):
         requests = self.factory.abortAll() + sum(
             protocol.inflight for protocol in self.datagramProtocols
         )
+        self.counters.drainUnanswered += requests
         self._log.warn(
             "Drain timeout of {timeout}s reached: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",

@@ -92,6 +92,10 @@ class Options(usage.Options):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "Seconds a stop waits for pending replies before closing connections.",
          _seconds("drain-timeout")],
+        ["metrics", None, None,
+         "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
+         "HTTP on this Twisted server endpoint, e.g. "
+         "tcp:9809:interface=127.0.0.1; off by default."],
     ]
 
     def __init__(self):
@@ -129,13 +133,15 @@ class Options(usage.Options):
 
         for description in self["listen"]:
             _serverEndpoint(reactor, description)  # refuse bad ones now
+        if self["metrics"] is not None:
+            _serverEndpoint(reactor, self["metrics"], "--metrics")
 
 
-def _serverEndpoint(reactor, description: str):
+def _serverEndpoint(reactor, description: str, option: str = "--listen"):
     try:
         return endpoints.serverFromString(reactor, description)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
-        raise usage.UsageError(f"--listen {description!r}: {e}")
+        raise usage.UsageError(f"{option} {description!r}: {e}")
 
 
 def makeService(config, reactor=None):
@@ -167,6 +173,15 @@ def makeService(config, reactor=None):
     top = service.MultiService()
     primed.setName("primed")
     primed.setServiceParent(top)
+    if config["metrics"] is not None:
+        # Imported here: prometheus-client and twisted.web load only when asked for.
+        from primed.metrics import MetricsService
+
+        metrics = MetricsService(
+            primed, config["metrics"], _serverEndpoint(reactor, config["metrics"], "--metrics")
+        )
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)
