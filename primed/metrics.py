@@ -148,7 +148,8 @@ class PrimedCollector:
         yield paused
         yield CounterMetricFamily(
             "primed_lines_too_long",
-            "Requests (TCP lines or datagrams) longer than --max-digits allows, answered E.",
+            "Over-long requests answered E: TCP lines skipped without being buffered "
+            "(past --max-digits plus 64 bytes), and datagrams as long.",
             value=counters.linesTooLong,
         )
         yield GaugeMetricFamily(
