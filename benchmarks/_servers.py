@@ -193,14 +193,15 @@ def startCeiling(processes=1):
     return server
 
 
-def startPrimed(processes=1, extra=()):
+def startPrimed(processes=1, extra=(), name=None):
     """
     Start primed under C{twistd -n}; with C{processes > 1}, that many with
     C{--reuseport} on one port (the first binds port 0, the others its port).
 
     @param extra: further C{primed} options, e.g. C{["--threads", "2"]}.
+    @param name: the label in result tables, if not the usual one.
     """
-    server = Server("primed" if processes == 1 else f"primed x{processes}")
+    server = Server(name or ("primed" if processes == 1 else f"primed x{processes}"))
     try:
         tcpPort = udpPort = 0
         for i in range(processes):
