@@ -151,6 +151,18 @@ class Prometheus:
         return found
 
 
+def readmeQueries():
+    """
+    The PromQL queries README.rst's "Monitoring" section shows.
+    """
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("\nMonitoring\n==========\n", 1)[1].split("\nDependencies\n", 1)[0]
+    queries = re.findall(r"``([^`]*\brate\([^`]*)``", section)
+    assert len(queries) == 3, queries
+    return queries
+
+
 def scalar(value):
     return {frozenset(): float(value)}
 
@@ -240,6 +252,14 @@ class PrometheusTests(unittest.TestCase):
             prometheus.waitUntil(allSeen, "reporting the traffic", 60)
         finally:
             self.assertEqual(seen, expected)
+        for expression in readmeQueries():
+            prometheus.query(expression)  # asserts Prometheus accepts it
+        # A rate needs two scrapes of the series.
+        prometheus.waitUntil(lambda: len(prometheus.query(readmeQueries()[0])) == 3,
+                             "rating requests by verdict", 30)
+        byVerdict = prometheus.query(readmeQueries()[0])
+        self.assertEqual(sorted(dict(labels)["verdict"] for labels in byVerdict),
+                         ["invalid", "not_prime", "prime"])
         rss = prometheus.query("process_resident_memory_bytes")
         self.assertGreater(list(rss.values())[0], 1 << 20)
         info = prometheus.query("primed_build_info")
