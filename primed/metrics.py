@@ -21,6 +21,7 @@ take it out of rotation first.
 """
 
 import platform
+from io import BytesIO
 from typing import Optional
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -270,13 +271,28 @@ class Root(resource.Resource):
         return _NOT_FOUND.render(request)
 
 
+class _BodilessRequest(server.Request):
+    """
+    A request whose body, if a client sends one, is read and thrown away:
+    GET and HEAD need none, and twisted.web would otherwise keep it in
+    memory, or in a temporary file past 100 kB.
+    """
+
+    def gotLength(self, length):
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        pass
+
+
 class _QuietSite(server.Site):
     """
     No access log (Prometheus scrapes every few seconds), no
-    "Starting factory" lines.
+    "Starting factory" lines, no request bodies kept.
     """
 
     noisy = False
+    requestFactory = _BodilessRequest
 
     def log(self, request):
         pass

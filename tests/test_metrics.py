@@ -212,6 +212,23 @@ class HTTPTests(unittest.TestCase):
                 self.assertEqual(status, 405, (path, method))
                 self.assertEqual(headers[b"allow"], b"GET, HEAD")
 
+    def test_bodyNotKept(self):
+        """
+        A body sent with a request is discarded as it arrives, however long.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 10000000\r\n\r\n")
+        request = getattr(channel, "_channel", channel).requests[-1]
+        for _ in range(99):
+            channel.dataReceived(b"x" * 100000)
+        self.assertEqual(request.content.getvalue(), b"")
+        channel.dataReceived(b"x" * 100000)
+        self.assertIn(b" 405 ", transport.value().split(b"\r\n")[0] + b" ")
+        channel.connectionLost(None)
+
     def test_unknownPaths(self):
         for path in [b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/healthz/x",
                      b"/favicon.ico", b"//metrics"]:
