@@ -43,7 +43,10 @@ It starts two primed processes, one plain and one with C{--metrics} whose
 C{/metrics} page is scraped every second during every run (as Prometheus
 would, a little more often than usual), runs the chosen scenarios against
 both, interleaved, and prints on/off ratios of requests/s and of CPU time per
-request (the ceiling is not run).
+request (the ceiling is not run).  The request path counts whether or not
+C{--metrics} is given; C{--baseline-python PYTHON} adds a third server, the
+primed installed for that interpreter (a virtualenv of a commit without the
+counters), and the ratios against it: the whole cost.
 
 Every process started here is stopped before exit, whatever happens.
 """
@@ -431,10 +434,11 @@ def formatMetricsTable(table, scenarios, on="primed+metrics", off="primed"):
     CPU time per request (leanest runs, off over on: above 1 means cheaper).
     """
     header = (
+        f"on: {on}, off: {off}\n"
         "scenario          off req/s     on req/s  ratio   off us/req  on us/req  "
         "cpu ratio  target"
     )
-    lines = [header, "-" * len(header)]
+    lines = [header, "-" * len(header.split("\n")[-1])]
     for scenario in scenarios:
         runs = table[scenario.key]
         p, c = best(runs[on]), best(runs[off])
@@ -459,6 +463,10 @@ def measureMetrics(scenarios, requests, args, log):
         servers.append(_servers.startPrimed(extra=args.primed_arg))
         server, url = startPrimedWithMetrics(args.primed_arg)
         servers.append(server)
+        if args.baseline_python:
+            servers.append(_servers.startPrimed(
+                extra=args.primed_arg, name="baseline", python=args.baseline_python
+            ))
         log(f"primed on {servers[0].tcpPort}/{servers[0].udpPort}, primed+metrics on "
             f"{server.tcpPort}/{server.udpPort}, scraping {url} every second")
         scraper = Scraper(url)
@@ -468,6 +476,11 @@ def measureMetrics(scenarios, requests, args, log):
               f"best of {args.repeat}; {scraper.scrapes} scrapes of {scraper.bytes} bytes, "
               f"{scraper.errors} failed\n")
         print(formatMetricsTable(table, scenarios))
+        if args.baseline_python:
+            print(f"\nbaseline: the primed of {args.baseline_python}\n")
+            print(formatMetricsTable(table, scenarios, off="baseline"))
+            print()
+            print(formatMetricsTable(table, scenarios, on="primed", off="baseline"))
         return table
     finally:
         if scraper is not None:
@@ -511,6 +524,10 @@ def main(argv=None):
         "--metrics",
         action="store_true",
         help="compare primed with and without --metrics (scraped every second) instead",
+    )
+    parser.add_argument(
+        "--baseline-python",
+        help="with --metrics: also run the primed installed for this interpreter",
     )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
