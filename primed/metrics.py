@@ -192,7 +192,7 @@ def health(primed) -> Optional[str]:
     Why C{primed} should not get traffic now, or L{None} when it is healthy:
     every listener bound and no stop begun.
     """
-    if primed._stopping is not None:
+    if primed.stopping:
         return "stopping: answering the requests already received"
     if not primed.running:
         return "not running"

@@ -313,6 +313,13 @@ class PrimedService(service.Service):
         self._stopping = done
         return done
 
+    @property
+    def stopping(self) -> bool:
+        """
+        Whether a stop has begun (it may still be draining).
+        """
+        return self._stopping is not None
+
     def _cutOff(self, done: defer.Deferred) -> None:
         connections = len(self.factory.protocols)
         requests = self.factory.abortAll() + sum(

@@ -5,13 +5,14 @@ counts follow what the TCP and UDP protocols and the service actually do
 pool).
 """
 
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from fakes import HandDrivenPool, ThreadlessReactor, connect, makeChecker, makeDatagramProtocol, makeFactory
+from fakes import (
+    HandDrivenPool, ThreadlessReactor, connect, makeChecker, makeDatagramProtocol, makeFactory,
+    makeService,
+)
 from primed.counters import CHECK_SECONDS_BUCKETS, CheckTimes, Counters
-from primed.service import PrimedService, UDPAddress
 
 BIG_PRIME = 2**607 - 1  # goes to the pool
 BIG_COMPOSITE = (2**607 - 1) * (2**521 - 1)
@@ -173,14 +174,7 @@ class ServiceCountTests(unittest.TestCase):
     def setUp(self):
         self.reactor = ThreadlessReactor()
         self.pool = HandDrivenPool()
-        self.service = PrimedService(
-            self.reactor,
-            [("tcp:0", serverFromString(self.reactor, "tcp:0"))],
-            [UDPAddress("127.0.0.1", 0)],
-            threads=1,
-            drainTimeout=10,
-            threadpool=self.pool,
-        )
+        self.service = makeService(self.reactor, self.pool, drainTimeout=10)
         self.service.startService()
 
     def test_oneCountersForAll(self):

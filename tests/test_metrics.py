@@ -13,9 +13,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from fakes import HandDrivenPool, ThreadlessReactor, connect
+from fakes import HandDrivenPool, ThreadlessReactor, connect, makeService
 from primed.metrics import MAX_CONNECTIONS, MetricsService, makeSite
-from primed.service import PrimedService, UDPAddress
 
 BIG_PRIME = 2**607 - 1
 ADDR = ("127.0.0.1", 40000)
@@ -58,14 +57,7 @@ class Harness:
     def __init__(self, testCase, **options):
         self.reactor = ThreadlessReactor()
         self.pool = HandDrivenPool()
-        self.service = PrimedService(
-            self.reactor,
-            [("tcp:0", serverFromString(self.reactor, "tcp:0"))],
-            [UDPAddress("127.0.0.1", 0)],
-            threads=3,
-            threadpool=self.pool,
-            **options,
-        )
+        self.service = makeService(self.reactor, self.pool, threads=3, **options)
         self.site = makeSite(self.service)
 
     def scrape(self):
@@ -322,8 +314,6 @@ class MetricsServiceTests(unittest.TestCase):
         self.assertIsNone(self.metrics.port)
 
     def test_listenFailure(self):
-        from twisted.internet.endpoints import TCP4ServerEndpoint
-
         class Refusing:
             def listen(self, factory):
                 from twisted.internet.defer import fail
@@ -334,7 +324,6 @@ class MetricsServiceTests(unittest.TestCase):
         metrics = MetricsService(self.primed, "tcp:9809", Refusing())
         error = self.assertRaises(SystemExit, metrics.privilegedStartService)
         self.assertIn("--metrics tcp:9809", str(error))
-        del TCP4ServerEndpoint
 
 
 class PromtoolTests(unittest.TestCase):
