@@ -34,7 +34,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
@@ -361,10 +360,7 @@ class MetricsService(service.Service):
         self.endpoint.listen(self.factory).addBoth(result.append)
         if not result or isinstance(result[0], Failure):
             reason = result[0].value if result else "did not listen at once"
-            raise SystemExit(
-                f"primed: cannot listen: --metrics {self.description}: "
-                f"{CannotListenError(None, self.description, reason)}"
-            )
+            raise SystemExit(f"primed: cannot listen: --metrics {self.description}: {reason}")
         self.port = result[0]
 
     def startService(self):
