@@ -96,6 +96,12 @@ class Options(usage.Options):
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
          "tcp:9809:interface=127.0.0.1; off by default."],
+        ["metrics-max-connections", None, 16,
+         "Open connections to the --metrics port; new ones beyond it are closed at once.",
+         _positiveInt("metrics-max-connections")],
+        ["metrics-timeout", None, 10.0,
+         "Seconds a --metrics connection may stay without a complete request.",
+         _seconds("metrics-timeout")],
     ]
 
     def __init__(self):
@@ -178,7 +184,11 @@ def makeService(config, reactor=None):
         from primed.metrics import MetricsService
 
         metrics = MetricsService(
-            primed, config["metrics"], _serverEndpoint(reactor, config["metrics"], "--metrics")
+            primed,
+            config["metrics"],
+            _serverEndpoint(reactor, config["metrics"], "--metrics"),
+            maxConnections=config["metrics-max-connections"],
+            timeout=config["metrics-timeout"] or None,
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)

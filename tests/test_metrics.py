@@ -345,3 +345,53 @@ class PromtoolTests(unittest.TestCase):
         self.assertEqual(
             (result.returncode, result.stdout, result.stderr), (0, b"", b""), body.decode()
         )
+
+
+class OptionsTests(unittest.TestCase):
+    """
+    C{--metrics} and its limits in L{primed.tap}.
+    """
+
+    def parse(self, *argv):
+        from primed.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_offByDefault(self):
+        from primed.tap import makeService
+
+        options = self.parse()
+        self.assertIsNone(options["metrics"])
+        top = makeService(options, ThreadlessReactor())
+        self.assertEqual([s.name for s in top], ["primed"])
+
+    def test_defaultsAreTheModule(self):
+        from primed.metrics import TIMEOUT
+
+        options = self.parse()
+        self.assertEqual(options["metrics-max-connections"], MAX_CONNECTIONS)
+        self.assertEqual(options["metrics-timeout"], TIMEOUT)
+
+    def test_metricsService(self):
+        from primed.tap import makeService
+
+        reactor = ThreadlessReactor()
+        options = self.parse("--metrics", "tcp:9809:interface=127.0.0.1",
+                             "--metrics-max-connections", "3", "--metrics-timeout", "2.5")
+        top = makeService(options, reactor)
+        metrics = top.getServiceNamed("metrics")
+        self.assertIs(metrics.primed, top.getServiceNamed("primed"))
+        self.assertEqual(metrics.factory.limit, 3)
+        self.assertEqual(metrics.factory.wrappedFactory.timeOut, 2.5)
+        metrics.privilegedStartService()
+        self.assertEqual([(p, i) for p, f, b, i in reactor.tcpServers if f is metrics.factory],
+                         [(9809, "127.0.0.1")])
+
+    def test_badEndpoint(self):
+        from twisted.python.usage import UsageError
+
+        error = self.assertRaises(UsageError, self.parse, "--metrics", "bogus:1")
+        self.assertIn("--metrics 'bogus:1'", str(error))
+        self.assertRaises(UsageError, self.parse, "--metrics-max-connections", "0")
