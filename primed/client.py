@@ -1,84 +1,69 @@
 """
 A client for primed: the Twisted APIs a program imports to ask primed over
-TCP and UDP.  The C{primed-client} command is built on them in
+TCP, TLS and UDP.  The C{primed-client} command is built on them in
 L{primed.clientcmd}.
 
 Over TCP one connection carries any number of requests: primed answers them
 in order, so L{PrimedClientProtocol} just keeps a queue of Deferreds and
 fires the oldest with each reply.  Over UDP a reply carries nothing that
-names its request, so L{PrimedUDPClient} gives each request a connected
-socket of its own and matches replies by the port they arrive at.
+names its request, so L{PrimedUDPClient} (in L{primed.udpclient}) gives
+each request a connected socket of its own and matches replies by the port
+they arrive at.  Everything is importable from here.
 """
 
 import collections
-import errno
 
-from twisted.internet import defer, endpoints, error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from primed.wire import Verdict, encodeRequest
+from primed.clientbase import (
+    DEFAULT_HOST,
+    DEFAULT_RETRIES,
+    DEFAULT_TCP_PORT,
+    DEFAULT_TCP_TIMEOUT,
+    DEFAULT_UDP_PORT,
+    DEFAULT_UDP_TIMEOUT,
+    PrimedConnectionLost,
+    PrimedError,
+    PrimedProtocolError,
+    PrimedRefused,
+    PrimedRequestTooLong,
+    PrimedTimeout,
+    PrimedTLSError,
+    _request,
+)
+from primed.udpclient import PrimedUDPClient
+from primed.wire import Verdict
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_TCP_PORT = 8809
-DEFAULT_UDP_PORT = 8808
-
-#: Seconds: over TCP, to connect and the longest silence while answers are
-#: owed (a 4300-digit check may take a while); over UDP, per attempt.
-DEFAULT_TCP_TIMEOUT = 10.0
-DEFAULT_UDP_TIMEOUT = 1.0
-DEFAULT_RETRIES = 3
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TCP_PORT",
+    "DEFAULT_TCP_TIMEOUT",
+    "DEFAULT_UDP_PORT",
+    "DEFAULT_UDP_TIMEOUT",
+    "PrimedClientProtocol",
+    "PrimedConnectionLost",
+    "PrimedError",
+    "PrimedProtocolError",
+    "PrimedRefused",
+    "PrimedRequestTooLong",
+    "PrimedTimeout",
+    "PrimedTLSError",
+    "PrimedUDPClient",
+    "connect",
+    "connectEndpoint",
+]
 
 # Reply lines as LineReceiver hands them over, so the hot path is one dict
 # lookup; anything else goes through Verdict.fromReply.
 _VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
 
 
-class PrimedError(Exception):
-    """
-    A request that primed did not answer.
-    """
-
-
-class PrimedConnectionLost(PrimedError):
-    """
-    The TCP connection closed before primed answered the request.
-    """
-
-
-class PrimedTimeout(PrimedError):
-    """
-    primed did not answer in time: after every UDP retry, or within the
-    silence a TCP connection tolerates.
-    """
-
-
-class PrimedProtocolError(PrimedError):
-    """
-    The server sent something that is not a verdict, so it is not primed (or
-    the replies can no longer be matched to the requests).
-    """
-
-
-class PrimedRefused(PrimedError):
-    """
-    Nothing listens where the UDP request was sent (ICMP port unreachable).
-    """
-
-
-def _request(number) -> bytes:
-    """
-    The request line for C{number}, refusing text that would make it two
-    lines: over TCP the replies would then no longer match the requests.
-    """
-    request = encodeRequest(number)
-    if request.find(b"\n") != len(request) - 1:
-        raise ValueError(f"{number!r} is not one line")
-    return request
-
-
+@implementer(IHandshakeListener)
 class PrimedClientProtocol(LineReceiver):
     """
     Pipelined requests on one TCP connection.
@@ -94,6 +79,10 @@ class PrimedClientProtocol(LineReceiver):
     @ivar lostIdle: whether the connection closed owing no answer (primed's
         idle timeout, say): nothing was lost with it, and a new connection
         can carry on.
+    @ivar ready: whether the connection can carry requests: from
+        C{connectionMade} over TCP, from the end of the handshake (the
+        server's certificate verified) over TLS.  Requests made earlier wait
+        in the TLS layer.
     """
 
     delimiter = b"\n"
@@ -111,6 +100,38 @@ class PrimedClientProtocol(LineReceiver):
         self.lostIdle = False
         self._timer = None
         self._lastHeard = 0.0
+        self.ready = False
+        self._readyWaiters = []
+
+    def connectionMade(self):
+        if not _isTLS(self.transport):
+            self._becomeReady()
+
+    def handshakeCompleted(self):
+        """
+        The TLS handshake succeeded: the server is who it should be.
+        """
+        self._becomeReady()
+
+    def _becomeReady(self):
+        self.ready = True
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def whenReady(self) -> defer.Deferred:
+        """
+        @return: a Deferred firing with this protocol once it is L{ready};
+            failing with L{PrimedTLSError} if the TLS handshake fails, or
+            L{PrimedConnectionLost} if the connection closes first.
+        """
+        if self.ready:
+            return defer.succeed(self)
+        if self._lost:
+            return defer.fail(self._notReady)
+        d = defer.Deferred()
+        self._readyWaiters.append(d)
+        return d
 
     def check(self, number) -> defer.Deferred:
         """
@@ -197,6 +218,14 @@ class PrimedClientProtocol(LineReceiver):
 
     def connectionLost(self, reason):
         self._lost = True
+        if not self.ready:
+            # Whatever was asked before the handshake failed with it.
+            if self._error is None:
+                self._error = _handshakeFailure(reason, self.transport)
+            self._notReady = self._error
+            waiters, self._readyWaiters = self._readyWaiters, []
+            for d in waiters:
+                d.errback(Failure(self._notReady))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -218,161 +247,86 @@ class PrimedClientProtocol(LineReceiver):
 def connect(reactor, description, timeout=None) -> defer.Deferred:
     """
     Connect to primed at a client endpoint string (C{"tcp:host=...:port=..."},
-    C{"unix:path=..."}, C{"ssl:..."}).
+    C{"unix:path=..."}, C{"tls:HOST:PORT:trustRoots=DIR"}).
 
     @param timeout: see L{PrimedClientProtocol.timeout}.
-    @return: a Deferred firing with a connected L{PrimedClientProtocol}.
+    @return: a Deferred firing with a L{ready <PrimedClientProtocol.ready>}
+        L{PrimedClientProtocol}; over TLS, failing with L{PrimedTLSError} if
+        the server's certificate is not trusted or not for the host name.
     """
     endpoint = endpoints.clientFromString(reactor, description)
-    return endpoints.connectProtocol(endpoint, PrimedClientProtocol(timeout, reactor))
+    return connectEndpoint(endpoint, timeout, reactor)
 
 
-class _UDPRequest(DatagramProtocol):
+def connectEndpoint(endpoint, timeout=None, reactor=None) -> defer.Deferred:
     """
-    One request on a connected socket of its own.  Any verdict arriving on
-    it answers this request: the socket never carried another, and retries
-    of the same request all get the same answer.
+    L{connect} to an L{IStreamClientEndpoint}.
+
+    @param reactor: the clock for C{timeout}.
     """
+    connecting = endpoints.connectProtocol(endpoint, PrimedClientProtocol(timeout, reactor))
+    return connecting.addCallback(lambda protocol: protocol.whenReady())
 
-    # Two log events per request would cost more than the request.
-    noisy = False
 
-    def __init__(self, clock, request, timeout, retries):
-        self._clock = clock
-        self._request = request
-        self._timeout = timeout
-        self._retries = retries
-        self._sent = 0
-        self._timer = None
-        self._done = False
-        self.deferred = defer.Deferred(lambda d: self._stop())
+def _isTLS(transport) -> bool:
+    try:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError:  # no pyOpenSSL: no TLS either
+        return False
+    return isinstance(transport, TLSMemoryBIOProtocol)
 
-    def send(self):
-        # Arm first: a write may report "refused" synchronously.
-        self._sent += 1
-        self._timer = self._clock.callLater(self._timeout, self._timedOut)
-        try:
-            self.transport.write(self._request)
-        except error.MessageLengthError:
-            # Too long for a datagram: more than primed accepts, so invalid,
-            # as primed answers E to an over-long line over TCP.
-            self._finish(Verdict.INVALID)
-        except Exception as e:
-            if isinstance(e, OSError) and e.errno == errno.EMSGSIZE:
-                self._finish(Verdict.INVALID)
-            else:
-                # No retry will help.
-                self._finish(Failure())
 
-    def _timedOut(self):
-        self._timer = None
-        if self._sent <= self._retries:
-            self.send()
-        else:
-            self._finish(
-                Failure(
-                    PrimedTimeout(
-                        f"no reply after {self._sent} attempts"
-                        f" of {self._timeout:g} s each"
-                    )
-                )
+def _handshakeFailure(reason, transport) -> PrimedError:
+    """
+    Why a TLS connection closed before its handshake completed, in words.
+    """
+    try:
+        from OpenSSL import SSL
+        from service_identity import VerificationError
+    except ImportError:
+        SSL = VerificationError = None
+    if VerificationError is not None and reason.check(VerificationError):
+        return PrimedTLSError(f"TLS: {_mismatch(reason.value)}")
+    if SSL is not None and reason.check(SSL.Error):
+        messages = [entry[-1] for entry in reason.value.args[0] if entry] if (
+            reason.value.args and isinstance(reason.value.args[0], list)
+        ) else []
+        if "certificate verify failed" in messages:
+            return PrimedTLSError(
+                f"TLS: certificate not trusted ({_whyUntrusted(transport)})"
             )
-
-    def datagramReceived(self, datagram, address):
-        try:
-            verdict = Verdict.fromReply(datagram)
-        except ValueError:
-            return  # Not an answer; keep waiting for one.
-        self._finish(verdict)
-
-    def connectionRefused(self):
-        self._finish(Failure(PrimedRefused("port unreachable")))
-
-    def stopProtocol(self):
-        # Twisted's epoll reactor reports the ICMP "port unreachable" of a
-        # connected UDP socket by dropping the port rather than calling
-        # connectionRefused: a port closing under an unanswered request
-        # means the same thing.
-        self.connectionRefused()
-
-    def _stop(self):
-        # Closing the port calls stopProtocol: mark this request done first.
-        self._done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.transport is not None:
-            self.transport.stopListening()
-
-    def _finish(self, result):
-        if self._done:
-            return
-        self._stop()
-        self.deferred.callback(result)
+        detail = "; ".join(messages) or reason.getErrorMessage()
+        return PrimedTLSError(f"TLS handshake failed: {detail}")
+    return PrimedConnectionLost(
+        f"connection lost during the TLS handshake ({reason.getErrorMessage()})"
+    )
 
 
-class PrimedUDPClient:
+def _mismatch(verificationError) -> str:
     """
-    Ask primed over UDP, retrying lost requests.
-
-    A reply is just C{T}, C{F} or C{E}: it does not say which request it
-    answers.  Sharing one socket between requests would therefore be wrong
-    as soon as a datagram is lost, duplicated or reordered (a late reply to
-    a retried request would answer the next one).  So each request gets a
-    fresh socket connected to the server: the kernel delivers only the
-    server's datagrams to it, the socket is closed when the answer arrives,
-    and an ICMP "port unreachable" fails the request at once instead of
-    waiting for every retry.  The price is a bind and a close per request.
-
-    @ivar timeout: seconds to wait for each attempt.
-    @ivar retries: attempts after the first before giving up with
-        L{PrimedTimeout}.
+    C{"certificate is not for NAME"}: the handshake failed, so the
+    certificate itself is gone and its names cannot be shown.
     """
-
-    def __init__(
-        self, reactor, host, port, timeout=DEFAULT_UDP_TIMEOUT, retries=DEFAULT_RETRIES
-    ):
-        self._reactor = reactor
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.retries = retries
-        self._address = host if _isIPAddress(host) else None
-
-    def check(self, number) -> defer.Deferred:
-        """
-        Ask whether C{number} (an int, or the text of one) is prime.
-
-        @return: a Deferred firing with a L{Verdict}, or failing with
-            L{PrimedTimeout} or L{PrimedRefused}; unlike TCP, in the order
-            the answers arrive.
-        @raise ValueError: if C{number}'s text spans several lines.
-        """
-        request = _request(number)
-        if self._address is not None:
-            return defer.maybeDeferred(self._ask, self._address, request)
-        d = self._reactor.resolve(self.host)
-        d.addCallback(self._resolved)
-        d.addCallback(self._ask, request)
-        return d
-
-    def _resolved(self, address):
-        self._address = address
-        return address
-
-    def _ask(self, address, request):
-        asking = _UDPRequest(
-            self._reactor,
-            request,
-            self.timeout,
-            self.retries,
-        )
-        interface = "::" if isIPv6Address(address) else ""
-        port = self._reactor.listenUDP(0, asking, interface=interface)
-        port.connect(address, self.port)
-        asking.send()
-        return asking.deferred
+    asked = []
+    for mismatch in getattr(verificationError, "errors", []):
+        identity = getattr(mismatch, "mismatched_id", None)
+        name = getattr(identity, "hostname", None) or getattr(identity, "ip", None)
+        if name is not None:
+            asked.append(name.decode() if isinstance(name, bytes) else str(name))
+    return f"certificate is not for {' or '.join(asked) or 'the host name'}"
 
 
-def _isIPAddress(host):
-    return isIPAddress(host) or isIPv6Address(host)
+def _whyUntrusted(transport) -> str:
+    """
+    OpenSSL's reason for refusing the server's certificate (C{"self-signed
+    certificate"}, C{"unable to get local issuer certificate"}, ...), as
+    C{openssl s_client} prints it.  pyOpenSSL has no public call for it: its
+    bindings are used, and a change in them only costs the detail.
+    """
+    try:
+        from OpenSSL.SSL import _ffi, _lib
+
+        code = _lib.SSL_get_verify_result(transport.getHandle()._ssl)
+        return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode()
+    except Exception:
+        return "certificate verify failed"

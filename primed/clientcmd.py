@@ -23,9 +23,9 @@ from primed.client import (
     DEFAULT_TCP_TIMEOUT,
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
-    PrimedClientProtocol,
     PrimedUDPClient,
     _request,
+    connectEndpoint,
 )
 from primed.clientio import InputError, Output, Run, StdinReader
 
@@ -50,6 +50,12 @@ class Options(usage.Options):
     optFlags = [
         ["udp", "u", "Ask over UDP (default port %d)." % DEFAULT_UDP_PORT],
         ["raw", "r", "Print only the verdict letter: T, F or E."],
+        [
+            "tls",
+            None,
+            "Ask over TLS, verifying the server's certificate (against --ca, "
+            "or the system's CAs) and its name (--server-name, or --host).",
+        ],
     ]
     optParameters = [
         ["host", "H", DEFAULT_HOST, "Server address or name."],
@@ -64,8 +70,17 @@ class Options(usage.Options):
             "endpoint",
             "e",
             None,
-            "A Twisted client endpoint string (tcp:, unix:, ssl:) "
-            "instead of --host and --port; TCP only.",
+            "A Twisted client endpoint string (tcp:, unix:, "
+            "tls:HOST:PORT:trustRoots=DIR) instead of --host and --port; "
+            "TCP only.",
+        ],
+        ["ca", None, None, "With --tls: a PEM file of the CA certificates to trust."],
+        [
+            "server-name",
+            None,
+            None,
+            "With --tls: the name the certificate must carry, and the SNI sent "
+            "[default: --host].",
         ],
         [
             "timeout",
@@ -85,7 +100,7 @@ class Options(usage.Options):
 
     # Options that take a value, for _protectNegatives.
     _valued = {"-H", "-p", "-e", "-t", "-n", "--host", "--port", "--endpoint",
-               "--timeout", "--retries"}
+               "--timeout", "--retries", "--ca", "--server-name"}
 
     def __init__(self):
         usage.Options.__init__(self)
@@ -152,7 +167,10 @@ class Options(usage.Options):
             try:
                 endpoints.clientFromString(reactor, self["endpoint"])
             except Exception as e:  # the parsers raise anything at all
-                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {e}")
+                reason = str(e) or type(e).__name__
+                if type(e).__name__ == "UnlistableError":
+                    reason = "trustRoots is not a directory that can be read"
+                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {reason}")
         self["port"] = _number(
             "--port", self["port"], int, DEFAULT_UDP_PORT if udp else DEFAULT_TCP_PORT
         )
@@ -169,6 +187,15 @@ class Options(usage.Options):
         self["retries"] = _number("--retries", self["retries"], int, DEFAULT_RETRIES)
         if self["retries"] < 0:
             raise usage.UsageError("--retries must be 0 or more")
+        self.tlsOptions = None
+        if self["tls"]:
+            if udp or self["endpoint"] is not None:
+                raise usage.UsageError(
+                    "--tls is for --host/--port over TCP (or give --endpoint tls:...)"
+                )
+            self.tlsOptions = _tlsOptions(self["ca"], self["server-name"] or self["host"])
+        elif self["ca"] is not None or self["server-name"] is not None:
+            raise usage.UsageError("--ca and --server-name go with --tls")
 
     def where(self):
         """
@@ -177,6 +204,41 @@ class Options(usage.Options):
         if self["endpoint"] is not None:
             return self["endpoint"]
         return _hostPort(self["host"], self["port"])
+
+
+def _tlsOptions(caFile, serverName):
+    """
+    Client TLS options verifying the server's certificate against the CA
+    certificates in PEM file C{caFile} (the system's if L{None}) and its
+    name against C{serverName}, as C{openssl s_client -CAfile FILE
+    -verify_hostname NAME} or C{curl --cacert FILE} do.
+    """
+    try:
+        from twisted.internet import ssl
+    except ImportError as e:  # pragma: no cover (Twisted[tls] is required)
+        raise usage.UsageError(f"--tls needs pyOpenSSL: {e}")
+    trustRoot = None
+    if caFile is not None:
+        try:
+            with open(caFile, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise usage.UsageError(f"--ca {caFile}: {e.strerror}")
+        blocks = re.findall(
+            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S
+        )
+        if not blocks:
+            raise usage.UsageError(f"--ca {caFile}: no PEM certificate in it")
+        try:
+            trustRoot = ssl.trustRootFromCertificates(
+                [ssl.Certificate.loadPEM(block) for block in blocks]
+            )
+        except Exception as e:
+            raise usage.UsageError(f"--ca {caFile}: {e}")
+    try:
+        return ssl.optionsForClientTLS(serverName, trustRoot)
+    except Exception as e:  # an invalid name, say
+        raise usage.UsageError(f"--server-name {serverName!r}: {e}")
 
 
 def _number(name, text, kind, default):
@@ -300,11 +362,13 @@ async def _connectTCP(reactor, options):
         endpoint = endpoints.HostnameEndpoint(
             reactor, options["host"], options["port"], timeout=timeout
         )
-    connecting = endpoints.connectProtocol(
-        endpoint, PrimedClientProtocol(timeout, reactor)
-    )
-    # Endpoints without a timeout of their own (unix:, ssl: as given) still
-    # get one.
+        if options.tlsOptions is not None:
+            endpoint = endpoints.wrapClientTLS(options.tlsOptions, endpoint)
+    # Fires after the TLS handshake, if any: a certificate refused is a
+    # failure to connect.
+    connecting = connectEndpoint(endpoint, timeout, reactor)
+    # Endpoints without a timeout of their own (unix:, ssl: as given) and
+    # the TLS handshake still get one.
     connecting.addTimeout(timeout + 1, reactor)
     return await connecting
 

@@ -12,6 +12,7 @@ import threading
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from primed.clientbase import PrimedRequestTooLong
 from primed.wire import Verdict
 
 _WORDS = {
@@ -141,6 +142,11 @@ class Run:
     def _answered(self, slot, verdict, failure=None):
         if self.finished.called or slot.verdict is not None or slot.failure is not None:
             return
+        if isinstance(getattr(failure, "value", failure), PrimedRequestTooLong):
+            # Too long for a datagram: invalid, and echoed shortened, as an
+            # over-long line is.
+            slot.text = _overLong(slot.text)
+            verdict, failure = Verdict.INVALID, None
         slot.verdict, slot.failure = verdict, failure
         if failure is not None:
             self._failing = True

@@ -199,8 +199,11 @@ def lose(protocol, transport):
 class FakeDatagramPort:
     """
     What C{listenUDP} returns and its protocol writes to: records the
-    datagrams, the connected address and whether it was stopped.
+    datagrams, the connected address and whether it was stopped; refuses,
+    as the kernel does, a datagram longer than 65 507 bytes (IPv4's limit).
     """
+
+    MAX_DATAGRAM = 65507
 
     def __init__(self, protocol):
         self.protocol = protocol
@@ -212,6 +215,10 @@ class FakeDatagramPort:
         self.connectedTo = (host, port)
 
     def write(self, datagram, address=None):
+        if len(datagram) > self.MAX_DATAGRAM:
+            from twisted.internet.error import MessageLengthError
+
+            raise MessageLengthError("message too long")
         self.written.append(datagram)
 
     def stopListening(self):

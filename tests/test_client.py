@@ -7,7 +7,7 @@ service in this process.
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from fakes import AbortingTransport, FakeUDPReactor, connected, lose
+from fakes import AbortingTransport, connected, lose
 from primed import client
 from primed.client import (
     PrimedClientProtocol,
@@ -201,180 +201,6 @@ class TCPTimeoutTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
-class UDPTests(unittest.TestCase):
-    def setUp(self):
-        self.reactor = FakeUDPReactor()
-        self.client = PrimedUDPClient(self.reactor, "127.0.0.1", 8808, timeout=1.0, retries=2)
-
-    def test_oneConnectedSocketPerRequest(self):
-        self.client.check(17)
-        self.client.check("4j")
-        [first, second] = self.reactor.ports
-        self.assertEqual(first.connectedTo, ("127.0.0.1", 8808))
-        self.assertEqual(first.written, [b"17\n"])
-        self.assertEqual(second.written, [b"4j\n"])
-
-    def test_answerClosesSocket(self):
-        d = self.client.check(17)
-        [port] = self.reactor.ports
-        port.reply(b"T\n")
-        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
-        self.assertTrue(port.stopped)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_retry(self):
-        d = self.client.check(17)
-        [port] = self.reactor.ports
-        self.reactor.advance(0.99)
-        self.assertEqual(port.written, [b"17\n"])
-        self.reactor.advance(0.01)
-        self.assertEqual(port.written, [b"17\n", b"17\n"])
-        port.reply(b"T")
-        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
-
-    def test_timeoutAfterRetries(self):
-        d = self.client.check(17)
-        [port] = self.reactor.ports
-        self.reactor.pump([1.0] * 2)
-        self.assertNoResult(d)
-        self.reactor.advance(1.0)
-        failure = self.failureResultOf(d, PrimedTimeout)
-        self.assertIn("3 attempts", str(failure.value))
-        self.assertEqual(port.written, [b"17\n"] * 3)
-        self.assertTrue(port.stopped)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_noRetries(self):
-        self.client.retries = 0
-        d = self.client.check(17)
-        self.reactor.advance(1.0)
-        self.failureResultOf(d, PrimedTimeout)
-        self.assertEqual(self.reactor.ports[0].written, [b"17\n"])
-
-    def test_reordered(self):
-        """
-        Replies arriving in the reverse order still answer their own
-        requests: each arrives on its request's socket.
-        """
-        first, second = self.client.check(17), self.client.check(18)
-        self.reactor.ports[1].reply(b"F\n")
-        self.reactor.ports[0].reply(b"T\n")
-        self.assertEqual(self.successResultOf(first), Verdict.PRIME)
-        self.assertEqual(self.successResultOf(second), Verdict.NOT_PRIME)
-
-    def test_lateDuplicateIgnored(self):
-        """
-        After a retry both replies may arrive; the second is dropped.
-        """
-        d = self.client.check(17)
-        self.reactor.advance(1.0)
-        port = self.reactor.ports[0]
-        port.reply(b"T\n")
-        port.protocol.datagramReceived(b"T\n", ("127.0.0.1", 8808))
-        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
-
-    def test_garbageIgnored(self):
-        d = self.client.check(17)
-        self.reactor.ports[0].reply(b"hello")
-        self.assertNoResult(d)
-        self.reactor.ports[0].reply(b"T\n")
-        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
-
-    def test_refused(self):
-        d = self.client.check(17)
-        self.reactor.ports[0].protocol.connectionRefused()
-        self.failureResultOf(d, PrimedRefused)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_portLostIsRefused(self):
-        """
-        The epoll reactor reports ICMP port unreachable by dropping the
-        port; the request fails at once instead of retrying on nothing.
-        """
-        d = self.client.check(17)
-        self.reactor.ports[0].protocol.doStop()
-        self.failureResultOf(d, PrimedRefused)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_tooLongIsInvalid(self):
-        """
-        A request too long for a datagram is invalid, as primed answers over
-        TCP (E for an over-long line), at once and leaving no socket or
-        timer behind.
-        """
-        from twisted.internet.error import MessageLengthError
-
-        def write(datagram, address=None):
-            raise MessageLengthError("message too long")
-
-        self.reactor.listenUDP = self._wrapListen(write)
-        d = self.client.check("9" * 70000)
-        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
-        self.assertTrue(self.reactor.ports[0].stopped)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_tooLongOSErrorIsInvalid(self):
-        """
-        The same when the socket raises a bare C{EMSGSIZE}.
-        """
-        import errno
-
-        def write(datagram, address=None):
-            raise OSError(errno.EMSGSIZE, "Message too long")
-
-        self.reactor.listenUDP = self._wrapListen(write)
-        d = self.client.check("9" * 70000)
-        self.assertEqual(self.successResultOf(d), Verdict.INVALID)
-
-    def test_writeFails(self):
-        """
-        A request the socket refuses to send for another reason fails at
-        once and leaves no socket or timer behind.
-        """
-        import errno
-
-        def write(datagram, address=None):
-            raise OSError(errno.ENETUNREACH, "Network is unreachable")
-
-        self.reactor.listenUDP = self._wrapListen(write)
-        d = self.client.check(17)
-        self.failureResultOf(d, OSError)
-        self.assertTrue(self.reactor.ports[0].stopped)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def _wrapListen(self, write):
-        listen = FakeUDPReactor.listenUDP.__get__(self.reactor)
-
-        def listenUDP(*args, **kwargs):
-            port = listen(*args, **kwargs)
-            port.write = write
-            return port
-
-        return listenUDP
-
-    def test_cancel(self):
-        d = self.client.check(17)
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
-        self.assertTrue(self.reactor.ports[0].stopped)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_hostnameResolvedOnce(self):
-        client_ = PrimedUDPClient(self.reactor, "primed.example", 8808)
-        client_.check(2)
-        client_.check(3)
-        self.assertEqual(self.reactor.resolved, ["primed.example"])
-        self.assertEqual(self.reactor.ports[1].connectedTo, ("127.0.0.2", 8808))
-
-    def test_IPv6(self):
-        PrimedUDPClient(self.reactor, "::1", 8808).check(2)
-        self.assertEqual(self.reactor.ports[0].interface, "::")
-
-    def test_multiLineTextRefused(self):
-        self.assertRaises(ValueError, self.client.check, "1\n2")
-        self.assertEqual(self.reactor.ports, [])
-
-
 class RealServiceTests(unittest.TestCase):
     """
     The client APIs against a real primed service, in this process, on
@@ -472,3 +298,107 @@ class ReceiverTests(unittest.TestCase):
         self.assertEqual(first.got, [Verdict.PRIME])
         [failure] = second.got
         self.assertIsInstance(failure.value, PrimedConnectionLost)
+
+
+class ReadyTests(unittest.TestCase):
+    def test_readyOverTCP(self):
+        protocol, transport = connected()
+        self.assertTrue(protocol.ready)
+        self.assertIs(self.successResultOf(protocol.whenReady()), protocol)
+
+
+class TLSTests(unittest.TestCase):
+    """
+    L{client.connect} over TLS against a real primed service in this
+    process, its certificate made by C{openssl}: ready only once the
+    certificate and the name are verified, and a clear L{PrimedTLSError}
+    when they are not.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        import os
+        import shutil
+        import tempfile
+
+        from support import makeCertificates
+
+        cls.directory = tempfile.mkdtemp(prefix="primed-client-tls-")
+        cls.paths = makeCertificates(cls.directory)
+        cls.trustRoots = os.path.join(cls.directory, "trust")
+        os.mkdir(cls.trustRoots)
+        shutil.copy(cls.paths["ca"], cls.trustRoots)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from primed import tap
+
+        self.reactor = reactor
+        config = tap.Options()
+        config.parseOptions(
+            ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={self.paths['key']}"
+             f":certKey={self.paths['cert']}", "--no-udp", "--threads", "1"]
+        )
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.port = top.getServiceNamed("primed").tcpPorts[0].getHost().port
+
+    def endpoint(self, name, ca):
+        from twisted.internet import endpoints, ssl
+
+        with open(ca) as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+        return endpoints.wrapClientTLS(
+            ssl.optionsForClientTLS(name, trust),
+            endpoints.HostnameEndpoint(self.reactor, "127.0.0.1", self.port),
+        )
+
+    async def test_connectString(self):
+        protocol = await client.connect(
+            self.reactor, f"tls:localhost:{self.port}:trustRoots={self.trustRoots}", timeout=30
+        )
+        self.addCleanup(protocol.transport.loseConnection)
+        self.assertTrue(protocol.ready)
+        self.assertEqual(await protocol.check(17), Verdict.PRIME)
+
+    async def test_ipAddressName(self):
+        protocol = await client.connectEndpoint(self.endpoint("127.0.0.1", self.paths["ca"]))
+        self.addCleanup(protocol.transport.loseConnection)
+        self.assertEqual(await protocol.check("4j"), Verdict.INVALID)
+
+    async def test_untrusted(self):
+        with self.assertRaises(client.PrimedTLSError) as caught:
+            await client.connectEndpoint(self.endpoint("localhost", self.paths["other-ca"]))
+        self.assertEqual(
+            str(caught.exception),
+            "TLS: certificate not trusted (unable to get local issuer certificate)",
+        )
+
+    async def test_nameMismatch(self):
+        with self.assertRaises(client.PrimedTLSError) as caught:
+            await client.connectEndpoint(self.endpoint("wrong.example", self.paths["ca"]))
+        self.assertEqual(str(caught.exception), "TLS: certificate is not for wrong.example")
+
+    async def test_requestBeforeHandshake(self):
+        """
+        A request made before the handshake (not waiting for C{whenReady})
+        fails with the handshake's reason.
+        """
+        from twisted.internet import endpoints
+
+        protocol = await endpoints.connectProtocol(
+            self.endpoint("wrong.example", self.paths["ca"]), PrimedClientProtocol()
+        )
+        self.assertFalse(protocol.ready)
+        with self.assertRaises(client.PrimedTLSError):
+            await protocol.check(17)
+        with self.assertRaises(client.PrimedTLSError):
+            await protocol.whenReady()

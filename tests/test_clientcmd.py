@@ -73,6 +73,43 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--endpoint", "unix:path=/run/primed", "2")
         self.assertEqual(options.where(), "unix:path=/run/primed")
 
+    def test_tls(self):
+        """
+        C{--tls} verifies against C{--ca}'s certificates, by C{--host}'s name
+        unless C{--server-name} gives another.
+        """
+        import shutil
+        import tempfile
+
+        from support import makeCertificates
+
+        directory = tempfile.mkdtemp(prefix="primed-clientcmd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = makeCertificates(directory)
+        options = self.parse("--tls", "--ca", paths["ca"], "-H", "localhost", "17")
+        self.assertEqual(options.tlsOptions._hostname, "localhost")
+        options = self.parse("--tls", "--ca", paths["ca"], "--server-name", "primed.example")
+        self.assertEqual(options.tlsOptions._hostname, "primed.example")
+        self.assertEqual(options.where(), "127.0.0.1:8809")
+        options = self.parse("--tls")  # the system's CAs
+        self.assertEqual(options.tlsOptions._hostname, "127.0.0.1")
+        self.assertIsNone(self.parse("17").tlsOptions)
+        for argv, message in (
+            (["--tls", "--ca", paths["key"]], "no PEM certificate in it"),
+            (["--tls", "--ca", directory + "/missing.pem"], "No such file or directory"),
+            (["--ca", paths["ca"]], "--ca and --server-name go with --tls"),
+            (["--server-name", "x"], "--ca and --server-name go with --tls"),
+            (["--tls", "--udp"], "--tls is for --host/--port over TCP"),
+            (["--tls", "--endpoint", "tcp:localhost:1"], "--tls is for --host/--port over TCP"),
+            (["--endpoint", "tls:localhost:1:trustRoots=" + directory + "/missing"],
+             "trustRoots is not a directory"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(message, str(caught.exception))
+        # Negative numbers after the new valued options are still numbers.
+        self.assertEqual(self.parse("--tls", "--server-name", "x", "-5")["numbers"], ["-5"])
+
     def test_usageErrors(self):
         for argv in (
             ["--port", "x"],
@@ -118,10 +155,40 @@ class RunCommandTests(unittest.TestCase):
         self.assertEqual(self.stderr.getvalue(), "")
 
     def test_raw(self):
-        d = self.run_("--raw", "17")
-        self.reactor.ports[0].reply(b"T\n")
+        """
+        C{--raw}: the letter of each verdict, all three, in input order.
+        """
+        d = self.run_("--raw", "17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
         self.assertEqual(self.successResultOf(d), 0)
-        self.assertEqual(self.stdout.getvalue(), b"T\n")
+        self.assertEqual(self.stdout.getvalue(), b"T\nF\nE\nT\n")
+
+    def test_plain(self):
+        d = self.run_("17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            b"17\tprime\n18\tnot prime\n4j\tinvalid\n19\tprime\n",
+        )
+
+    def test_udpTooLongEchoedShortened(self):
+        """
+        Over UDP an input too long for a datagram is answered invalid and
+        echoed as its first 40 bytes and an ellipsis, as the README says
+        and as an over-long line is over TCP.
+        """
+        big = "9" * 70000
+        d = self.run_("17", big, "18")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue().decode(),
+            "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n",
+        )
 
     def test_timeoutPrintsPrefix(self):
         """

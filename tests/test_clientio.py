@@ -130,29 +130,13 @@ class RunTests(unittest.TestCase):
 
     def test_udpOutOfOrder(self):
         """
-        The command's UDP path on the fake reactor: a too-long input is
-        invalid, a refused later input does not hide the earlier answers
-        that arrive after it.
+        The command's UDP path on the fake reactor: an input too long for a
+        datagram is invalid and echoed shortened (its first 40 bytes and an
+        ellipsis, as an over-long line); a refused later input does not hide
+        the earlier answers that arrive after it.
         """
-        from twisted.internet.error import MessageLengthError
-
         reactor = FakeUDPReactor()
         udp = PrimedUDPClient(reactor, "127.0.0.1", 8808, timeout=1.0, retries=0)
-        listen = FakeUDPReactor.listenUDP.__get__(reactor)
-
-        def listenUDP(*args, **kwargs):
-            port = listen(*args, **kwargs)
-            original = port.write
-
-            def write(datagram, address=None):
-                if len(datagram) > 65507:
-                    raise MessageLengthError("message too long")
-                original(datagram, address)
-
-            port.write = write
-            return port
-
-        reactor.listenUDP = listenUDP
 
         def send(text, receiver):
             udp.check(text).addCallbacks(receiver.callback, receiver.errback)
@@ -174,7 +158,7 @@ class RunTests(unittest.TestCase):
             self.printed,
             [
                 (b"17", Verdict.PRIME),
-                (big, Verdict.INVALID),
+                (b"1" * 40 + "\N{HORIZONTAL ELLIPSIS}".encode(), Verdict.INVALID),
                 (b"19", Verdict.PRIME),
                 (b"20", Verdict.NOT_PRIME),
             ],
@@ -349,3 +333,27 @@ class StdinReaderTests(unittest.TestCase):
         f, args = calls.get(timeout=10)
         f(*args)
         self.assertIn("standard input", str(failed[0].value))
+
+
+class OutputTests(unittest.TestCase):
+    """
+    L{clientio.Output}: each verdict's line, exactly, in both forms.  Every
+    verdict, so a form that printed C{T} for C{F} cannot pass.
+    """
+
+    def written(self, raw):
+        import io
+
+        stream = io.BytesIO()
+        output = clientio.Output(stream, raw)
+        for text, verdict in ((b"17", Verdict.PRIME), (b"18", Verdict.NOT_PRIME),
+                              (b"4j", Verdict.INVALID)):
+            output.write(text, verdict)
+        output.flush()
+        return stream.getvalue()
+
+    def test_raw(self):
+        self.assertEqual(self.written(raw=True), b"T\nF\nE\n")
+
+    def test_plain(self):
+        self.assertEqual(self.written(raw=False), b"17\tprime\n18\tnot prime\n4j\tinvalid\n")
