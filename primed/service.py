@@ -224,10 +224,14 @@ class PrimedService(service.Service):
 
     def _listenTCP(self, description: str, endpoint):
         if self.reusePort:
+            factory = self.factory
+            if hasattr(endpoint, "wrapFactory"):  # haproxy: (primed.proxy)
+                factory = endpoint.wrapFactory(factory)
+                endpoint = endpoint.wrapped
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
             try:
-                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
             finally:
                 sock.close()
         result = []

@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import sdnotify, wire
+from primed import proxy, sdnotify, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -31,6 +31,20 @@ def _positiveInt(name):
         return number
 
     coerce.coerceDoc = "A whole number, at least 1."
+    return coerce
+
+
+def _atLeast(name, least):
+    def coerce(value):
+        try:
+            number = int(value)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise ValueError(f"--{name} must be a whole number, at least {least}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = f"A whole number, at least {least}."
     return coerce
 
 
@@ -89,6 +103,14 @@ class Options(usage.Options):
          "Seconds a TCP connection may stay with no complete request and no "
          "reply owed before it is closed; 0 never closes.",
          _seconds("idle-timeout")],
+        ["proxy-timeout", None, proxy.DEFAULT_HEADER_TIMEOUT,
+         "Seconds a connection to a haproxy: listener may take to send its "
+         "PROXY header before it is closed unanswered; 0 never closes.",
+         _seconds("proxy-timeout")],
+        ["proxy-max-header", None, proxy.DEFAULT_MAX_HEADER,
+         "Longest PROXY v2 header accepted on a haproxy: listener, in bytes "
+         f"(at least {proxy.MIN_MAX_HEADER}; v1 headers are at most 107).",
+         _atLeast("proxy-max-header", proxy.MIN_MAX_HEADER)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "Seconds a stop waits for pending replies before closing connections.",
          _seconds("drain-timeout")],
@@ -102,7 +124,8 @@ class Options(usage.Options):
     def opt_listen(self, description):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,
-        tcp6:…, unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
+        tcp6:…, unix:PATH, ssl:…, systemd:domain=INET:name=NAME; haproxy: in
+        front of any of them expects a PROXY v1/v2 header); repeatable,
         replaces the default [default: tcp:8809:interface=127.0.0.1:backlog=1024].
         """
         self["listen"].append(description)
@@ -131,9 +154,12 @@ class Options(usage.Options):
             _serverEndpoint(reactor, description)  # refuse bad ones now
 
 
-def _serverEndpoint(reactor, description: str):
+def _serverEndpoint(reactor, description: str, config=None):
+    limits = {}
+    if config is not None:
+        limits = dict(timeout=config["proxy-timeout"], maxLength=config["proxy-max-header"])
     try:
-        return endpoints.serverFromString(reactor, description)
+        return proxy.serverFromString(reactor, description, endpoints.serverFromString, **limits)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
         raise usage.UsageError(f"--listen {description!r}: {e}")
 
@@ -150,7 +176,7 @@ def makeService(config, reactor=None):
     primed = PrimedService(
         reactor,
         tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description))
+            (description, _serverEndpoint(reactor, description, config))
             for description in config["listen"]
         ],
         udpAddresses=config["udp"],
