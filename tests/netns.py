@@ -11,6 +11,7 @@ the process started is the program itself, so signals reach it directly.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def venvScript(name: str) -> str:
     primed).
     """
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _removeOrphans() -> None:
+    """
+    Delete the namespaces of test runs that died without cleaning up
+    (SIGKILL, a power cut): their name carries the pid of a process that is
+    gone.
+    """
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in re.findall(r"^(primed(\d+)-\w+)", listed, re.M):
+        if not os.path.exists(f"/proc/{name[1]}"):
+            subprocess.run(["ip", "netns", "del", name[0]], capture_output=True, timeout=20)
 
 
 class Network:
@@ -65,6 +78,7 @@ class Network:
         self.down()
 
     def up(self) -> None:
+        _removeOrphans()
         switch = self.namespace("switch")
         _ip("netns", "add", switch)
         self.created.append(switch)

@@ -101,7 +101,11 @@ class BalancerTests:
         Stop feeding, and wait for the client's exit status and output.
         """
         feeder.finish()
-        status = feeder.client.wait(60)
+        try:
+            status = feeder.client.wait(60)
+        except subprocess.TimeoutExpired:
+            feeder.client.kill()
+            status = feeder.client.wait(5)
         stderr = feeder.client.stderr.read()
         output.seek(0)
         return status, output.read(), stderr
@@ -109,6 +113,11 @@ class BalancerTests:
     def restartAndWait(self, host: str, probe: int) -> float:
         self.cluster.startBackend(host)
         return self.cluster.waitUntilServing(self.balancer, host, probe)
+
+    def ensureBackends(self):
+        for host, process in self.cluster.backends.items():
+            if process.process.poll() is not None:
+                self.restartAndWait(host, 7883)
 
     def test_1_seedOverTCP(self):
         result = self.cluster.client(self.tcpClient(), SEED_INPUT)
@@ -166,13 +175,13 @@ class BalancerTests:
                                if self.cluster.servedBy(host, 1_020_000)), None)
             self.assertIsNotNone(victim, "the run did not get going")
             self.cluster.kill(victim)
-            while feeder.sent() < 60_000:
+            self.addCleanup(self.restartAndWait, victim, 7879)
+            while feeder.sent() < 60_000 and feeder.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             status, out, stderr = self.runClient(feeder, output)
         self.assertEqual((status, stderr), (0, b""))
         self.assertEqual(out, verdicts(1_000_000, feeder.sent()))
-        self.restartAndWait(victim, 7879)
 
     def test_5_rollingRestart(self):
         """
@@ -180,6 +189,7 @@ class BalancerTests:
         again, wait until the balancer uses it, then the other.  No request
         fails.
         """
+        self.addCleanup(self.ensureBackends)
         feeders = []
         for index in range(2):
             output = tempfile.TemporaryFile()
