@@ -118,7 +118,8 @@ def failover(cluster):
             time.sleep(0.01)
             if victim is None and sent >= 30_000:
                 for host in ("b1", "b2"):
-                    if "asked" in cluster.backends[host].text(cluster.backends[host].startOffset):
+                    backend = cluster.backends[host]
+                    if f"{cluster.address('client')}:" in backend.text(backend.startOffset):
                         victim = host
                 victim = victim or "b1"
                 cluster.kill(victim)

@@ -257,7 +257,11 @@ class ProxyHeaderProtocol(Protocol):
         self._refused = True
         self._cancelTimer()
         self.proxyFactory.refused(self.transport.getPeer(), reason)
-        self.transport.abortConnection()
+        # Closed like a finished connection (FIN, not RST): the wrapped
+        # protocol is the transport's producer, and a registered producer
+        # would be resumed rather than closed.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
 
 class ProxyHeaderFactory(Factory):

@@ -206,7 +206,7 @@ class ProtocolTests(unittest.TestCase):
         self.wrapper.dataReceived(b"PROXY TCP4 1.2")
         self.wrapper.readConnectionLost()
         self.assertEqual(self.transport.value(), b"")
-        self.assertTrue(self.transport.disconnected)  # aborted
+        self.assertTrue(self.transport.disconnecting)
         self.assertEqual(len(self.harness.refusals()), 1)
 
     def test_missingHeaderNeverAnswered(self):
@@ -214,26 +214,27 @@ class ProtocolTests(unittest.TestCase):
         self.wrapper.dataReceived(b"19\n")
         self.wrapper.readConnectionLost()
         self.assertEqual(self.transport.value(), b"")
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.transport.producer)  # or a resume would reopen reading
         self.assertEqual(self.harness.proxyFactory.refusedCount, 1)
 
     def test_overLongHeader(self):
         self.wrapper.dataReceived(b"PROXY TCP4 " + b"1" * 200)
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.transport.value(), b"")
 
     def test_headerTimeout(self):
         self.wrapper.dataReceived(b"PROXY ")
         self.harness.reactor.advance(4.9)
-        self.assertFalse(self.transport.disconnected)
+        self.assertFalse(self.transport.disconnecting)
         self.harness.reactor.advance(0.1)
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
         self.assertIn("no PROXY header within 5s", self.harness.refusals()[0]["reason"])
 
     def test_timerCancelledByHeader(self):
         self.wrapper.dataReceived(V1_TCP4)
         self.harness.reactor.advance(60)
-        self.assertFalse(self.transport.disconnected)
+        self.assertFalse(self.transport.disconnecting)
         self.assertEqual(self.harness.reactor.getDelayedCalls()[0].getTime(), 300.0)  # idle timer
 
     def test_idleTimeoutStillApplies(self):
