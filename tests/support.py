@@ -5,6 +5,7 @@ subprocess on ephemeral loopback ports, always stopped by the test.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,8 +231,9 @@ def makeCertificates(directory: str) -> dict:
     """
     With C{openssl}, as the README shows: a CA (C{ca.pem}), a server key
     and certificate it signs for C{localhost}, 127.0.0.1 and ::1
-    (C{key.pem}, C{cert.pem}), and a second CA that signed nothing primed
-    serves (C{other-ca.pem}).
+    (C{key.pem}, C{cert.pem}), a second CA that signed nothing primed
+    serves (C{other-ca.pem}), and a directory holding the first CA alone,
+    for Twisted's C{tls:...:trustRoots=DIR} (C{trust}).
 
     @return: the paths, by those names without C{.pem}.
     """
@@ -253,8 +255,12 @@ def makeCertificates(directory: str) -> dict:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem")
-    return {name: os.path.join(directory, name + ".pem")
-            for name in ("ca", "other-ca", "key", "cert")}
+    paths = {name: os.path.join(directory, name + ".pem")
+             for name in ("ca", "other-ca", "key", "cert")}
+    paths["trust"] = os.path.join(directory, "trust")
+    os.mkdir(paths["trust"])
+    shutil.copy(paths["ca"], paths["trust"])
+    return paths
 
 
 def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",

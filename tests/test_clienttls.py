@@ -20,17 +20,13 @@ class TLSTests(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        import os
-        import shutil
         import tempfile
 
         from support import makeCertificates
 
         cls.directory = tempfile.mkdtemp(prefix="primed-client-tls-")
         cls.paths = makeCertificates(cls.directory)
-        cls.trustRoots = os.path.join(cls.directory, "trust")
-        os.mkdir(cls.trustRoots)
-        shutil.copy(cls.paths["ca"], cls.trustRoots)
+        cls.trustRoots = cls.paths["trust"]
 
     @classmethod
     def tearDownClass(cls):
