@@ -222,7 +222,11 @@ class ProxyHeaderProtocol(Protocol):
         self._cancelTimer()
         wrapped = self.wrapped
         if self.header.source is not None:
-            wrapped.peerAddress = self.header.source
+            # Down to primed's protocol, through a TLS layer if there is one.
+            layer = wrapped
+            while layer is not None:
+                layer.peerAddress = self.header.source
+                layer = getattr(layer, "wrappedProtocol", None)
         self.dataReceived = wrapped.dataReceived
         if len(data) > used:
             wrapped.dataReceived(data[used:])

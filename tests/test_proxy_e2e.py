@@ -11,7 +11,10 @@ import time
 
 from twisted.trial import unittest
 
-from support import Daemon, SharedDaemonTestCase, ask, readAll
+import shutil
+import tempfile
+
+from support import Daemon, SharedDaemonTestCase, ask, askTLS, makeCertificates, readAll
 
 V1 = b"PROXY TCP4 203.0.113.5 127.0.0.1 40123 8809\r\n"
 V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
@@ -75,3 +78,22 @@ class QuietListenerTests(unittest.TestCase):
                     "--reuseport") as daemon:
             self.assertEqual(ask(daemon.tcpPort, V1 + b"17\n"), b"T\n")
             self.assertEqual(ask(daemon.tcpPort, b"17\n"), b"")
+
+
+class TLSTests(unittest.TestCase):
+    def test_headerThenTLS(self):
+        """
+        C{haproxy:ssl:…}: the header in clear, then TLS; a client that
+        half-closes gets its answers, and the header's address is logged.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        paths = makeCertificates(directory)
+        with Daemon("--listen", f"haproxy:ssl:0:interface=127.0.0.1:privateKey={paths['key']}"
+                    f":certKey={paths['cert']}", "--no-udp", "--verbose") as daemon:
+            for stop in ("fin", "close_notify"):
+                reply, _ = askTLS(daemon.tcpPort, b"17\n18", paths["ca"], stop=stop, prefix=V1)
+                self.assertEqual(reply, b"T\nF\n")
+            daemon.waitForLog("203.0.113.5:40123 asked b'18': F")
+            reply, _ = askTLS(daemon.tcpPort, b"17\n", paths["ca"], prefix=V2_LOCAL)
+            self.assertEqual(reply, b"T\n")

@@ -24,7 +24,8 @@ class UDPAddressTests(unittest.TestCase):
             self.assertEqual((address.host, address.port, address.systemdName), expected)
 
     def test_refused(self):
-        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name="]:
+        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name=",
+                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808"]:
             self.assertRaises(ValueError, UDPAddress.fromString, text)
 
 
@@ -71,3 +72,29 @@ class StopTests(unittest.TestCase):
         self.successResultOf(stopped)
         self.assertTrue(transport.disconnected)
         self.assertEqual(transport.value(), b"")
+
+    def test_endDrainCutsOffAtOnce(self):
+        """
+        A second stop signal ends the drain as the deadline would: the
+        connection owed a reply is cut and the count is logged.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        self.service.endDrain()  # not stopping yet: nothing happens
+        self.assertFalse(transport.disconnected)
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.service.endDrain()
+        self.successResultOf(stopped)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
+        self.service.endDrain()  # stopped: nothing happens
+        self.reactor.advance(10)  # and the deadline no longer comes
+        (cut,) = [e for e in events if "left unanswered" in e.get("log_format", "")]
+        self.assertEqual((cut["why"], cut["connections"], cut["requests"]),
+                         ("Drain ended by a second stop signal", 1, 2))
