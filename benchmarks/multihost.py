@@ -9,7 +9,8 @@ its stream module, HAProxy):
   2. HAProxy with C{contrib/haproxy/haproxy.cfg}: how long after a SIGKILL
      the killed backend is marked DOWN, and how long after a restarted one
      is ready it is marked UP again; same for a SIGTERM (graceful stop).
-  3. What a bulk client through HAProxy sees when its backend is killed.
+  3. What a bulk client through each balancer sees when its backend is
+     killed.
 
 Run from a checkout with primed installed in the venv::
 
@@ -100,15 +101,18 @@ def healthChecks(cluster):
               f"primed was ready (start took {ready:.2f}s)")
 
 
-def failover(cluster):
+def failover(cluster, balancer):
     """
-    A steady bulk run through HAProxy; SIGKILL its backend mid-run.
+    A steady bulk run through C{balancer}; SIGKILL its backend mid-run.
+    Reports the exit status, whether every answer is right, and the longest
+    time the client's output stood still after the kill.
     """
-    output = tempfile.TemporaryFile()
-    client = cluster.startClient("failover", ["--host", cluster.balancers["haproxy"], "--raw"],
+    output = tempfile.NamedTemporaryFile()
+    client = cluster.startClient("failover", ["--host", cluster.balancers[balancer], "--raw"],
                                  output)
     first, chunk, sent = 5_000_000, 1000, 0
     killedAt = victim = None
+    stall, lastSize, lastGrowth = 0.0, 0, None
     began = time.monotonic()
     try:
         while sent < 100_000:
@@ -116,14 +120,21 @@ def failover(cluster):
             client.stdin.flush()
             sent += chunk
             time.sleep(0.01)
-            if victim is None and sent >= 30_000:
+            now = time.monotonic()
+            if victim is not None:
+                size = os.path.getsize(output.name)
+                if size > lastSize:
+                    stall = max(stall, now - lastGrowth)
+                    lastSize, lastGrowth = size, now
+            elif sent >= 30_000:
                 for host in ("b1", "b2"):
                     backend = cluster.backends[host]
                     if f"{cluster.address('client')}:" in backend.text(backend.startOffset):
                         victim = host
                 victim = victim or "b1"
                 cluster.kill(victim)
-                killedAt = time.monotonic() - began
+                killedAt = now - began
+                lastSize, lastGrowth = os.path.getsize(output.name), now
     except BrokenPipeError:
         pass
     finally:
@@ -138,9 +149,10 @@ def failover(cluster):
     expected = b"".join(b"T\n" if is_prime(n) else b"F\n" for n in range(first, first + answered))
     output.seek(0)
     correct = output.read() == expected
-    print(f"3. bulk run through HAProxy, its backend ({victim}) SIGKILLed at {killedAt:.2f}s: "
+    print(f"3. bulk run through {balancer}, its backend ({victim}) SIGKILLed at {killedAt:.2f}s: "
           f"exit {status} after {ended:.2f}s, {answered} of {sent} answered "
-          f"({'all correct' if correct else 'WRONG ANSWERS'}); stderr: "
+          f"({'all correct' if correct else 'WRONG ANSWERS'}), output stood still at most "
+          f"{stall:.2f}s after the kill; stderr: "
           f"{client.stderr.read().decode().strip() or '(empty)'}")
     cluster.startBackend(victim)
 
@@ -155,8 +167,9 @@ def main():
     with Cluster(verbose=False, backendArgs=direct) as cluster:
         throughput(cluster, args.rounds)
         healthChecks(cluster)
-    with Cluster(balancers=("haproxy",), verbose=True) as cluster:
-        failover(cluster)
+    for balancer in ("haproxy", "nginx"):
+        with Cluster(balancers=(balancer,), verbose=True) as cluster:
+            failover(cluster, balancer)
 
 
 if __name__ == "__main__":
