@@ -269,6 +269,31 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual([e["refused"] for e in self.harness.refusals()], [1, 6])
 
 
+class FuzzTests(unittest.TestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from([V1_TCP4, V1_TCP6, v2(), v2(family=0x21), v2(command=0)]),
+           st.lists(st.sampled_from([b"17", b"4j", b"-5", b"", b"%d" % BIG_PRIME, b"2" * 30]),
+                    max_size=20),
+           st.lists(st.integers(0, 10_000), max_size=8))
+    def test_anySplit(self, header, lines, cuts):
+        """
+        However the header and the requests after it are cut into reads,
+        the replies are those a plain listener gives, in order.
+        """
+        harness = Harness(timeout=0)
+        self.addCleanup(harness.close)
+        wrapper, _, transport = harness.connect()
+        stream = header + b"".join(line + b"\n" for line in lines)
+        cuts = sorted(cut % (len(stream) + 1) for cut in cuts)
+        for start, end in zip([0] + cuts, cuts + [len(stream)]):
+            wrapper.dataReceived(stream[start:end])
+        harness.pool.runAll()
+        expected = b"".join(
+            b"E\n" if line in (b"4j", b"") else b"F\n" if line in (b"-5", b"2" * 30) else b"T\n"
+            for line in lines)
+        self.assertEqual(transport.value(), expected)
+
+
 class LimitTests(unittest.TestCase):
     def test_connectionLimitCountsHeaderlessConnections(self):
         harness = Harness(maxConnections=2)
