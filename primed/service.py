@@ -237,6 +237,9 @@ class PrimedService(service.Service):
 
     def _listenTCP(self, description: str, endpoint):
         factory = self.factory
+        proxyEndpoint = None
+        if hasattr(endpoint, "wrapFactory"):  # haproxy:ENDPOINT (primed.proxy)
+            proxyEndpoint, endpoint = endpoint, endpoint.wrapped
         tlsContext = _tlsContext(endpoint)
         if tlsContext is not None:
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
@@ -244,6 +247,9 @@ class PrimedService(service.Service):
             from primed.tls import HalfCloseableTLSFactory
 
             factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+        if proxyEndpoint is not None:
+            # The PROXY header comes first, in clear, before any TLS.
+            factory = proxyEndpoint.wrapFactory(factory)
         if self.reusePort:
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
@@ -255,7 +261,7 @@ class PrimedService(service.Service):
             host, port, backlog = _tcpBinding(description, endpoint)
             return self.reactor.listenTCP(port, factory, backlog, host)
         result = []
-        endpoint.listen(self.factory).addBoth(result.append)
+        endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
         if isinstance(result[0], Failure):

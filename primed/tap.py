@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import sdnotify, signals, wire
+from primed import proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -33,6 +33,20 @@ def _positiveInt(name):
         return number
 
     coerce.coerceDoc = "A whole number, at least 1."
+    return coerce
+
+
+def _atLeast(name, least):
+    def coerce(value):
+        try:
+            number = int(value)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise ValueError(f"--{name} must be a whole number, at least {least}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = f"A whole number, at least {least}."
     return coerce
 
 
@@ -93,6 +107,14 @@ class Options(usage.Options):
          "Seconds a TCP connection may stay with no complete request and no "
          "reply owed before it is closed; 0 never closes.",
          _seconds("idle-timeout")],
+        ["proxy-timeout", None, proxy.DEFAULT_HEADER_TIMEOUT,
+         "Seconds a connection to a haproxy: listener may take to send its "
+         "PROXY header before it is closed unanswered; 0 never closes.",
+         _seconds("proxy-timeout")],
+        ["proxy-max-header", None, proxy.DEFAULT_MAX_HEADER,
+         "Longest PROXY v2 header accepted on a haproxy: listener, in bytes "
+         f"(at least {proxy.MIN_MAX_HEADER}; v1 headers are at most 107).",
+         _atLeast("proxy-max-header", proxy.MIN_MAX_HEADER)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
@@ -138,7 +160,8 @@ class Options(usage.Options):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,
         tcp6:PORT:interface=\\:\\:1 with an IPv6 address's colons escaped,
-        unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
+        unix:PATH, ssl:…, systemd:domain=INET:name=NAME; haproxy: in front of
+        any of them expects a PROXY v1/v2 header); repeatable,
         replaces the default [default: tcp:8809:interface=127.0.0.1:backlog=1024].
         """
         self["listen"].append(description)
@@ -166,7 +189,7 @@ class Options(usage.Options):
         for description in self["listen"]:
             _serverEndpoint(reactor, description)  # refuse bad ones now
         if self["metrics"] is not None:
-            _serverEndpoint(reactor, self["metrics"], "--metrics")
+            _serverEndpoint(reactor, self["metrics"], option="--metrics")
 
 
 def _runnerName() -> str:
@@ -182,9 +205,12 @@ def _runnerName() -> str:
 _UNESCAPED_IPV6 = re.compile(r"interface=[0-9A-Fa-f.]*:(?![A-Za-z_]+=)")
 
 
-def _serverEndpoint(reactor, description: str, option: str = "--listen"):
+def _serverEndpoint(reactor, description: str, config=None, option: str = "--listen"):
+    limits = {}
+    if config is not None:
+        limits = dict(timeout=config["proxy-timeout"], maxLength=config["proxy-max-header"])
     try:
-        return endpoints.serverFromString(reactor, description)
+        return proxy.serverFromString(reactor, description, endpoints.serverFromString, **limits)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
         message = f"{option} {description!r}: {e}"
         if _UNESCAPED_IPV6.search(description):
@@ -205,7 +231,7 @@ def makeService(config, reactor=None):
     primed = PrimedService(
         reactor,
         tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description))
+            (description, _serverEndpoint(reactor, description, config))
             for description in config["listen"]
         ],
         udpAddresses=config["udp"],
@@ -229,7 +255,7 @@ def makeService(config, reactor=None):
         metrics = MetricsService(
             primed,
             config["metrics"],
-            _serverEndpoint(reactor, config["metrics"], "--metrics"),
+            _serverEndpoint(reactor, config["metrics"], option="--metrics"),
             maxConnections=config["metrics-max-connections"],
             timeout=config["metrics-timeout"] or None,
         )

@@ -68,6 +68,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
     _log = Logger()
+    #: The client's address when a PROXY header gave it (L{primed.proxy}).
+    peerAddress = None
 
     def __init__(self):
         self._buffer = b""
@@ -366,7 +368,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Logging.
 
     def _peer(self) -> str:
-        peer = self.transport.getPeer()
+        peer = self.peerAddress or self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         return f"{host}:{port}" if host is not None else str(peer)
 
