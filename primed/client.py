@@ -147,7 +147,16 @@ class PrimedClient:
         """
         connecting = self._connectOnce()
         self._connecting = connecting
-        return connecting.addCallback(self._connected).addCallback(lambda _: self)
+        return connecting.addCallbacks(self._connected, self._firstFailed).addCallback(
+            lambda _: self
+        )
+
+    def _firstFailed(self, reason):
+        # Not retried; but the attempt is over: requests made during it fail
+        # with it, and a later request makes a connection of its own.
+        self._connecting = None
+        self._fail(reason)
+        return reason
 
     def check(self, number) -> defer.Deferred:
         """
