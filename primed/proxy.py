@@ -116,6 +116,8 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
         else (ipaddress.IPv6Address, address.IPv6Address)
     )
     try:
+        if "%" in source or "%" in destination:  # an IPv6 zone: not an address here
+            raise ValueError(source)
         kind(source), kind(destination)
     except ValueError:
         raise BadHeader(f"v1 header has a bad {family} address")

@@ -95,6 +95,11 @@ class ParserTests(unittest.TestCase):
             b"PROXY TCP4 1.2.3.400 1.2.3.4 1 2\r\n",
             b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n",
             b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            # A zone index is no part of the header's address (HAProxy's
+            # inet_pton refuses it); Python's ipaddress accepts any text
+            # after the %, control characters included, into the logs.
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
+            b"PROXY TCP6 ::1 fe80::1%\x1b[2J 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 http 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n",
