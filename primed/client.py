@@ -176,6 +176,9 @@ class PrimedClient:
         L{check} with a receiver (see L{PrimedClientProtocol.request}).
         """
         ask = _Ask(self, _request(number), receiver)
+        if self._closed:
+            receiver.errback(Failure(PrimedConnectionLost("the client was closed")))
+            return
         self._unanswered.append(ask)
         protocol = self.protocol
         if protocol is not None and protocol.lost:

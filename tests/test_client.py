@@ -307,6 +307,18 @@ class PrimedClientTests(unittest.TestCase):
         self.assertIsInstance(error, PrimedConnectionLost)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_requestAfterClose(self):
+        """
+        A request made after L{PrimedClient.close} fails at once; it made a
+        connection, closed it, and was never answered.
+        """
+        protocol, transport = self.connected()
+        self.client.close()
+        self.ask(2)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
     def test_check(self):
         protocol, transport = self.connected()
         d = self.client.check(17)
