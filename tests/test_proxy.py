@@ -110,6 +110,12 @@ class ParserTests(unittest.TestCase):
             v2(command=2),
             v2(family=0x12),  # UDP over IPv4: not a stream
             v2(family=0x11, body=b"\0" * 11),  # too short for its addresses
+            # A length that runs past the TLVs into the requests: they
+            # would be swallowed unanswered, and every later reply matched
+            # to the wrong request.
+            v2(body=v2()[16:] + b"4\n5\n6\n7\n8\n9\n10"),
+            v2(body=v2()[16:] + b"\x04\x00\x03abc" + b"\x04\x00"),  # a cut TLV
+            v2(body=v2()[16:] + b"\x04\x00\x04abc"),  # a TLV longer than what is left
             proxy.V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, 5000),  # over the limit
         ]:
             self.assertRaises(BadHeader, parseHeader, data)
