@@ -147,7 +147,16 @@ class PrimedClient:
         """
         connecting = self._connectOnce()
         self._connecting = connecting
-        return connecting.addCallback(self._connected).addCallback(lambda _: self)
+        return connecting.addCallbacks(self._connected, self._firstFailed).addCallback(
+            lambda _: self
+        )
+
+    def _firstFailed(self, reason):
+        # Not retried; but the attempt is over: requests made during it fail
+        # with it, and a later request makes a connection of its own.
+        self._connecting = None
+        self._fail(reason)
+        return reason
 
     def check(self, number) -> defer.Deferred:
         """
@@ -167,6 +176,9 @@ class PrimedClient:
         L{check} with a receiver (see L{PrimedClientProtocol.request}).
         """
         ask = _Ask(self, _request(number), receiver)
+        if self._closed:
+            receiver.errback(Failure(PrimedConnectionLost("the client was closed")))
+            return
         self._unanswered.append(ask)
         protocol = self.protocol
         if protocol is not None and protocol.lost:

@@ -116,6 +116,8 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
         else (ipaddress.IPv6Address, address.IPv6Address)
     )
     try:
+        if "%" in source or "%" in destination:  # an IPv6 zone: not an address here
+            raise ValueError(source)
         kind(source), kind(destination)
     except ValueError:
         raise BadHeader(f"v1 header has a bad {family} address")
@@ -157,6 +159,16 @@ def _parseV2(data: bytes, maxLength: int) -> Optional[Tuple[ProxyHeader, int]]:
         raise BadHeader(f"v2 header for an unsupported family 0x{family:02x}")
     if length < needed:
         raise BadHeader("v2 header too short for its addresses")
+    # What follows the addresses must be whole TLVs (type, 16-bit length,
+    # value) filling the header exactly, as HAProxy checks: a length field
+    # running on into the requests would swallow them unanswered.
+    offset = 16 + needed
+    while offset < total:
+        if offset + 3 > total:
+            raise BadHeader("v2 header ends inside a TLV")
+        offset += 3 + struct.unpack("!H", data[offset + 1:offset + 3])[0]
+    if offset != total:
+        raise BadHeader("v2 header's last TLV runs past its length")
     block = data[16:16 + needed]
     if family == 0x11:
         source, destination, sourcePort, destinationPort = struct.unpack("!4s4sHH", block)

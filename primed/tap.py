@@ -43,7 +43,9 @@ def _atLeast(name, least):
         except ValueError:
             number = least - 1
         if number < least:
-            raise ValueError(f"--{name} must be a whole number, at least {least}, not {value!r}")
+            raise usage.UsageError(
+                f"--{name} must be a whole number, at least {least}, not {value!r}"
+            )
         return number
 
     coerce.coerceDoc = f"A whole number, at least {least}."

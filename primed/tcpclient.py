@@ -93,7 +93,14 @@ class PrimedClientProtocol(LineReceiver):
             return defer.succeed(self)
         if self._lost:
             return defer.fail(self._notReady)
-        d = defer.Deferred()
+
+        def cancel(d):
+            # Given up on (a connect timeout during the handshake): close the
+            # connection, which nobody will use or close otherwise.
+            self._readyWaiters.remove(d)
+            self.transport.abortConnection()
+
+        d = defer.Deferred(cancel)
         self._readyWaiters.append(d)
         return d
 

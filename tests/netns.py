@@ -43,6 +43,15 @@ def _removeOrphans() -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for name in re.findall(r"^(primed(\d+)-\w+)", listed, re.M):
         if not os.path.exists(f"/proc/{name[1]}"):
+            # Its programs first: deleting the name does not stop them, and
+            # they would run on in a namespace nobody can name any more.
+            pids = subprocess.run(["ip", "netns", "pids", name[0]], capture_output=True,
+                                  text=True, timeout=20).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             subprocess.run(["ip", "netns", "del", name[0]], capture_output=True, timeout=20)
 
 

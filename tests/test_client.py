@@ -276,6 +276,26 @@ class PrimedClientTests(unittest.TestCase):
         self.clock.advance(10)
         self.assertEqual(len(self.endpoint.attempts), 1)
 
+    def test_afterFirstConnectFailed(self):
+        """
+        A request made after the first connection failed is not left waiting
+        forever for that attempt: it gets a connection of its own (and one
+        made while the first attempt was under way fails with it).
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.ask(5)
+        self.endpoint.fail(ConnectionRefusedError())
+        self.failureResultOf(d, ConnectionRefusedError)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, ConnectionRefusedError)
+        self.ask(7)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"7\n")
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got[1:], [("7", Verdict.PRIME)])
+
     def test_close(self):
         protocol, transport = self.connected()
         self.ask(2)
@@ -286,6 +306,18 @@ class PrimedClientTests(unittest.TestCase):
         [(name, error)] = self.got
         self.assertIsInstance(error, PrimedConnectionLost)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_requestAfterClose(self):
+        """
+        A request made after L{PrimedClient.close} fails at once; it made a
+        connection, closed it, and was never answered.
+        """
+        protocol, transport = self.connected()
+        self.client.close()
+        self.ask(2)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
+        self.assertEqual(len(self.endpoint.attempts), 1)
 
     def test_check(self):
         protocol, transport = self.connected()

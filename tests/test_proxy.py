@@ -95,6 +95,11 @@ class ParserTests(unittest.TestCase):
             b"PROXY TCP4 1.2.3.400 1.2.3.4 1 2\r\n",
             b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n",
             b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            # A zone index is no part of the header's address (HAProxy's
+            # inet_pton refuses it); Python's ipaddress accepts any text
+            # after the %, control characters included, into the logs.
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
+            b"PROXY TCP6 ::1 fe80::1%\x1b[2J 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 http 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n",
@@ -105,6 +110,12 @@ class ParserTests(unittest.TestCase):
             v2(command=2),
             v2(family=0x12),  # UDP over IPv4: not a stream
             v2(family=0x11, body=b"\0" * 11),  # too short for its addresses
+            # A length that runs past the TLVs into the requests: they
+            # would be swallowed unanswered, and every later reply matched
+            # to the wrong request.
+            v2(body=v2()[16:] + b"4\n5\n6\n7\n8\n9\n10"),
+            v2(body=v2()[16:] + b"\x04\x00\x03abc" + b"\x04\x00"),  # a cut TLV
+            v2(body=v2()[16:] + b"\x04\x00\x04abc"),  # a TLV longer than what is left
             proxy.V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, 5000),  # over the limit
         ]:
             self.assertRaises(BadHeader, parseHeader, data)

@@ -4,6 +4,8 @@ time from a L{task.Clock}.
 """
 
 from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from fakes import AbortingTransport, connected, lose
@@ -224,3 +226,17 @@ class ReadyTests(unittest.TestCase):
         protocol, transport = connected()
         self.assertTrue(protocol.ready)
         self.assertIs(self.successResultOf(protocol.whenReady()), protocol)
+
+    def test_cancelledWaitClosesTheConnection(self):
+        """
+        Waiting for a handshake that never ends is given up by cancelling
+        (the connect timeout): the connection is closed, not left open
+        behind the caller's back; its later loss fails nothing twice.
+        """
+        protocol = PrimedClientProtocol()
+        protocol.transport = transport = AbortingTransport()  # handshake under way
+        waiting = protocol.whenReady()
+        waiting.cancel()
+        self.failureResultOf(waiting, defer.CancelledError)
+        self.assertTrue(getattr(transport, "aborted", False))
+        protocol.connectionLost(Failure(ConnectionDone()))
