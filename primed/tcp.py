@@ -370,7 +370,10 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     def _peer(self) -> str:
         peer = self.peerAddress or self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-        return f"{host}:{port}" if host is not None else str(peer)
+        if host is None:
+            return str(peer)
+        # [::1]:5000, not ::1:5000, where the port would read as a group.
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _logVerdict(self, line: bytes, reply: bytes) -> None:
         self._log.info(
