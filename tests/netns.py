@@ -43,16 +43,23 @@ def _removeOrphans() -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for name in re.findall(r"^(primed(\d+)-\w+)", listed, re.M):
         if not os.path.exists(f"/proc/{name[1]}"):
-            # Its programs first: deleting the name does not stop them, and
-            # they would run on in a namespace nobody can name any more.
-            pids = subprocess.run(["ip", "netns", "pids", name[0]], capture_output=True,
-                                  text=True, timeout=20).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", name[0]], capture_output=True, timeout=20)
+            _delete(name[0])
+
+
+def _delete(ns: str) -> None:
+    """
+    Kill whatever still runs in the namespace, then delete it: deleting the
+    name does not stop its programs, which would run on in a namespace nobody
+    can name any more.
+    """
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                          text=True, timeout=20).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
 class Network:
@@ -106,11 +113,21 @@ class Network:
             _ip("-n", ns, "link", "set", "lo", "up")
 
     def down(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-        self.created = []
+        """
+        Stop every process gracefully where it can (their logs are wanted),
+        then kill anything left in the namespaces (a process started outside
+        L{start}, one whose stop failed) and delete them, whatever fails.
+        """
+        try:
+            for process in reversed(self.processes):
+                try:
+                    process.stop()
+                except Exception:
+                    pass
+        finally:
+            for ns in reversed(self.created):
+                _delete(ns)
+            self.created = []
 
     def command(self, host: str, argv: List[str]) -> List[str]:
         return ["ip", "netns", "exec", self.namespace(host), *argv]

@@ -70,3 +70,24 @@ class OrphanTests(unittest.TestCase):
                 os.kill(sleeper, signal.SIGKILL)
             for ns in (f"primed{run.pid}-orphan", f"primed{run.pid}-switch"):
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class DownTests(unittest.TestCase):
+    def test_strayProcessesStopped(self):
+        """
+        Leaving the network stops what runs in its hosts even when it was
+        started outside L{netns.Network.start} (a test's client, say) and the
+        test failed before stopping it, and deletes every namespace.
+        """
+        with netns.Network({"stray": 9}) as net:
+            stray = subprocess.Popen(net.command("stray", ["sleep", "600"]))
+            names = list(net.created)
+        try:
+            stray.wait(10)
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                    text=True).stdout
+            self.assertEqual([name for name in names if name in listed], [])
+        finally:
+            if stray.poll() is None:
+                stray.kill()
+                stray.wait(10)
