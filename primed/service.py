@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
+from primed.counters import Counters
 from primed.tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -164,6 +165,8 @@ class PrimedService(service.Service):
             threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
         self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+        #: What every protocol counts; L{primed.metrics} reads it.
+        self.counters = Counters()
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -172,6 +175,7 @@ class PrimedService(service.Service):
             maxConnections=maxConnections,
             idleTimeout=idleTimeout,
             verbose=verbose,
+            counters=self.counters,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -239,6 +243,9 @@ class PrimedService(service.Service):
 
     def _listenTCP(self, description: str, endpoint):
         factory = self.factory
+        proxyEndpoint = None
+        if hasattr(endpoint, "wrapFactory"):  # haproxy:ENDPOINT (primed.proxy)
+            proxyEndpoint, endpoint = endpoint, endpoint.wrapped
         tlsContext = _tlsContext(endpoint)
         if tlsContext is not None:
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
@@ -246,6 +253,9 @@ class PrimedService(service.Service):
             from primed.tls import HalfCloseableTLSFactory
 
             factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+        if proxyEndpoint is not None:
+            # The PROXY header comes first, in clear, before any TLS.
+            factory = proxyEndpoint.wrapFactory(factory)
         if self.reusePort:
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
@@ -257,7 +267,7 @@ class PrimedService(service.Service):
             host, port, backlog = _tcpBinding(description, endpoint)
             return self.reactor.listenTCP(port, factory, backlog, host)
         result = []
-        endpoint.listen(self.factory).addBoth(result.append)
+        endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
         if isinstance(result[0], Failure):
@@ -267,7 +277,8 @@ class PrimedService(service.Service):
 
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(
-            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
+            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
+            counters=self.counters,
         )
         self.datagramProtocols.append(protocol)
         # A datagram the kernel cuts is never checked: see receiveBufferSize.
@@ -339,6 +350,13 @@ class PrimedService(service.Service):
         self._deadline = timeout
         return done
 
+    @property
+    def stopping(self) -> bool:
+        """
+        Whether a stop has begun (it may still be draining).
+        """
+        return self._stopping is not None
+
     def endDrain(self) -> None:
         """
         End a stop's drain now, as its deadline would (a second stop
@@ -353,6 +371,7 @@ class PrimedService(service.Service):
         requests = self.factory.abortAll() + sum(
             protocol.inflight for protocol in self.datagramProtocols
         )
+        self.counters.drainUnanswered += requests
         self._log.warn(
             "{why}: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",
