@@ -180,7 +180,7 @@ class ProtocolTests(unittest.TestCase):
         self.wrapper.dataReceived(v2(family=0x21))
         self.wrapper.dataReceived(b"5\n")
         self.assertEqual(self.transport.value(), b"T\n")
-        self.assertEqual(self.verdictPeers(), ["2001:db8::7:51234"])
+        self.assertEqual(self.verdictPeers(), ["[2001:db8::7]:51234"])
 
     def test_v2LocalKeepsSocketPeer(self):
         """
