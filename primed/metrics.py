@@ -38,7 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import pages, resource, server
+from twisted.web import http, pages, resource, server
 
 from primed.tcp import (
     PAUSED_BY_CONSUMER,
@@ -285,6 +285,19 @@ class _BodilessRequest(server.Request):
         pass
 
 
+class _Channel(http.HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, except that its timeout runs from the
+    connection to a complete request.  C{HTTPChannel} restarts the timer on
+    every read, so a client sending a byte every few seconds (slowloris)
+    kept its connection forever, and C{--metrics-max-connections} of them
+    shut Prometheus out.
+    """
+
+    def resetTimeout(self):
+        pass
+
+
 class _QuietSite(server.Site):
     """
     No access log (Prometheus scrapes every few seconds), no
@@ -292,6 +305,7 @@ class _QuietSite(server.Site):
     """
 
     noisy = False
+    protocol = _Channel
     requestFactory = _BodilessRequest
 
     def log(self, request):

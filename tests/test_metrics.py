@@ -221,6 +221,26 @@ class HTTPTests(unittest.TestCase):
         self.assertIn(b" 405 ", transport.value().split(b"\r\n")[0] + b" ")
         channel.connectionLost(None)
 
+    def test_timeoutNotResetByEachByte(self):
+        """
+        C{--metrics-timeout} runs from the connection to a complete request:
+        a client sending one byte every few seconds (slowloris) is closed
+        when it expires, as one sending nothing is.  twisted.web restarts
+        its timer on every read, so 16 such clients held the port forever.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        reactor = self.harness.reactor
+        for byte in b"GET /metrics HTTP/1.1\r\n":
+            channel.dataReceived(bytes([byte]))
+            reactor.advance(4)
+            if transport.disconnecting:
+                break
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(reactor.seconds(), 12)
+        channel.connectionLost(None)
+
     def test_unknownPaths(self):
         for path in [b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/healthz/x",
                      b"/favicon.ico", b"//metrics"]:
