@@ -287,15 +287,29 @@ class _BodilessRequest(server.Request):
 
 class _Channel(http.HTTPChannel):
     """
-    twisted.web's HTTP/1.1 channel, except that its timeout runs from the
-    connection to a complete request.  C{HTTPChannel} restarts the timer on
-    every read, so a client sending a byte every few seconds (slowloris)
-    kept its connection forever, and C{--metrics-max-connections} of them
-    shut Prometheus out.
+    twisted.web's HTTP/1.1 channel, except that:
+
+      - its timeout runs from the connection to a complete request.
+        C{HTTPChannel} restarts the timer on every read, so a client sending
+        a byte every few seconds (slowloris) kept its connection forever,
+        and C{--metrics-max-connections} of them shut Prometheus out;
+
+      - it answers one request per connection, then closes it
+        (C{Connection: close}).  C{HTTPChannel} answers every pipelined
+        request of a read at once, and keeps reading while it does: one
+        client pipelining C{GET /metrics} held the reactor a second per
+        read (prime replies waited that long) and piled up hundreds of
+        megabytes of pages it did not read.  Prometheus opens a connection
+        per scrape at most; a scrape costs well under a millisecond either
+        way.
     """
 
     def resetTimeout(self):
         pass
+
+    def checkPersistence(self, request, version):
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
 
 
 class _QuietSite(server.Site):

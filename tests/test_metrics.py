@@ -241,6 +241,22 @@ class HTTPTests(unittest.TestCase):
         self.assertLessEqual(reactor.seconds(), 12)
         channel.connectionLost(None)
 
+    def test_oneRequestPerConnection(self):
+        """
+        Pipelined requests get one answer, then the connection closes: each
+        scrape costs the reactor one page, however many requests one read
+        holds, and a client that does not read its answers cannot pile them
+        up in memory.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 1)
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(None)
+
     def test_unknownPaths(self):
         for path in [b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/healthz/x",
                      b"/favicon.ico", b"//metrics"]:
