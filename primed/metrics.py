@@ -149,8 +149,8 @@ class PrimedCollector:
         yield paused
         yield CounterMetricFamily(
             "primed_lines_too_long",
-            "Over-long requests answered E: TCP lines skipped without being buffered "
-            "(past --max-digits plus 64 bytes), and datagrams as long.",
+            "Over-long requests answered E: TCP lines and datagrams longer than "
+            "--max-digits plus 64 bytes.",
             value=counters.linesTooLong,
         )
         yield GaugeMetricFamily(

@@ -206,6 +206,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             if number is None:
                 reply = INVALID_REPLY
                 counters.tcpInvalid += 1
+                if len(line) > self.MAX_LENGTH:  # whole in one read
+                    counters.linesTooLong += 1
             elif number < 2:
                 reply = NOT_PRIME_REPLY
                 counters.tcpNotPrime += 1

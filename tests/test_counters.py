@@ -106,6 +106,20 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"E\nT\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [1, 1, 1])
 
+    def test_lineTooLongWhateverTheReads(self):
+        """
+        An over-long line counts in C{linesTooLong} however TCP delivered
+        it: whole in one read, or cut so that its end arrived before the
+        buffer passed the limit, as when it was skipped unbuffered.
+        """
+        longLine = b"1" * 1000
+        protocol, transport = connect(self.factory)
+        protocol.dataReceived(longLine + b"\n7\n")
+        protocol.dataReceived(longLine[:400])
+        protocol.dataReceived(longLine[400:] + b"\n")
+        self.assertEqual(transport.value(), b"E\nT\nE\n")
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [2, 2, 1])
+
     def test_connections(self):
         """
         Accepted and refused connections are counted; open ones are the
