@@ -264,6 +264,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Results from the pool.
 
     def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
+        if self._lost:
+            return  # nobody to answer: not counted as answered
         slot[0] = REPLIES[isPrime]
         if isPrime:
             self.counters.tcpPrime += 1

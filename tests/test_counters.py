@@ -90,6 +90,19 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"T\nF\nT\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 1])
 
+    def test_goneBeforeVerdictNotCounted(self):
+        """
+        A big number whose client closed the connection before its verdict
+        was known is not counted as answered (no reply left), like a failed
+        check for a gone client and the lines it had not had read yet.
+        """
+        protocol, transport = connect(self.factory)
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.connectionLost(None)
+        self.pool.run()
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [0, 0, 0])
+        self.assertEqual(transport.value(), b"")
+
     def test_failedCheckCountsInvalid(self):
         protocol, transport = connect(self.factory)
         protocol.dataReceived(b"%d\n" % BIG_PRIME)
