@@ -22,6 +22,7 @@ take it out of rotation first.
 """
 
 import platform
+import time
 from io import BytesIO
 from typing import Optional
 
@@ -349,14 +350,32 @@ class _LimitedFactory(WrappingFactory):
         return WrappingFactory.buildProtocol(self, addr)
 
 
-def makeRegistry(primed) -> CollectorRegistry:
+class _ProcessCollector(ProcessCollector):
+    """
+    prometheus-client's process collector, which reads the boot time (for
+    C{process_start_time_seconds}) from C{/proc/stat} and reports nothing
+    at all without it.  The systemd units' C{ProcSubset=pid} hides that
+    file (the process's own C{/proc/self} stays): the boot time then comes
+    from the clocks, as the kernel computes it.
+    """
+
+    def _boot_time(self):
+        try:
+            return ProcessCollector._boot_time(self)
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def makeRegistry(primed, proc: str = "/proc") -> CollectorRegistry:
     """
     A registry of its own (not prometheus-client's global one) with primed's
     collector and the process collector (RSS, CPU, open files, start time).
+
+    @param proc: where procfs is mounted.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PrimedCollector(primed))
-    ProcessCollector(registry=registry)
+    _ProcessCollector(registry=registry, proc=proc)
     return registry
 
 

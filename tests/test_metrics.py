@@ -5,16 +5,19 @@ StringTransport), the health check through a stop, the connection bound,
 and C{promtool check metrics} on the real output.
 """
 
+import os
 import shutil
 import subprocess
+import tempfile
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect, makeService
-from primed.metrics import MAX_CONNECTIONS, MetricsService, makeSite
+from primed.metrics import MAX_CONNECTIONS, MetricsService, makeRegistry, makeSite
 
 BIG_PRIME = 2**607 - 1
 ADDR = ("127.0.0.1", 40000)
@@ -158,6 +161,22 @@ class CollectorTests(unittest.TestCase):
         self.assertGreater(self.value(page, "process_open_fds"), 0)
         self.assertIn(("process_start_time_seconds", frozenset()), page)
         self.assertIn(("process_cpu_seconds_total", frozenset()), page)
+
+    def test_processMetricsWithoutProcStat(self):
+        """
+        The process metrics are there when /proc/stat is hidden, as under
+        the systemd units' ProcSubset=pid; prometheus-client's collector
+        reads the boot time there and, without it, reported nothing at all.
+        """
+        proc = tempfile.mkdtemp(prefix="primed-proc-")
+        self.addCleanup(shutil.rmtree, proc)
+        os.symlink("/proc/self", os.path.join(proc, "self"))  # no "stat" beside it
+        hidden = samples(generate_latest(makeRegistry(self.service, proc=proc)).decode())
+        real = self.harness.scrape()
+        self.assertGreater(self.value(hidden, "process_resident_memory_bytes"), 1 << 20)
+        self.assertGreater(self.value(hidden, "process_open_fds"), 0)
+        started = [self.value(page, "process_start_time_seconds") for page in (hidden, real)]
+        self.assertLess(abs(started[0] - started[1]), 2)
 
     def test_histogramBuckets(self):
         page = self.harness.scrape()
