@@ -12,9 +12,10 @@ scraper asks for it (C{Accept}).
 
 The port cannot disturb the prime service: it takes at most
 L{MAX_CONNECTIONS} connections (C{--metrics-max-connections}), each closed
-after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request,
-twisted.web bounds the size of a request's headers, bodies are not kept, and
-a scrape costs the reactor well under a millisecond.
+after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request
+and after its first answer (L{_Channel}), twisted.web bounds the size of a
+request's headers, bodies are not kept, and a scrape costs the reactor well
+under a millisecond.
 
 A stop keeps this port open until the service has drained, so that
 C{/healthz} answers 503 while primed finishes its work and a balancer can
