@@ -59,7 +59,9 @@ def eventAsLine(event) -> str:
             record["traceback"] = failure.getTraceback()
         except Exception:
             record["traceback"] = repr(failure)
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    # ASCII, non-ASCII escaped: a lone surrogate (surrogateescape text such
+    # as a unix: path that is not UTF-8) could not be written otherwise.
+    return json.dumps(record, default=str) + "\n"
 
 
 def observer(outFile=None) -> FileLogObserver:

@@ -12,9 +12,10 @@ scraper asks for it (C{Accept}).
 
 The port cannot disturb the prime service: it takes at most
 L{MAX_CONNECTIONS} connections (C{--metrics-max-connections}), each closed
-after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request,
-twisted.web bounds the size of a request's headers, bodies are not kept, and
-a scrape costs the reactor well under a millisecond.
+after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request
+and after its first answer (L{_Channel}), twisted.web bounds the size of a
+request's headers, bodies are not kept, and a scrape costs the reactor well
+under a millisecond.
 
 A stop keeps this port open until the service has drained, so that
 C{/healthz} answers 503 while primed finishes its work and a balancer can
@@ -22,6 +23,7 @@ take it out of rotation first.
 """
 
 import platform
+import time
 from io import BytesIO
 from typing import Optional
 
@@ -38,7 +40,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import pages, resource, server
+from twisted.web import http, pages, resource, server
 
 from primed.tcp import (
     PAUSED_BY_CONSUMER,
@@ -149,8 +151,8 @@ class PrimedCollector:
         yield paused
         yield CounterMetricFamily(
             "primed_lines_too_long",
-            "Over-long requests answered E: TCP lines skipped without being buffered "
-            "(past --max-digits plus 64 bytes), and datagrams as long.",
+            "Over-long requests answered E: TCP lines and datagrams longer than "
+            "--max-digits plus 64 bytes.",
             value=counters.linesTooLong,
         )
         yield GaugeMetricFamily(
@@ -285,6 +287,33 @@ class _BodilessRequest(server.Request):
         pass
 
 
+class _Channel(http.HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, except that:
+
+      - its timeout runs from the connection to a complete request.
+        C{HTTPChannel} restarts the timer on every read, so a client sending
+        a byte every few seconds (slowloris) kept its connection forever,
+        and C{--metrics-max-connections} of them shut Prometheus out;
+
+      - it answers one request per connection, then closes it
+        (C{Connection: close}).  C{HTTPChannel} answers every pipelined
+        request of a read at once, and keeps reading while it does: one
+        client pipelining C{GET /metrics} held the reactor a second per
+        read (prime replies waited that long) and piled up hundreds of
+        megabytes of pages it did not read.  Prometheus opens a connection
+        per scrape at most; a scrape costs well under a millisecond either
+        way.
+    """
+
+    def resetTimeout(self):
+        pass
+
+    def checkPersistence(self, request, version):
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
+
+
 class _QuietSite(server.Site):
     """
     No access log (Prometheus scrapes every few seconds), no
@@ -292,6 +321,7 @@ class _QuietSite(server.Site):
     """
 
     noisy = False
+    protocol = _Channel
     requestFactory = _BodilessRequest
 
     def log(self, request):
@@ -321,14 +351,32 @@ class _LimitedFactory(WrappingFactory):
         return WrappingFactory.buildProtocol(self, addr)
 
 
-def makeRegistry(primed) -> CollectorRegistry:
+class _ProcessCollector(ProcessCollector):
+    """
+    prometheus-client's process collector, which reads the boot time (for
+    C{process_start_time_seconds}) from C{/proc/stat} and reports nothing
+    at all without it.  The systemd units' C{ProcSubset=pid} hides that
+    file (the process's own C{/proc/self} stays): the boot time then comes
+    from the clocks, as the kernel computes it.
+    """
+
+    def _boot_time(self):
+        try:
+            return ProcessCollector._boot_time(self)
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def makeRegistry(primed, proc: str = "/proc") -> CollectorRegistry:
     """
     A registry of its own (not prometheus-client's global one) with primed's
     collector and the process collector (RSS, CPU, open files, start time).
+
+    @param proc: where procfs is mounted.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PrimedCollector(primed))
-    ProcessCollector(registry=registry)
+    _ProcessCollector(registry=registry, proc=proc)
     return registry
 
 

@@ -206,6 +206,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             if number is None:
                 reply = INVALID_REPLY
                 counters.tcpInvalid += 1
+                if len(line) > self.MAX_LENGTH:  # whole in one read
+                    counters.linesTooLong += 1
             elif number < 2:
                 reply = NOT_PRIME_REPLY
                 counters.tcpNotPrime += 1
@@ -262,6 +264,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Results from the pool.
 
     def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
+        if self._lost:
+            return  # nobody to answer: not counted as answered
         slot[0] = REPLIES[isPrime]
         if isPrime:
             self.counters.tcpPrime += 1

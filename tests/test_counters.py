@@ -90,6 +90,19 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"T\nF\nT\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 1])
 
+    def test_goneBeforeVerdictNotCounted(self):
+        """
+        A big number whose client closed the connection before its verdict
+        was known is not counted as answered (no reply left), like a failed
+        check for a gone client and the lines it had not had read yet.
+        """
+        protocol, transport = connect(self.factory)
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.connectionLost(None)
+        self.pool.run()
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [0, 0, 0])
+        self.assertEqual(transport.value(), b"")
+
     def test_failedCheckCountsInvalid(self):
         protocol, transport = connect(self.factory)
         protocol.dataReceived(b"%d\n" % BIG_PRIME)
@@ -105,6 +118,20 @@ class TCPCountTests(unittest.TestCase):
         protocol.dataReceived(b"1" * 1000 + b"\n7\n")
         self.assertEqual(transport.value(), b"E\nT\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [1, 1, 1])
+
+    def test_lineTooLongWhateverTheReads(self):
+        """
+        An over-long line counts in C{linesTooLong} however TCP delivered
+        it: whole in one read, or cut so that its end arrived before the
+        buffer passed the limit, as when it was skipped unbuffered.
+        """
+        longLine = b"1" * 1000
+        protocol, transport = connect(self.factory)
+        protocol.dataReceived(longLine + b"\n7\n")
+        protocol.dataReceived(longLine[:400])
+        protocol.dataReceived(longLine[400:] + b"\n")
+        self.assertEqual(transport.value(), b"E\nT\nE\n")
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [2, 2, 1])
 
     def test_connections(self):
         """

@@ -64,6 +64,21 @@ class EventTests(unittest.TestCase):
         self.assertEqual(json.loads(line)["message"], "a\nb \u00e9\"")
         self.assertEqual(json.loads(line)["time"], "1970-01-01T00:00:00.000000+00:00")
 
+    def test_undecodableText(self):
+        """
+        Text decoded with surrogateescape (a unix: socket path that is not
+        UTF-8, os.fsdecode's) still gives one valid UTF-8 JSON line: written
+        raw, the lone surrogate made the write fail on a strict UTF-8
+        stdout (the event lost) or put invalid UTF-8 in the line.
+        """
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+        log = Logger(namespace="primed.test", observer=observer(out))
+        log.info("Listening for TCP on {path}", path=b"/run/\xff.sock".decode("utf-8", "surrogateescape"))
+        [line] = raw.getvalue().splitlines()
+        self.assertEqual(json.loads(line.decode("utf-8"))["message"],
+                         "Listening for TCP on /run/\udcff.sock")
+
     def test_unformattable(self):
         event = {"log_format": "{missing}", "log_time": 0, "log_level": LogLevel.info}
         record = json.loads(eventAsLine(event))

@@ -5,16 +5,19 @@ StringTransport), the health check through a stop, the connection bound,
 and C{promtool check metrics} on the real output.
 """
 
+import os
 import shutil
 import subprocess
+import tempfile
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect, makeService
-from primed.metrics import MAX_CONNECTIONS, MetricsService, makeSite
+from primed.metrics import MAX_CONNECTIONS, MetricsService, makeRegistry, makeSite
 
 BIG_PRIME = 2**607 - 1
 ADDR = ("127.0.0.1", 40000)
@@ -159,6 +162,22 @@ class CollectorTests(unittest.TestCase):
         self.assertIn(("process_start_time_seconds", frozenset()), page)
         self.assertIn(("process_cpu_seconds_total", frozenset()), page)
 
+    def test_processMetricsWithoutProcStat(self):
+        """
+        The process metrics are there when /proc/stat is hidden, as under
+        the systemd units' ProcSubset=pid; prometheus-client's collector
+        reads the boot time there and, without it, reported nothing at all.
+        """
+        proc = tempfile.mkdtemp(prefix="primed-proc-")
+        self.addCleanup(shutil.rmtree, proc)
+        os.symlink("/proc/self", os.path.join(proc, "self"))  # no "stat" beside it
+        hidden = samples(generate_latest(makeRegistry(self.service, proc=proc)).decode())
+        real = self.harness.scrape()
+        self.assertGreater(self.value(hidden, "process_resident_memory_bytes"), 1 << 20)
+        self.assertGreater(self.value(hidden, "process_open_fds"), 0)
+        started = [self.value(page, "process_start_time_seconds") for page in (hidden, real)]
+        self.assertLess(abs(started[0] - started[1]), 2)
+
     def test_histogramBuckets(self):
         page = self.harness.scrape()
         bounds = sorted(
@@ -219,6 +238,42 @@ class HTTPTests(unittest.TestCase):
         self.assertEqual(request.content.getvalue(), b"")
         channel.dataReceived(b"x" * 100000)
         self.assertIn(b" 405 ", transport.value().split(b"\r\n")[0] + b" ")
+        channel.connectionLost(None)
+
+    def test_timeoutNotResetByEachByte(self):
+        """
+        C{--metrics-timeout} runs from the connection to a complete request:
+        a client sending one byte every few seconds (slowloris) is closed
+        when it expires, as one sending nothing is.  twisted.web restarts
+        its timer on every read, so 16 such clients held the port forever.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        reactor = self.harness.reactor
+        for byte in b"GET /metrics HTTP/1.1\r\n":
+            channel.dataReceived(bytes([byte]))
+            reactor.advance(4)
+            if transport.disconnecting:
+                break
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(reactor.seconds(), 12)
+        channel.connectionLost(None)
+
+    def test_oneRequestPerConnection(self):
+        """
+        Pipelined requests get one answer, then the connection closes: each
+        scrape costs the reactor one page, however many requests one read
+        holds, and a client that does not read its answers cannot pile them
+        up in memory.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 1)
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
         channel.connectionLost(None)
 
     def test_unknownPaths(self):
