@@ -354,6 +354,9 @@ def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
 #: Peers C{--against all} measures, and primed's target against each as a
 #: cpu ratio (peer CPU per request over primed's) in (a), (b) and (d).
 PEERS = {"c": 0.8, "uvloop": 1.0, "asyncio": None, "ceiling": None}
+#: Also accepted by C{--against}: primed itself under Twisted's stock epoll
+#: reactor (C{twistd --reactor=epoll}), to see what primed's reactor buys.
+VARIANTS = {"epoll": "epoll"}
 #: The scenarios those targets apply to.
 PEER_TARGET_SCENARIOS = "abd"
 
@@ -366,7 +369,7 @@ def formatPeersTable(table, scenarios, names, primed="primed"):
     efficient) with its target, p50/p99, and the cores used.
     """
     header = (
-        "server     req/s  srv us/req  cpu ratio  target       p50/p99 ms      "
+        "server         req/s  srv us/req  cpu ratio  target       p50/p99 ms      "
         "srv cores  gen cores  other cores"
     )
     lines = []
@@ -386,7 +389,7 @@ def formatPeersTable(table, scenarios, names, primed="primed"):
             elif bound and scenario.key in PEER_TARGET_SCENARIOS and ratio is not None:
                 target = f">={bound:<4} {'ok' if ratio >= bound else 'MISS'}"
             lines.append(
-                f"{name:<8} {r['rps']:>9,.0f}  {_us(cost):>10}  "
+                f"{name:<12} {r['rps']:>9,.0f}  {_us(cost):>10}  "
                 f"{'-' if ratio is None else f'{ratio:.2f}':>9}  {target:<12} "
                 f"{_ms(r['p50']):>6}/{_ms(r['p99']):<8} "
                 f"{r['serverCores']:>9.2f}  {r['generatorCores']:>9.2f}  "
@@ -459,13 +462,13 @@ def main(argv=None):
         "--against",
         default="ceiling",
         help="servers to compare primed with: 'all', or a comma-separated list of "
-        + ", ".join(PEERS) + " (ceiling)",
+        + ", ".join(PEERS) + " (ceiling); 'epoll' adds primed on Twisted's epoll reactor",
     )
     parser.add_argument("--json", help="also write every run's figures to this file")
     args = parser.parse_args(argv)
     against = list(PEERS) if args.against == "all" else args.against.split(",")
-    if set(against) - set(PEERS) or not against:
-        parser.error(f"--against: choose from all, {', '.join(PEERS)}")
+    if set(against) - set(PEERS) - set(VARIANTS) or not against:
+        parser.error(f"--against: choose from all, {', '.join([*PEERS, *VARIANTS])}")
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {''.join(sorted(unknown))}")
@@ -484,9 +487,16 @@ def main(argv=None):
         servers.append(_servers.startPrimed(extra=args.primed_arg))
         if against != ["ceiling"]:
             for name in against:
-                peer = _servers.startCeiling() if name == "ceiling" else _servers.startPeer(name)
+                if name == "ceiling":
+                    peer = _servers.startCeiling()
+                elif name in VARIANTS:
+                    peer = _servers.startPrimed(
+                        extra=args.primed_arg, reactor=VARIANTS[name], name=f"primed/{name}"
+                    )
+                else:
+                    peer = _servers.startPeer(name)
                 servers.append(peer)
-                if name != "ceiling":
+                if name in PEERS and name != "ceiling":
                     problems = _conformance.check(_servers.HOST, peer.tcpPort, peer.udpPort)
                     if problems:
                         raise RuntimeError(f"{name} does not do primed's job:\n"

@@ -31,10 +31,11 @@ def twistdCommand() -> List[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _runnerArgv(runner: str, args) -> List[str]:
+def _runnerArgv(runner: str, args, runnerArgs=()) -> List[str]:
     if runner == "twist":
-        return [sys.executable, "-m", "twisted", "--log-format", "text", "primed"] + list(args)
-    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", "primed"] + list(args)
+        return [sys.executable, "-m", "twisted", "--log-format", "text", *runnerArgs,
+                "primed"] + list(args)
+    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", *runnerArgs, "primed"] + list(args)
 
 
 class Daemon:
@@ -48,8 +49,9 @@ class Daemon:
     """
 
     def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
-                 runner: str = "twistd"):
+                 runner: str = "twistd", runnerArgs=()):
         self.args = args
+        self.runnerArgs = runnerArgs
         self.env = env
         self.pass_fds = pass_fds
         self.startTimeout = startTimeout
@@ -71,7 +73,8 @@ class Daemon:
         argv = _runnerArgv(
             self.runner,
             self.args
-            or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"]
+            or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"],
+            self.runnerArgs,
         )
         self.process = subprocess.Popen(
             argv,
