@@ -89,6 +89,11 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self.MAX_LENGTH = wire.maxLineLength(factory.maxDigits)
         self.maxInflight = factory.maxInflight
         self._write = streamWriter(self.transport)
+        self._seconds = factory.reactor.seconds
+        self._activeAt = self._seconds()
+        self._inlineMaxBits = self.checker.inlineMaxBits
+        self._plainDigits = wire.plainDigitsLimit(factory.maxDigits)
+        self._isPrime = self.checker.checkInline
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
         factory.connected(self)
@@ -124,13 +129,27 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         We never half-close our side, so there is nothing to do.
         """
 
+    def resetTimeout(self):
+        """
+        Idle time counts from now.  Rather than moving L{TimeoutMixin}'s
+        timer on every read (a C{DelayedCall.reset} and a clock read, 2 200
+        instructions: a tenth of a one-request read), note the time; when
+        the timer fires, L{timeoutConnection} re-arms it for what is left.
+        """
+        self._activeAt = self._seconds()
+
     def timeoutConnection(self):
         """
         Idle means no complete request and no reply owed: a client waiting
         for a long check is not idle, a client dribbling half a line is.
         """
+        idle = self.factory.idleTimeout
+        left = self._activeAt + idle - self._seconds()
+        if left > 0:
+            self.setTimeout(left)  # active since the timer was set
+            return
         if self._pending or self._held:
-            self.setTimeout(self.factory.idleTimeout)  # the timer is spent: re-arm
+            self.setTimeout(idle)  # the timer is spent: re-arm
             return
         self._log.info("Closing idle connection from {peer}", peer=self._peer())
         self.transport.abortConnection()
@@ -142,6 +161,33 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Framing.
 
     def dataReceived(self, data: bytes):
+        if (
+            data[-1:] == b"\n"
+            and not (self._buffer or self._discarding or self._pending or self._held
+                     or self._paused)
+            and data.find(b"\n") == len(data) - 1
+        ):
+            # The common case, one complete request and nothing owed or
+            # held: answered without the list handling of _process.
+            self._activeAt = self._seconds()
+            line = data[:-1]
+            if line.isdigit() and len(line) <= self._plainDigits:
+                number = int(line)
+            else:
+                number = parseRequest(line, self.maxDigits)
+            if number is None:
+                reply = INVALID_REPLY
+            elif number < 2:
+                reply = NOT_PRIME_REPLY
+            elif number.bit_length() <= self._inlineMaxBits:
+                reply = REPLIES[self._isPrime(number)]
+            else:
+                self._process([line])
+                return
+            if self.factory.verbose:
+                self._logVerdict(line, reply)
+            self._write(reply)
+            return
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:
