@@ -46,6 +46,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self.reactor = reactor
         self.maxDigits = maxDigits
         self.maxLength = wire.maxLineLength(maxDigits)
+        self._plainDigits = wire.plainDigitsLimit(maxDigits)
+        self._inlineMaxBits = checker.inlineMaxBits
+        self._isPrime = checker.checkInline
         self.verbose = verbose
         self.dropped = 0
         self.inflight = 0
@@ -64,14 +67,17 @@ class PrimeDatagramProtocol(DatagramProtocol):
         if len(line) > self.maxLength:
             self._reply(INVALID_REPLY, line[:80], addr)
             return
-        number = parseRequest(line, self.maxDigits)
+        if line.isdigit() and len(line) <= self._plainDigits:
+            number = int(line)  # parseRequest's first step, inline
+        else:
+            number = parseRequest(line, self.maxDigits)
         checker = self.checker
         if number is None:
             reply = INVALID_REPLY
         elif number < 2:
             reply = NOT_PRIME_REPLY
-        elif checker.isInline(number):
-            reply = REPLIES[checker.checkInline(number)]
+        elif number.bit_length() <= self._inlineMaxBits:  # checker.isInline
+            reply = REPLIES[self._isPrime(number)]
         elif checker.hasRoom():
             self.inflight += 1
             checker.submit(number).addCallbacks(

@@ -6,6 +6,7 @@ promises of a reactor; and C{twistd} installs it by default but honours
 C{--reactor}.
 """
 
+import select
 import socket
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
-from twisted.trial.unittest import TestCase
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from primed.reactor import DatagramPort, PrimedReactor
 
 from support import Daemon, ask, askUDP, readAll, twistdCommand
 
@@ -44,12 +48,57 @@ for _builder in [
     test_tcp.TCPTransportTestsBuilder,
     test_tcp.AbortConnectionTests,
     test_udp.UDPServerTestsBuilder,
+    test_udp.UDPFDServerTestsBuilder,
     test_core.SystemEventTestsBuilder,
     test_time.TimeTestsBuilder,
     test_threads.ThreadTestsBuilder,
 ]:
     globals().update(_forPrimed(_builder))
 del _builder
+
+
+class DatagramPortTests(SynchronousTestCase):
+    """
+    L{DatagramPort} reads every queued datagram in one read event, within
+    C{maxThroughput}, and stops without an error when none is left.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        self.received = []
+        protocol = DatagramProtocol()
+        protocol.datagramReceived = lambda data, addr: self.received.append(data)
+        self.port = self.reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        # The reactor never runs: close the port by hand.
+        self.addCleanup(self.port.connectionLost)
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.sender.close)
+        self.sender.connect(("127.0.0.1", self.port.getHost().port))
+
+    def _queue(self, count, size=10):
+        for i in range(count):
+            self.sender.send(b"%0*d" % (size, i))
+        # Loopback delivery is synchronous, but be sure they are queued.
+        waiting = select.epoll()
+        waiting.register(self.port.fileno(), select.EPOLLIN)
+        self.assertTrue(waiting.poll(5))
+        waiting.close()
+
+    def test_allQueuedInOneEvent(self):
+        self.assertIsInstance(self.port, DatagramPort)
+        self._queue(5)
+        self.port.doRead()
+        self.assertEqual(self.received, [b"%010d" % i for i in range(5)])
+        self.port.doRead()  # nothing left: EAGAIN is handled quietly
+        self.assertEqual(len(self.received), 5)
+
+    def test_maxThroughput(self):
+        self.port.maxThroughput = 250
+        self._queue(5, size=100)
+        self.port.doRead()
+        self.assertEqual(len(self.received), 3)  # stops once 250 bytes are read
+        self.port.doRead()
+        self.assertEqual(len(self.received), 5)
 
 
 def _reactorClassAfter(code):
