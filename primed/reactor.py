@@ -15,7 +15,9 @@ event is labelled with the connection.  Then C{_doReadOrWrite} decodes the
 event mask.
 
 Here the common event, readable and nothing else, goes straight to
-C{doRead}, and the logging context is one frame per poll whose C{system}
+C{doRead} (for an accepted TCP connection, L{tcp.Server}, its five lines
+are inlined: C{recv}, then C{protocol.dataReceived}, or the connection's
+end), and the logging context is one frame per poll whose C{system}
 is set to each descriptor's prefix in turn: a legacy log call sees what it
 would under Twisted's reactor (Twisted's own reactor tests check this, and
 run against this reactor in C{tests/test_reactor.py}).  Every other event
@@ -30,14 +32,20 @@ import errno
 import select
 import socket
 import sys
+from errno import EWOULDBLOCK
 from select import EPOLLIN
 
 from twisted.internet import udp
+from twisted.internet.base import _topHandler
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.main import installReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
+from twisted.internet.tcp import Server
 from twisted.python import context, log
 
 __all__ = ["PrimedReactor", "DatagramPort", "install"]
+
+#: L{ReactorBase.timeout}'s cap: epoll_wait takes an int of milliseconds.
+_LONGEST_TIMEOUT = 2147483
 
 
 class DatagramPort(udp.Port):
@@ -141,8 +149,23 @@ class PrimedReactor(EPollReactor):
                     log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
                     continue
                 try:
-                    logContext["system"] = selectable.logPrefix()
-                    why = selectable.doRead()
+                    if type(selectable) is Server:
+                        # tcp.Connection.doRead and _dataReceived, inline:
+                        # three Python calls fewer on the hottest path.
+                        logContext["system"] = selectable.logstr
+                        try:
+                            data = selectable.socket.recv(selectable.bufferSize)
+                        except OSError as se:
+                            why = None if se.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                        else:
+                            if data:
+                                selectable.protocol.dataReceived(data)
+                                why = None
+                            else:
+                                why = CONNECTION_DONE
+                    else:
+                        logContext["system"] = selectable.logPrefix()
+                        why = selectable.doRead()
                 except BaseException:
                     # As Twisted does: log it, then disconnect (not as a
                     # read-side close).
@@ -156,6 +179,41 @@ class PrimedReactor(EPollReactor):
             contexts.pop()
 
     doIteration = doPoll
+
+    def mainLoop(self):
+        """
+        Twisted's main loop, with lighter turns.
+
+        L{ReactorBase.mainLoop} enters its error handler, runs
+        C{runUntilCurrent} and C{timeout} on every turn: about 10 000
+        instructions with nothing to do, as much as answering a request.
+        Here the handler is entered once, and a turn calls them only when
+        something may be due: a call from a thread, a new or expired timer,
+        cancelled timers to sweep, a stop.  Otherwise the poll timeout is
+        the next timer's delay, computed as C{timeout} would.
+        """
+        while self._started:
+            with _topHandler:
+                while self._started:
+                    pending = self._pendingTimedCalls
+                    if (
+                        self.threadCallQueue
+                        or self._newTimedCalls
+                        or self._justStopped
+                        or self._cancellations > 50
+                    ):
+                        timeout = None  # let Twisted decide
+                    elif not pending:
+                        self.doIteration(self.running and None)
+                        continue
+                    else:
+                        timeout = pending[0].time - self.seconds()
+                    if timeout is None or timeout <= 0:
+                        self.runUntilCurrent()
+                        timeout = self.timeout()
+                    else:
+                        timeout = min(_LONGEST_TIMEOUT, timeout)
+                    self.doIteration(self.running and timeout)
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
         p = DatagramPort(port, protocol, interface, maxPacketSize, self)
