@@ -85,12 +85,17 @@ class DatagramPortTests(SynchronousTestCase):
         waiting.close()
 
     def test_allQueuedInOneEvent(self):
+        """
+        Whether few (peeked) or many (drained to EAGAIN) are queued.
+        """
         self.assertIsInstance(self.port, DatagramPort)
-        self._queue(5)
-        self.port.doRead()
-        self.assertEqual(self.received, [b"%010d" % i for i in range(5)])
-        self.port.doRead()  # nothing left: EAGAIN is handled quietly
-        self.assertEqual(len(self.received), 5)
+        for count in [1, 3, DatagramPort.PEEKS + 1, 20]:
+            del self.received[:]
+            self._queue(count)
+            self.port.doRead()
+            self.assertEqual(self.received, [b"%010d" % i for i in range(count)])
+            self.port.doRead()  # nothing left: EAGAIN is handled quietly
+            self.assertEqual(len(self.received), count)
 
     def test_maxThroughput(self):
         self.port.maxThroughput = 250
