@@ -239,9 +239,13 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         inlineMaxBits = checker.inlineMaxBits
         isPrime = checker.checkInline
         verbose = self.factory.verbose
+        plainDigits = self._plainDigits
         out = []
         for index, line in enumerate(lines):
-            number = parseRequest(line, maxDigits)
+            if line.isdigit() and len(line) <= plainDigits:
+                number = int(line)  # parseRequest's first step, inline
+            else:
+                number = parseRequest(line, maxDigits)
             if number is None:
                 reply = INVALID_REPLY
             elif number < 2:
