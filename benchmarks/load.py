@@ -303,6 +303,14 @@ def _cpuRatio(primedRuns, ceilingRuns):
     return c / p if p and c else None
 
 
+def _errorLines(runs):
+    """
+    A line counting the errors and lost replies of a scenario's runs, if any.
+    """
+    errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
+    return [f"    errors or lost replies over all runs: {errors}"] if errors else []
+
+
 def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
     """
     The main results table, one row per scenario, best runs compared.
@@ -345,9 +353,7 @@ def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
                 f"{p['bigCount']} big ones answered, "
                 f"p50 {_ms(p['bigP50'])} ms, p99 {_ms(p['bigP99'])} ms"
             )
-        errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
-        if errors:
-            lines.append(f"    errors or lost replies over all runs: {errors}")
+        lines += _errorLines(runs)
     return "\n".join(lines)
 
 
@@ -400,9 +406,7 @@ def formatPeersTable(table, scenarios, names, primed="primed"):
                     f"         (small requests' p50/p99; {r['bigCount']} big ones, "
                     f"p50 {_ms(r['bigP50'])} p99 {_ms(r['bigP99'])} ms)"
                 )
-        errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
-        if errors:
-            lines.append(f"    errors or lost replies over all runs: {errors}")
+        lines += _errorLines(runs)
     return "\n".join(lines)
 
 
