@@ -8,7 +8,8 @@ Three things shape it beyond a plain L{LineReceiver}:
   - Framing is linear.  L{LineReceiver} re-splits its whole buffer once per
     line (twisted/twisted#6357), which is quadratic in the lines of one read;
     here each read is split once and all the replies it produces leave in one
-    write.
+    write.  A read holding exactly one line, the commonest shape, is not
+    split at all.
 
   - Backpressure.  The connection stops reading, the producer/consumer way
     C{twisted.web}'s C{HTTPChannel} does, whenever one of several independent

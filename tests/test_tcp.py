@@ -303,6 +303,18 @@ class IdleTimeoutTests(unittest.TestCase):
             self.protocol.dataReceived(b"7\n")
         self.assertFalse(self.transport.disconnecting)
 
+    def test_idleTimeCountsFromLastRequest(self):
+        """
+        The timer is not moved on every read, but the connection still
+        closes exactly one idle period after the last request.
+        """
+        self.clock.advance(250)
+        self.protocol.dataReceived(b"7\n")
+        self.clock.advance(299)  # the first timer fired at 300 and re-armed
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_halfLineDoesNotKeepItOpen(self):
         """
         Slowloris: dribbling digits without a newline is idle.
