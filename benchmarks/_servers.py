@@ -9,6 +9,7 @@ output, so every server binds port 0 and no two runs collide.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,19 @@ def waitForQuiet(maxWait, threshold=0.25, sample=0.25):
         busy = (machineBusySeconds() - before) / sample
         if busy <= threshold or time.monotonic() >= deadline:
             return busy
+
+
+def _schedstatSeconds(pid):
+    """
+    Seconds on a CPU of every live thread of C{pid}.
+    """
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    if not total:
+        raise ValueError("no schedstat accounting")
+    return total / 1e9
 
 
 class ServerError(Exception):
@@ -132,19 +146,27 @@ class Server:
 
     def cpuSeconds(self):
         """
-        User plus system CPU time consumed so far by all the server's
-        processes, all their threads included.
+        CPU time consumed so far by all the server's processes, all their
+        threads included: the scheduler's nanosecond count
+        (C{/proc/PID/task/*/schedstat}) where the kernel keeps it, else
+        user plus system time in clock ticks (10 ms steps: too coarse for
+        short runs of a slow server).
         """
-        total = 0
+        total = 0.0
         for pid in self.pids:
+            try:
+                total += _schedstatSeconds(pid)
+                continue
+            except (OSError, ValueError):
+                pass
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             # Fields 14 and 15 (utime, stime); the split above starts at 3.
-            total += int(fields[11]) + int(fields[12])
-        return total / _CLOCK_TICKS
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return total
 
     def alive(self):
         return bool(self._procs) and all(p.poll() is None for p in self._procs)
@@ -193,7 +215,7 @@ def startCeiling(processes=1):
     return server
 
 
-def startPrimed(processes=1, extra=(), name=None, python=None):
+def startPrimed(processes=1, extra=(), reactor=None, name=None, python=None):
     """
     Start primed under C{twistd -n}; with C{processes > 1}, that many with
     C{--reuseport} on one port (the first binds port 0, the others its port).
@@ -202,12 +224,15 @@ def startPrimed(processes=1, extra=(), name=None, python=None):
     @param name: the label in result tables, if not the usual one.
     @param python: the interpreter whose primed to run (another virtualenv's,
         to compare versions); this one by default.
+    @param reactor: C{twistd --reactor} name; primed's own by default.
     """
     server = Server(name or ("primed" if processes == 1 else f"primed x{processes}"))
     try:
         tcpPort = udpPort = 0
         for i in range(processes):
             argv = [python or sys.executable, "-c", _TWISTD, "-n", "-l", "-", "--pidfile="]
+            if reactor:
+                argv.append(f"--reactor={reactor}")
             argv += ["primed", "--listen", f"tcp:{tcpPort}:interface={HOST}"]
             argv += ["--udp", f"{HOST}:{udpPort}", *extra]
             if processes > 1:
@@ -219,4 +244,53 @@ def startPrimed(processes=1, extra=(), name=None, python=None):
     except BaseException:
         server.stop()
         raise
+    return server
+
+
+_PEER = re.compile(rb"(?:cpeer|aiopeer) tcp=(\d+) udp=(\d+)")
+PEERS_DIR = os.path.join(HERE, "peers")
+
+
+def buildCPeer():
+    """
+    Compile C{peers/cpeer.c} with the system compiler (C{cc}, GMP from
+    C{libgmp-dev}) into a temporary directory.
+
+    @return: the executable's path.
+    """
+    out = os.path.join(tempfile.mkdtemp(prefix="primed-cpeer-"), "cpeer")
+    source = os.path.join(PEERS_DIR, "cpeer.c")
+    result = subprocess.run(
+        ["cc", "-O2", "-o", out, source, "-lgmp"], capture_output=True, text=True
+    )
+    if result.returncode:
+        raise ServerError(f"cc could not build {source}:\n{result.stderr}")
+    return out
+
+
+def startPeer(name, extra=()):
+    """
+    Start one peer: C{"c"} (the C server, compiled here), C{"uvloop"} or
+    C{"asyncio"} (C{peers/aiopeer.py} with and without uvloop).
+    """
+    if name == "c":
+        argv = [buildCPeer()]
+    elif name in ("uvloop", "asyncio"):
+        argv = [sys.executable, os.path.join(PEERS_DIR, "aiopeer.py")]
+        if name == "uvloop":
+            argv.append("--uvloop")
+    else:
+        raise ValueError(f"unknown peer {name!r}")
+    server = Server(name)
+    try:
+        argv += ["--host", HOST, "--tcp-port", "0", "--udp-port", "0", *extra]
+        proc, log = server._spawn(argv)
+        [match] = server._waitFor(proc, log, [_PEER])
+        server.tcpPort, server.udpPort = int(match.group(1)), int(match.group(2))
+    except BaseException:
+        server.stop()
+        raise
+    finally:
+        if name == "c":  # a running executable may be unlinked
+            shutil.rmtree(os.path.dirname(argv[0]), ignore_errors=True)
     return server

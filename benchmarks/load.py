@@ -1,10 +1,11 @@
 """
-Loopback load benchmark: primed against the bare Twisted ceiling, side by
-side in one run.
+Loopback load benchmark: primed against the bare Twisted ceiling, or against
+peers doing primed's job in asyncio, uvloop and C, side by side in one run.
 
     python benchmarks/load.py [--duration 4] [--repeat 3] [--scenarios abcde]
                               [--generators 1] [--processes 2] [--json FILE]
                               [--metrics]
+                              [--against ceiling|all|c,uvloop,asyncio,ceiling]
 
 It starts primed (C{twistd -n primed} on port 0, ports read from its log)
 and C{benchmarks/ceiling.py}, then runs every scenario against both,
@@ -48,6 +49,13 @@ C{--metrics} is given; C{--baseline-python PYTHON} adds a third server, the
 primed installed for that interpreter (a virtualenv of a commit without the
 counters), and the ratios against it: the whole cost.
 
+With C{--against} (C{all}, or a comma-separated list of C{c}, C{uvloop},
+C{asyncio}, C{ceiling}) primed is measured against each peer in
+C{benchmarks/peers/} (every peer first has to give primed's reply to a set
+of edge-case requests), and one table per scenario gives each server's
+requests/s, CPU time per request, C{cpu ratio} (the peer's CPU per request
+over primed's: at least 1 means primed is the more efficient) and p50/p99.
+
 Every process started here is stopped before exit, whatever happens.
 """
 
@@ -59,8 +67,9 @@ import sys
 import time
 
 try:
-    from benchmarks import _loadgen, _servers
+    from benchmarks import _conformance, _loadgen, _servers
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    import _conformance
     import _loadgen
     import _servers
 
@@ -305,6 +314,14 @@ def _cpuRatio(primedRuns, ceilingRuns):
     return c / p if p and c else None
 
 
+def _errorLines(runs):
+    """
+    A line counting the errors and lost replies of a scenario's runs, if any.
+    """
+    errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
+    return [f"    errors or lost replies over all runs: {errors}"] if errors else []
+
+
 def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
     """
     The main results table, one row per scenario, best runs compared.
@@ -347,9 +364,60 @@ def formatTable(table, scenarios, primed="primed", ceiling="ceiling"):
                 f"{p['bigCount']} big ones answered, "
                 f"p50 {_ms(p['bigP50'])} ms, p99 {_ms(p['bigP99'])} ms"
             )
-        errors = sum(r["errors"] + r["lost"] for rs in runs.values() for r in rs)
-        if errors:
-            lines.append(f"    errors or lost replies over all runs: {errors}")
+        lines += _errorLines(runs)
+    return "\n".join(lines)
+
+
+#: Peers C{--against all} measures, and primed's target against each as a
+#: cpu ratio (peer CPU per request over primed's) in (a), (b) and (d).
+PEERS = {"c": 0.8, "uvloop": 1.0, "asyncio": None, "ceiling": None}
+#: Also accepted by C{--against}: primed itself under Twisted's stock epoll
+#: reactor (C{twistd --reactor=epoll}), to see what primed's reactor buys.
+VARIANTS = {"epoll": "epoll"}
+#: The scenarios those targets apply to.
+PEER_TARGET_SCENARIOS = "abd"
+
+
+def formatPeersTable(table, scenarios, names, primed="primed"):
+    """
+    One block per scenario, one row per server: requests/s, server CPU time
+    per request (least of the runs), cpu ratio against primed (the peer's
+    CPU per request over primed's, so at least 1 means primed is the more
+    efficient) with its target, p50/p99, and the cores used.
+    """
+    header = (
+        "server         req/s  srv us/req  cpu ratio  target       p50/p99 ms      "
+        "srv cores  gen cores  other cores"
+    )
+    lines = []
+    for scenario in scenarios:
+        runs = table[scenario.key]
+        lines += ["", f"({scenario.key}) {scenario.title}", header, "-" * len(header)]
+        mine = leanest(runs[primed])
+        for name in [primed] + [n for n in names if n != primed]:
+            r = best(runs[name])
+            cost = leanest(runs[name])
+            ratio = cost / mine if cost and mine and not scenario.bigEvery else None
+            target = ""
+            bound = PEERS.get(name)
+            if name == primed and scenario.target and scenario.target[0] == "p99":
+                ok = r["p99"] is not None and r["p99"] <= scenario.target[1]
+                target = f"p99<={scenario.target[1]:g} {'ok' if ok else 'MISS'}"
+            elif bound and scenario.key in PEER_TARGET_SCENARIOS and ratio is not None:
+                target = f">={bound:<4} {'ok' if ratio >= bound else 'MISS'}"
+            lines.append(
+                f"{name:<12} {r['rps']:>9,.0f}  {_us(cost):>10}  "
+                f"{'-' if ratio is None else f'{ratio:.2f}':>9}  {target:<12} "
+                f"{_ms(r['p50']):>6}/{_ms(r['p99']):<8} "
+                f"{r['serverCores']:>9.2f}  {r['generatorCores']:>9.2f}  "
+                f"{r['otherCores']:>11.2f}"
+            )
+            if r["bigCount"]:
+                lines.append(
+                    f"         (small requests' p50/p99; {r['bigCount']} big ones, "
+                    f"p50 {_ms(r['bigP50'])} p99 {_ms(r['bigP99'])} ms)"
+                )
+        lines += _errorLines(runs)
     return "\n".join(lines)
 
 
@@ -405,6 +473,12 @@ def main(argv=None):
         default=[],
         help="extra option for every primed process (repeatable), e.g. --primed-arg=--threads=4",
     )
+    parser.add_argument(
+        "--against",
+        default="ceiling",
+        help="servers to compare primed with: 'all', or a comma-separated list of "
+        + ", ".join(PEERS) + " (ceiling); 'epoll' adds primed on Twisted's epoll reactor",
+    )
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument(
         "--metrics",
@@ -416,6 +490,9 @@ def main(argv=None):
         help="with --metrics: also run the primed installed for this interpreter",
     )
     args = parser.parse_args(argv)
+    against = list(PEERS) if args.against == "all" else args.against.split(",")
+    if set(against) - set(PEERS) - set(VARIANTS) or not against:
+        parser.error(f"--against: choose from all, {', '.join([*PEERS, *VARIANTS])}")
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {''.join(sorted(unknown))}")
@@ -440,19 +517,38 @@ def main(argv=None):
     servers = []
     output = {"args": vars(args), "main": None, "processes": None}
     try:
-        servers.append(_servers.startCeiling())
+        if against == ["ceiling"]:
+            servers.append(_servers.startCeiling())
         servers.append(_servers.startPrimed(extra=args.primed_arg))
-        log(f"ceiling on {servers[0].tcpPort}/{servers[0].udpPort}, "
-            f"primed on {servers[1].tcpPort}/{servers[1].udpPort}")
+        if against != ["ceiling"]:
+            for name in against:
+                if name == "ceiling":
+                    peer = _servers.startCeiling()
+                elif name in VARIANTS:
+                    peer = _servers.startPrimed(
+                        extra=args.primed_arg, reactor=VARIANTS[name], name=f"primed/{name}"
+                    )
+                else:
+                    peer = _servers.startPeer(name)
+                servers.append(peer)
+                if name in PEERS and name != "ceiling":
+                    problems = _conformance.check(_servers.HOST, peer.tcpPort, peer.udpPort)
+                    if problems:
+                        raise RuntimeError(f"{name} does not do primed's job:\n"
+                                           + "\n".join(problems))
+        log(", ".join(f"{s.name} on {s.tcpPort}/{s.udpPort}" for s in servers))
         table = measure(servers, scenarios, requests, args, log)
         output["main"] = table
         cores = multiprocessing.cpu_count()
         print(f"\nmachine: {cores} cores; {args.duration:g} s per run, best of "
               f"{args.repeat}; {args.generators} generator process(es)\n")
-        print(formatTable(table, scenarios))
+        if against == ["ceiling"]:
+            print(formatTable(table, scenarios))
+        else:
+            print(formatPeersTable(table, scenarios, [s.name for s in servers]))
         sys.stdout.flush()
 
-        if args.processes > 1:
+        if args.processes > 1 and against == ["ceiling"]:
             n = args.processes
             try:
                 servers.append(_servers.startPrimed(n, extra=args.primed_arg))

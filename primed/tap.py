@@ -187,6 +187,14 @@ class Options(usage.Options):
             self["udp"] = []
         elif not self["udp"]:
             self["udp"] = [UDPAddress.fromString(DEFAULT_UDP)]
+        # primed's own reactor, unless twistd --reactor chose one already:
+        # options are parsed before anything imports the reactor.
+        try:
+            from primed.reactor import installDefault
+        except ImportError:  # no epoll on this platform: Twisted's default
+            pass
+        else:
+            installDefault()
         from twisted.internet import reactor
 
         for description in self["listen"]:

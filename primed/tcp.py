@@ -8,7 +8,8 @@ Three things shape it beyond a plain L{LineReceiver}:
   - Framing is linear.  L{LineReceiver} re-splits its whole buffer once per
     line (twisted/twisted#6357), which is quadratic in the lines of one read;
     here each read is split once and all the replies it produces leave in one
-    write.
+    write.  A read holding exactly one line, the commonest shape, is not
+    split at all.
 
   - Backpressure.  The connection stops reading, the producer/consumer way
     C{twisted.web}'s C{HTTPChannel} does, whenever one of several independent
@@ -93,6 +94,11 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self.maxInflight = factory.maxInflight
         self.counters = factory.counters
         self._write = streamWriter(self.transport)
+        self._seconds = factory.reactor.seconds
+        self._activeAt = self._seconds()
+        self._inlineMaxBits = self.checker.inlineMaxBits
+        self._plainDigits = wire.plainDigitsLimit(factory.maxDigits)
+        self._isPrime = self.checker.checkInline
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
         factory.connected(self)
@@ -128,13 +134,27 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         We never half-close our side, so there is nothing to do.
         """
 
+    def resetTimeout(self):
+        """
+        Idle time counts from now.  Rather than moving L{TimeoutMixin}'s
+        timer on every read (a C{DelayedCall.reset} and a clock read, 2 200
+        instructions: a tenth of a one-request read), note the time; when
+        the timer fires, L{timeoutConnection} re-arms it for what is left.
+        """
+        self._activeAt = self._seconds()
+
     def timeoutConnection(self):
         """
         Idle means no complete request and no reply owed: a client waiting
         for a long check is not idle, a client dribbling half a line is.
         """
+        idle = self.factory.idleTimeout
+        left = self._activeAt + idle - self._seconds()
+        if left > 0:
+            self.setTimeout(left)  # active since the timer was set
+            return
         if self._pending or self._held:
-            self.setTimeout(self.factory.idleTimeout)  # the timer is spent: re-arm
+            self.setTimeout(idle)  # the timer is spent: re-arm
             return
         self._log.info("Closing idle connection from {peer}", peer=self._peer())
         self.counters.tcpIdleClosed += 1
@@ -147,6 +167,43 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Framing.
 
     def dataReceived(self, data: bytes):
+        if (
+            data[-1:] == b"\n"
+            and not (self._buffer or self._discarding or self._pending or self._held
+                     or self._paused)
+            and data.find(b"\n") == len(data) - 1
+        ):
+            # The common case, one complete request and nothing owed or
+            # held: answered without the list handling of _process.
+            self._activeAt = self._seconds()
+            line = data[:-1]
+            if line.isdigit() and len(line) <= self._plainDigits:
+                number = int(line)
+            else:
+                number = parseRequest(line, self.maxDigits)
+            counters = self.counters
+            if number is None:
+                reply = INVALID_REPLY
+                counters.tcpInvalid += 1
+                if len(line) > self.MAX_LENGTH:
+                    counters.linesTooLong += 1
+            elif number < 2:
+                reply = NOT_PRIME_REPLY
+                counters.tcpNotPrime += 1
+            elif number.bit_length() <= self._inlineMaxBits:
+                if self._isPrime(number):
+                    reply = PRIME_REPLY
+                    counters.tcpPrime += 1
+                else:
+                    reply = NOT_PRIME_REPLY
+                    counters.tcpNotPrime += 1
+            else:
+                self._process([line])
+                return
+            if self.factory.verbose:
+                self._logVerdict(line, reply)
+            self._write(reply)
+            return
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:
@@ -200,9 +257,13 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         isPrime = checker.checkInline
         verbose = self.factory.verbose
         counters = self.counters
+        plainDigits = self._plainDigits
         out = []
         for index, line in enumerate(lines):
-            number = parseRequest(line, maxDigits)
+            if line.isdigit() and len(line) <= plainDigits:
+                number = int(line)  # parseRequest's first step, inline
+            else:
+                number = parseRequest(line, maxDigits)
             if number is None:
                 reply = INVALID_REPLY
                 counters.tcpInvalid += 1

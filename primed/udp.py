@@ -68,6 +68,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self.reactor = reactor
         self.maxDigits = maxDigits
         self.maxLength = wire.maxLineLength(maxDigits)
+        self._plainDigits = wire.plainDigitsLimit(maxDigits)
+        self._inlineMaxBits = checker.inlineMaxBits
+        self._isPrime = checker.checkInline
         self.verbose = verbose
         self.counters = Counters() if counters is None else counters
         self.dropped = 0
@@ -92,7 +95,10 @@ class PrimeDatagramProtocol(DatagramProtocol):
             counters.udpInvalid += 1
             self._reply(INVALID_REPLY, line[:80], addr)
             return
-        number = parseRequest(line, self.maxDigits)
+        if line.isdigit() and len(line) <= self._plainDigits:
+            number = int(line)  # parseRequest's first step, inline
+        else:
+            number = parseRequest(line, self.maxDigits)
         checker = self.checker
         if number is None:
             reply = INVALID_REPLY
@@ -100,8 +106,8 @@ class PrimeDatagramProtocol(DatagramProtocol):
         elif number < 2:
             reply = NOT_PRIME_REPLY
             counters.udpNotPrime += 1
-        elif checker.isInline(number):
-            if checker.checkInline(number):
+        elif number.bit_length() <= self._inlineMaxBits:  # checker.isInline
+            if self._isPrime(number):
                 reply = PRIME_REPLY
                 counters.udpPrime += 1
             else:

@@ -79,6 +79,16 @@ def maxLineLength(maxDigits: int) -> int:
     return maxDigits + LINE_SLACK
 
 
+def plainDigitsLimit(maxDigits: int) -> int:
+    """
+    A line of nothing but ASCII digits at most this long is a request whose
+    value is C{int(line)}: what L{parseRequest} does first, for receivers
+    that inline this check on their hottest path (a Python call is a fifth
+    of a one-request read).
+    """
+    return min(maxDigits, _INT_STR_DIGITS)
+
+
 def parseRequest(line: bytes, maxDigits: int = DEFAULT_MAX_DIGITS) -> Optional[int]:
     """
     Parse one request line (without its C{\\n}; a trailing C{\\r} is allowed).

@@ -32,10 +32,11 @@ def twistdCommand() -> List[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _runnerArgv(runner: str, args, twistdArgs=()) -> List[str]:
+def _runnerArgv(runner: str, args, runnerArgs=()) -> List[str]:
     if runner == "twist":
-        return [sys.executable, "-m", "twisted", "--log-format", "text", "primed"] + list(args)
-    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", *twistdArgs, "primed"] + list(args)
+        return [sys.executable, "-m", "twisted", "--log-format", "text", *runnerArgs,
+                "primed"] + list(args)
+    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", *runnerArgs, "primed"] + list(args)
 
 
 class Daemon:
@@ -51,9 +52,9 @@ class Daemon:
     """
 
     def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
-                 runner: str = "twistd", twistdArgs=()):
+                 runner: str = "twistd", runnerArgs=()):
         self.args = args
-        self.twistdArgs = twistdArgs
+        self.runnerArgs = runnerArgs
         self.env = env
         self.pass_fds = pass_fds
         self.startTimeout = startTimeout
@@ -77,7 +78,7 @@ class Daemon:
             self.runner,
             self.args
             or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"],
-            self.twistdArgs,
+            self.runnerArgs,
         )
         self.process = subprocess.Popen(
             argv,

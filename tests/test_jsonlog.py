@@ -93,7 +93,7 @@ class DaemonTests(unittest.TestCase):
         is logged with its peer.
         """
         with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp", "--verbose",
-                    twistdArgs=["--logger", "primed.jsonlog.observer"]) as daemon:
+                    runnerArgs=["--logger", "primed.jsonlog.observer"]) as daemon:
             with socket.create_connection(("127.0.0.1", daemon.tcpPort)) as client:
                 local = "%s:%d" % client.getsockname()
                 client.sendall(b"17\n")

@@ -57,6 +57,26 @@ class FramingTests(unittest.TestCase):
             self.protocol.dataReceived(b"%s\n" % str(value).encode())
             self.assertEqual(self.transport.value(), reply)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(
+        st.integers(min_value=-10, max_value=2**200).map(lambda n: b"%d" % n),
+        st.binary(max_size=30).filter(lambda b: b"\n" not in b),
+        st.sampled_from([b"0" * 60 + b"17", b"1" + b"0" * 4300, b"9" * 4301,
+                         b"+17", b" 17\r", b"\xef\xbc\x91"]),
+    ))
+    def test_oneLineReadMatchesReference(self, line):
+        """
+        A read holding exactly one line takes the one-line fast path; its
+        reply is the reference one, and the same as in a batch.
+        """
+        harness = Harness(pool=SynchronousPool())
+        protocol, transport = harness.connect()
+        protocol.dataReceived(line + b"\n")
+        expected = wire.replyFor(line, is_prime)
+        self.assertEqual(transport.value(), expected)
+        protocol.dataReceived(b"5\n" + line + b"\n")
+        self.assertEqual(transport.value(), expected + b"T\n" + expected)
+
     def test_severalLinesOneWrite(self):
         self.protocol.dataReceived(b"2\n3\n4\r\n5\nx\n")
         self.assertEqual(self.transport.value(), b"T\nT\nF\nT\nE\n")
@@ -282,6 +302,18 @@ class IdleTimeoutTests(unittest.TestCase):
             self.clock.advance(200)
             self.protocol.dataReceived(b"7\n")
         self.assertFalse(self.transport.disconnecting)
+
+    def test_idleTimeCountsFromLastRequest(self):
+        """
+        The timer is not moved on every read, but the connection still
+        closes exactly one idle period after the last request.
+        """
+        self.clock.advance(250)
+        self.protocol.dataReceived(b"7\n")
+        self.clock.advance(299)  # the first timer fired at 300 and re-armed
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_halfLineDoesNotKeepItOpen(self):
         """

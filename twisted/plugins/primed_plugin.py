@@ -6,6 +6,7 @@ may import a reactor or primed itself.  There is no C{__init__.py} in this
 directory, on purpose: C{twisted.plugins} belongs to Twisted.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 primed = ServiceMaker(
@@ -13,4 +14,11 @@ primed = ServiceMaker(
     "primed.tap",
     "Answer 'is this integer prime?' over TCP and UDP.",
     "primed",
+)
+
+# twistd --reactor=primed; also what twistd -n primed installs by default.
+primedReactor = Reactor(
+    "primed",
+    "primed.reactor",
+    "epoll(4) reactor with a lean read path (primed's default).",
 )

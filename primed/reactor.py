@@ -1,0 +1,263 @@
+"""
+primed's reactor: Twisted's epoll reactor with a leaner path from a ready
+socket to its protocol.  C{twistd -n primed} installs it unless another
+reactor was asked for (C{twistd --reactor=epoll -n primed}); it is also a
+reactor plugin, C{twistd --reactor=primed}.
+
+Why: with one request per read, most of the CPU primed spent above an
+asyncio server on uvloop was Twisted's per-event Python path, not primed's
+(C{benchmarks/README.rst}, "Where primed's time goes").  For every ready
+descriptor, L{EPollReactor.doPoll} calls C{log.callWithLogger}, which asks
+the descriptor for its log prefix, copies a logging-context dictionary,
+pushes it on a thread-local stack and pops it again: six Python calls and
+a dictionary copy, so that a legacy C{log.msg} made while handling the
+event is labelled with the connection.  Then C{_doReadOrWrite} decodes the
+event mask.
+
+Here the common event, readable and nothing else, goes straight to
+C{doRead} (for an accepted TCP connection, L{tcp.Server}, its five lines
+are inlined: C{recv}, then C{protocol.dataReceived}, or the connection's
+end), and the logging context is one frame per poll whose C{system}
+is set to each descriptor's prefix in turn: a legacy log call sees what it
+would under Twisted's reactor (Twisted's own reactor tests check this, and
+run against this reactor in C{tests/test_reactor.py}).  Every other event
+(writable, hang-up, error, several at once) takes Twisted's own path
+unchanged.  Nothing else differs: the same
+poller, timers, threads, signals and transports, so TLS, UNIX sockets,
+systemd-inherited sockets and every other endpoint work as under the
+default reactor.
+"""
+
+import errno
+import select
+import socket
+import sys
+from errno import EWOULDBLOCK
+from select import EPOLLIN
+
+from twisted.internet import udp
+from twisted.internet.base import _topHandler
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
+from twisted.internet.tcp import Server
+from twisted.python import context, log
+
+__all__ = ["PrimedReactor", "DatagramPort", "install"]
+
+#: L{ReactorBase.timeout}'s cap: epoll_wait takes an int of milliseconds.
+_LONGEST_TIMEOUT = 2147483
+
+
+class DatagramPort(udp.Port):
+    """
+    A UDP port that learns whether another datagram is waiting without
+    provoking C{EAGAIN}, as long as few are waiting.
+
+    L{udp.Port.doRead} reads until C{recvfrom} fails with C{EAGAIN}: in
+    Python that failure is an exception, 1.5 us of CPU here, paid on every
+    read event; when the server keeps up with its clients that is one per
+    datagram, as much as answering it.  Here, after each datagram, a
+    private epoll set holding only this socket is asked (timeout 0, 0.3 us)
+    whether another one is queued.  After L{PEEKS} datagrams in one event
+    the queue is long and the read goes on until C{EAGAIN}, as Twisted's
+    does, whose one exception is then cheaper than more peeks.  Everything
+    else, errors included, is L{udp.Port}'s.
+    """
+
+    #: Datagrams read with a peek after each before draining to EAGAIN.
+    PEEKS = 4
+
+    _pending = None
+
+    def doRead(self):
+        """
+        Called when my socket is ready for reading: deliver datagrams while
+        more are waiting, up to C{maxThroughput} bytes.
+        """
+        waiting = self._pending
+        if waiting is None:
+            self._pendingSet = select.epoll()
+            self._pendingSet.register(self.fileno(), select.EPOLLIN)
+            waiting = self._pending = self._pendingSet.poll
+        recvfrom = self.socket.recvfrom
+        size = self.maxPacketSize
+        datagramReceived = self.protocol.datagramReceived
+        ipv6 = self.addressFamily == socket.AF_INET6
+        read = 0
+        peeks = self.PEEKS
+        while True:
+            try:
+                data, addr = recvfrom(size)
+            except OSError as se:
+                no = se.args[0]
+                if no in udp._sockErrReadIgnore:
+                    return
+                if no in udp._sockErrReadRefuse:
+                    if self._connectedAddr:
+                        self.protocol.connectionRefused()
+                    return
+                raise
+            read += len(data)
+            if ipv6:
+                addr = addr[:2]
+            try:
+                datagramReceived(data, addr)
+            except BaseException:
+                log.err()
+            if read >= self.maxThroughput:
+                return
+            if peeks:
+                peeks -= 1
+                if not waiting(0, 1):
+                    return
+
+    def connectionLost(self, reason=None):
+        if self._pending is not None:
+            self._pending = None
+            self._pendingSet.close()
+        udp.Port.connectionLost(self, reason)
+
+
+class PrimedReactor(EPollReactor):
+    """
+    L{EPollReactor} dispatching plain read events with one logging context
+    per poll instead of one per event.
+    """
+
+    def doPoll(self, timeout):
+        """
+        Poll once and dispatch what is ready.
+
+        Legacy log calls made while a descriptor handles its event still
+        carry that descriptor's C{logPrefix()} as C{system}, as under
+        L{EPollReactor}: one context frame is pushed for the whole batch and
+        its C{system} set before each event, instead of a frame built and
+        torn down per event by C{log.callWithLogger}.
+        """
+        if timeout is None:
+            timeout = -1
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        if not events:
+            return
+        selectables = self._selectables
+        contexts = context.theContextTracker.currentContext().contexts
+        frame = contexts[-1].copy()
+        logContext = frame[log.ILogContext] = dict(frame.get(log.ILogContext) or {})
+        contexts.append(frame)
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue  # removed by an earlier event of this batch
+                if event != EPOLLIN or selectable.fileno() == -1:
+                    # Anything unusual: Twisted's own dispatch, unchanged.
+                    log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
+                    continue
+                try:
+                    if type(selectable) is Server:
+                        # tcp.Connection.doRead and _dataReceived, inline:
+                        # three Python calls fewer on the hottest path.
+                        logContext["system"] = selectable.logstr
+                        try:
+                            data = selectable.socket.recv(selectable.bufferSize)
+                        except OSError as se:
+                            why = None if se.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                        else:
+                            if data:
+                                selectable.protocol.dataReceived(data)
+                                why = None
+                            else:
+                                why = CONNECTION_DONE
+                    else:
+                        logContext["system"] = selectable.logPrefix()
+                        why = selectable.doRead()
+                except BaseException:
+                    # As Twisted does: log it, then disconnect (not as a
+                    # read-side close).
+                    why = sys.exc_info()[1]
+                    log.err()
+                    self._disconnectSelectable(selectable, why, False)
+                    continue
+                if why:
+                    self._disconnectSelectable(selectable, why, True)
+        finally:
+            contexts.pop()
+
+    doIteration = doPoll
+
+    def mainLoop(self):
+        """
+        Twisted's main loop, with lighter turns.
+
+        L{ReactorBase.mainLoop} enters its error handler, runs
+        C{runUntilCurrent} and C{timeout} on every turn: about 10 000
+        instructions with nothing to do, as much as answering a request.
+        Here the handler is entered once, and a turn calls them only when
+        something may be due: a call from a thread, a new or expired timer,
+        cancelled timers to sweep, a stop.  Otherwise the poll timeout is
+        the next timer's delay, computed as C{timeout} would.
+        """
+        while self._started:
+            with _topHandler:
+                while self._started:
+                    pending = self._pendingTimedCalls
+                    if (
+                        self.threadCallQueue
+                        or self._newTimedCalls
+                        or self._justStopped
+                        or self._cancellations > 50
+                    ):
+                        timeout = None  # let Twisted decide
+                    elif not pending:
+                        self.doIteration(self.running and None)
+                        continue
+                    else:
+                        timeout = pending[0].time - self.seconds()
+                    if timeout is None or timeout <= 0:
+                        self.runUntilCurrent()
+                        timeout = self.timeout()
+                    else:
+                        timeout = min(_LONGEST_TIMEOUT, timeout)
+                    self.doIteration(self.running and timeout)
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        p = DatagramPort(port, protocol, interface, maxPacketSize, self)
+        p.startListening()
+        return p
+
+    def adoptDatagramPort(self, fileDescriptor, addressFamily, protocol, maxPacketSize=8192):
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return EPollReactor.adoptDatagramPort(
+                self, fileDescriptor, addressFamily, protocol, maxPacketSize
+            )
+        p = DatagramPort._fromListeningDescriptor(
+            self, fileDescriptor, addressFamily, protocol, maxPacketSize=maxPacketSize
+        )
+        p.startListening()
+        return p
+
+
+def install():
+    """
+    Install L{PrimedReactor} as the global reactor.
+    """
+    installReactor(PrimedReactor())
+
+
+def installDefault() -> bool:
+    """
+    Install L{PrimedReactor} unless a reactor is installed already (chosen
+    with C{twistd --reactor}, or imported by someone): what C{twistd -n
+    primed} and C{twist primed} call before touching the reactor.
+
+    @return: whether this call installed it.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return False
+    install()
+    return True

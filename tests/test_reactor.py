@@ -1,0 +1,190 @@
+"""
+Tests for L{primed.reactor}: Twisted's own reactor test suites (TCP, UDP,
+half-close, abort, system events, time, threads) run against
+L{PrimedReactor}, so its lean read path is held to everything Twisted
+promises of a reactor; and C{twistd} installs it by default but honours
+C{--reactor}.
+"""
+
+import select
+import socket
+import subprocess
+import sys
+
+from twisted.internet.test import (
+    test_core,
+    test_tcp,
+    test_threads,
+    test_time,
+    test_udp,
+)
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from primed.reactor import DatagramPort, PrimedReactor
+
+from support import Daemon, ask, askUDP, readAll, twistdCommand
+
+_PRIMED = "primed.reactor.PrimedReactor"
+
+
+def _forPrimed(builder):
+    """
+    Twisted's test classes for C{builder}, made for L{PrimedReactor} only.
+    """
+    builder._reactors = [_PRIMED]
+    try:
+        classes = builder.makeTestCaseClasses()
+    finally:
+        del builder._reactors
+    return {f"Primed_{name}": cls for name, cls in classes.items()}
+
+
+for _builder in [
+    test_tcp.TCP4ClientTestsBuilder,
+    test_tcp.TCP6ClientTestsBuilder,
+    test_tcp.TCPPortTestsBuilder,
+    test_tcp.TCPConnectionTestsBuilder,
+    test_tcp.TCPTransportTestsBuilder,
+    test_tcp.AbortConnectionTests,
+    test_udp.UDPServerTestsBuilder,
+    test_udp.UDPFDServerTestsBuilder,
+    test_core.SystemEventTestsBuilder,
+    test_time.TimeTestsBuilder,
+    test_threads.ThreadTestsBuilder,
+]:
+    globals().update(_forPrimed(_builder))
+del _builder
+
+
+class DatagramPortTests(SynchronousTestCase):
+    """
+    L{DatagramPort} reads every queued datagram in one read event, within
+    C{maxThroughput}, and stops without an error when none is left.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        self.received = []
+        protocol = DatagramProtocol()
+        protocol.datagramReceived = lambda data, addr: self.received.append(data)
+        self.port = self.reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        # The reactor never runs: close the port by hand.
+        self.addCleanup(self.port.connectionLost)
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.sender.close)
+        self.sender.connect(("127.0.0.1", self.port.getHost().port))
+
+    def _queue(self, count, size=10):
+        for i in range(count):
+            self.sender.send(b"%0*d" % (size, i))
+        # Loopback delivery is synchronous, but be sure they are queued.
+        waiting = select.epoll()
+        waiting.register(self.port.fileno(), select.EPOLLIN)
+        self.assertTrue(waiting.poll(5))
+        waiting.close()
+
+    def test_allQueuedInOneEvent(self):
+        """
+        Whether few (peeked) or many (drained to EAGAIN) are queued.
+        """
+        self.assertIsInstance(self.port, DatagramPort)
+        for count in [1, 3, DatagramPort.PEEKS + 1, 20]:
+            del self.received[:]
+            self._queue(count)
+            self.port.doRead()
+            self.assertEqual(self.received, [b"%010d" % i for i in range(count)])
+            self.port.doRead()  # nothing left: EAGAIN is handled quietly
+            self.assertEqual(len(self.received), count)
+
+    def test_maxThroughput(self):
+        self.port.maxThroughput = 250
+        self._queue(5, size=100)
+        self.port.doRead()
+        self.assertEqual(len(self.received), 3)  # stops once 250 bytes are read
+        self.port.doRead()
+        self.assertEqual(len(self.received), 5)
+
+
+def _reactorClassAfter(code):
+    """
+    Run C{code} in a fresh interpreter, then report the installed
+    reactor's class.
+    """
+    script = code + "\nfrom twisted.internet import reactor\nprint(type(reactor).__name__)"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+class InstallDefaultTests(TestCase):
+    """
+    L{installDefault} and primed's options (which C{twistd primed} and
+    C{twist primed} parse before anything imports the reactor).
+    """
+
+    def test_installsWhenNoneChosen(self):
+        """
+        With no reactor installed yet, L{installDefault} installs
+        L{PrimedReactor}.
+        """
+        self.assertEqual(
+            _reactorClassAfter("from primed.reactor import installDefault; installDefault()"),
+            "PrimedReactor",
+        )
+
+    def test_keepsAChosenReactor(self):
+        """
+        A reactor installed before (C{twistd --reactor=...}) is kept.
+        """
+        self.assertEqual(
+            _reactorClassAfter(
+                "from twisted.internet import pollreactor; pollreactor.install()\n"
+                "from primed.reactor import installDefault; installDefault()"
+            ),
+            "PollReactor",
+        )
+
+    def test_optionsInstallIt(self):
+        """
+        Parsing primed's options (what C{twistd primed} does first) installs
+        it.
+        """
+        self.assertEqual(
+            _reactorClassAfter("from primed import tap; tap.Options().parseOptions([])"),
+            "PrimedReactor",
+        )
+
+
+class DaemonReactorTests(TestCase):
+    """
+    The installed daemon runs on L{PrimedReactor} unless told otherwise,
+    and serves the same either way.
+    """
+
+    def _serves(self, daemon):
+        self.assertEqual(ask(daemon.tcpPort, b"17\n18\n"), b"T\nF\n")
+        self.assertEqual(askUDP(daemon.udpPort, b"29"), b"T\n")
+        # Half-close: the unterminated last line is answered, then EOF.
+        with socket.create_connection(("127.0.0.1", daemon.tcpPort), timeout=10) as sock:
+            sock.sendall(b"4\n13")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(readAll(sock), b"F\nT\n")
+
+    def test_twistdDefault(self):
+        with Daemon() as d:
+            d.waitForLog("reactor class: primed.reactor.PrimedReactor")
+            self._serves(d)
+
+    def test_twistdChosenReactor(self):
+        with Daemon(runnerArgs=["--reactor=epoll"]) as d:
+            d.waitForLog("reactor class: twisted.internet.epollreactor.EPollReactor")
+            self._serves(d)
+
+    def test_twistdReactorPlugin(self):
+        with Daemon(runnerArgs=["--reactor=primed"]) as d:
+            d.waitForLog("reactor class: primed.reactor.PrimedReactor")
+            self._serves(d)
+        out = subprocess.run(twistdCommand() + ["--help-reactors"], capture_output=True,
+                             text=True, timeout=60).stdout
+        self.assertIn("primed", out)
