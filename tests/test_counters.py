@@ -76,6 +76,19 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"T\nT\nF\nF\nF\nE\nE\nT\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [3, 3, 2])
 
+    def test_oneRequestPerRead(self):
+        """
+        A read holding one whole request takes the protocol's one-line path
+        (the common shape: telnet, nc, one request per round trip); it counts
+        like any other.
+        """
+        protocol, transport = connect(self.factory)
+        for request in [b"2\n", b"4\n", b"-7\n", b"x\n", b"17\n", b"9" * 500 + b"\n"]:
+            protocol.dataReceived(request)
+        self.assertEqual(transport.value(), b"T\nF\nF\nE\nT\nE\n")
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid", "linesTooLong"),
+                         [2, 2, 2, 1])
+
     def test_poolVerdictsCountedWhenAnswered(self):
         """
         A big number counts when its verdict is known, not when it is read;
