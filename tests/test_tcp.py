@@ -94,6 +94,19 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"99\n13\n")
         self.assertEqual(self.transport.value(), b"E\nT\n")
 
+    def test_discardingEndsAtTheNewline(self):
+        """
+        Skipping an over-long line ends at its newline, even when that newline
+        and each later request arrive in reads of their own.
+        """
+        limit = wire.maxLineLength(wire.DEFAULT_MAX_DIGITS)
+        self.protocol.dataReceived(b"9" * (limit + 1))
+        self.assertEqual(self.transport.value(), b"E\n")
+        self.protocol.dataReceived(b"99\n")  # the end of the long line
+        for request in [b"13\n", b"17\n", b"4\n"]:
+            self.protocol.dataReceived(request)
+        self.assertEqual(self.transport.value(), b"E\nT\nT\nF\n")
+
     def test_overLongLinesRespectInflightBound(self):
         """
         E answers for over-long lines queue behind pool work like any reply:
@@ -293,11 +306,21 @@ class IdleTimeoutTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_pendingReplyKeepsItOpen(self):
+        """
+        A client waiting for a reply is not idle; once it has it, idle time
+        counts from that reply, not from the last request nor from the timer's
+        own re-arms.
+        """
         self.protocol.dataReceived(b"%d\n" % BIG_PRIME)
-        self.clock.advance(1000)
+        # In steps, so the spent timer re-arms at 300, 600 and 900 (one big
+        # advance would re-arm it at 1300, just when the reply's would end).
+        self.clock.pump([100] * 10)
         self.assertFalse(self.transport.disconnecting)
         self.harness.pool.run()
-        self.clock.advance(300)
+        self.assertEqual(self.transport.value(), b"T\n")
+        self.clock.advance(299)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
     def test_closingClientThatDoesNotRead(self):
