@@ -7,6 +7,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect
+from primed.checker import CheckAbandoned
 from primed.service import PrimedService, UDPAddress
 
 BIG_PRIME = 2**607 - 1
@@ -62,12 +63,63 @@ class StopTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(None)
         self.successResultOf(stopped)
+        # The drain deadline's timer is cancelled, not left to fire later.
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_drainTimeoutCutsOff(self):
         protocol, transport = connect(self.service.factory)
         protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        waiting = self.service.checker.submit(BIG_PRIME + 2)
         stopped = self.service.stopService()
         self.reactor.advance(10)
         self.successResultOf(stopped)
         self.assertTrue(transport.disconnected)
         self.assertEqual(transport.value(), b"")
+        # Checks that never got a thread do not run once the deadline passed:
+        # they fail at once, so stopping the pool waits for none of them.
+        self.assertEqual(len(self.pool.work), 2)
+        self.pool.runAll()
+        self.failureResultOf(waiting, CheckAbandoned)
+        self.assertEqual(self.service.checker.queued, 0)
+
+    def udpProtocol(self):
+        [protocol] = self.service.datagramProtocols
+        return protocol, protocol.transport
+
+    def test_stopAnswersDatagramsInThePool(self):
+        """
+        A datagram whose check is in the pool when the stop begins is still
+        answered; one that arrives after is not; then the stop completes.
+        """
+        protocol, transport = self.udpProtocol()
+        addr = ("127.0.0.1", 40000)
+        protocol.datagramReceived(b"%d\n" % BIG_PRIME, addr)
+        stopped = self.service.stopService()
+        protocol.datagramReceived(b"7\n", addr)
+        self.assertNoResult(stopped)
+        self.pool.run()
+        self.assertEqual(transport.written, [(b"T\n", addr)])
+        self.successResultOf(stopped)
+        self.assertFalse(transport.listening)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_drainTimeoutCutsOffDatagrams(self):
+        """
+        A datagram still waiting for a thread at the deadline is counted as
+        cut off, and never answered.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        protocol, transport = self.udpProtocol()
+        protocol.datagramReceived(b"%d\n" % BIG_PRIME, ("127.0.0.1", 40000))
+        stopped = self.service.stopService()
+        self.reactor.advance(10)
+        self.successResultOf(stopped)
+        [cut] = [e for e in logged if "Drain timeout" in e.get("log_format", "")]
+        self.assertEqual((cut["connections"], cut["requests"]), (0, 1))
+        self.pool.runAll()
+        self.assertEqual(transport.written, [])
+        self.assertEqual(protocol.inflight, 0)
