@@ -64,8 +64,11 @@ class Daemon:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, excType, exc, tb) -> None:
+        # A failure already on its way out is the one worth reporting; a
+        # daemon that does not stop is reported only when nothing else went
+        # wrong (it is killed either way).
+        self.stop(check=excType is None)
 
     def start(self) -> None:
         argv = _runnerArgv(
@@ -86,7 +89,7 @@ class Daemon:
         try:
             self.waitForLog("Limits:", self.startTimeout)
         except BaseException:
-            self.stop()
+            self.stop(check=False)
             raise
 
     def _readLog(self) -> None:
@@ -145,18 +148,34 @@ class Daemon:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
-            raise AssertionError("twistd did not exit within %ss" % timeout)
+            self._readLog()
+            raise AssertionError(
+                f"twistd did not exit within {timeout}s (killed); it logged:\n"
+                + "\n".join(self.log[-20:])
+            )
         self._readLog()
         return self.process.returncode
 
-    def stop(self) -> None:
-        if self.process is None:
+    #: Seconds a daemon may take to exit after SIGTERM: its drain timeout
+    #: (10 s by default) and a margin for a loaded machine.
+    stopTimeout = 20.0
+
+    def stop(self, check: bool = True) -> None:
+        """
+        SIGTERM the daemon if it still runs, and wait for it to exit.
+
+        @raise AssertionError: if C{check} and it did not exit within
+            L{stopTimeout} (it is SIGKILLed then): a shutdown that hangs is a
+            bug, not something to clean up quietly.
+        """
+        if self.process is None or self.process.stdout.closed:
             return
         try:
             if self.process.poll() is None:
-                self.terminate()
+                self.terminate(self.stopTimeout)
         except AssertionError:
-            pass
+            if check:
+                raise
         finally:
             self.process.stdout.close()
 
@@ -210,6 +229,47 @@ def readAll(sock: socket.socket, timeout: float = 10.0) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _tcpQueues(localPort: int, remotePort: int) -> Optional[Tuple[int, int]]:
+    """
+    The kernel's C{(send queue, receive queue)} byte counts of the connected
+    TCP socket from C{localPort} to C{remotePort}, as C{/proc/net/tcp} shows
+    them, or L{None} if there is no such socket.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if (int(fields[1].rsplit(":", 1)[1], 16) == localPort
+                            and int(fields[2].rsplit(":", 1)[1], 16) == remotePort):
+                        tx, rx = fields[4].split(":")
+                        return int(tx, 16), int(rx, 16)
+        except FileNotFoundError:
+            pass
+    return None
+
+
+def waitUntilRead(sock: socket.socket, timeout: float = 30.0) -> None:
+    """
+    Wait until the process at the other end of C{sock} (a loopback
+    connection) has read every byte sent on it: nothing left unacknowledged
+    in our send queue, nothing left unread in its receive queue.  A daemon
+    that stopped reading fails the wait.
+    """
+    ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        sending, unread = _tcpQueues(ours, theirs), _tcpQueues(theirs, ours)
+        if sending is not None and unread is not None and sending[0] == unread[1] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not all read within {timeout}s: ours (tx, rx) {sending}, theirs {unread}"
+            )
+        time.sleep(0.01)
 
 
 def askUDP(port: int, payload: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
