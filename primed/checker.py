@@ -11,15 +11,42 @@ stop reading) until there is room, UDP requests are dropped.
 """
 
 from collections import deque
+from functools import partial
+from threading import Thread
 from typing import Callable, Deque
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from primed.primality import INLINE_MAX_BITS, is_prime, is_prime_releasing_gil
 
 #: Pool checks that may be running or waiting at once, over all clients.
 DEFAULT_MAX_QUEUED = 64
+
+
+class CheckPool(ThreadPool):
+    """
+    The thread pool big checks run in, which never holds a stopping process.
+
+    L{ThreadPool.stop} joins every worker, in the reactor thread, and the
+    interpreter joins every non-daemon thread before it exits: either would
+    keep a stop past its drain deadline waiting for checks nobody will read,
+    minutes at a large C{--max-digits}.  Workers here are daemon threads, and
+    L{stop} can leave them to finish their check on their own.
+    """
+
+    threadFactory = staticmethod(partial(Thread, daemon=True))
+
+    def stop(self, wait: bool = True) -> None:
+        """
+        Let every worker exit once its current check is done.
+
+        @param wait: whether to join the workers (block until they exit).
+        """
+        if not wait:
+            self.threads = []  # nothing for ThreadPool.stop to join
+        ThreadPool.stop(self)
 
 
 class CheckAbandoned(Exception):

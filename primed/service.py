@@ -13,27 +13,23 @@ from typing import List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from primed import wire
-from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
+from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INFLIGHT,
     PrimeLineFactory,
 )
-from primed.udp import PrimeDatagramProtocol
+from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 #: Seconds a stop waits for pending answers before cutting connections.
 DEFAULT_DRAIN_TIMEOUT = 10.0
-
-#: Largest UDP payload; anything longer is truncated by the kernel and then
-#: answered E, as any over-long request is.
-_MAX_DATAGRAM = 65507
 
 
 class UDPAddress:
@@ -60,9 +56,14 @@ class UDPAddress:
                 raise ValueError(f"expected systemd:name=NAME, not {text!r}")
             return cls(systemdName=name)
         host, _, port = text.rpartition(":")
-        host = host.strip("[]")
         if not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected [HOST:]PORT with a port from 0 to 65535, not {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            if not host or "[" in host or "]" in host:
+                raise ValueError(f"expected [IPV6]:PORT, not {text!r}")
+        elif "[" in host or "]" in host or ":" in host:
+            raise ValueError(f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}")
         return cls(host, int(port))
 
     def __repr__(self) -> str:
@@ -84,7 +85,10 @@ def _reusePortSocket(kind: int, host: str, port: int, backlog: int = 50) -> sock
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise CannotListenError(host, port, e)
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -151,7 +155,7 @@ class PrimedService(service.Service):
         self.reusePort = reusePort
         self.ownsPool = threadpool is None
         if threadpool is None:
-            threadpool = ThreadPool(threads, threads, name="primed-check")
+            threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
         self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
         self.factory = PrimeLineFactory(
@@ -171,6 +175,7 @@ class PrimedService(service.Service):
         self._served: List[Tuple[str, str]] = []
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
+        self._deadline = None
 
     # Starting.
 
@@ -186,7 +191,8 @@ class PrimedService(service.Service):
             for description, endpoint in self.tcpEndpoints:
                 port = self._listenTCP(description, endpoint)
                 self.tcpPorts.append(port)
-                served.append(("TCP", self._describe(port.getHost(), description)))
+                kind = "TLS" if _tlsContext(endpoint) is not None else "TCP"
+                served.append((kind, self._describe(port.getHost(), description)))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)
                 self.udpPorts.append(port)
@@ -195,6 +201,9 @@ class PrimedService(service.Service):
             for port in self.tcpPorts + self.udpPorts:
                 port.stopListening()
             self.tcpPorts, self.udpPorts = [], []
+            if isinstance(e, CannotListenError):  # its own text ends in "."
+                where = e.port if e.interface is None else f"{e.interface}:{e.port}"
+                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
             raise SystemExit(f"primed: cannot listen: {e}")
         self._served = served
 
@@ -223,19 +232,31 @@ class PrimedService(service.Service):
         self.listening.callback(list(self._served))
 
     def _listenTCP(self, description: str, endpoint):
+        factory = self.factory
+        tlsContext = _tlsContext(endpoint)
+        if tlsContext is not None:
+            # Twisted's ssl: endpoint would wrap the factory in a TLS layer
+            # that drops the answers owed to a client that half-closes.
+            from primed.tls import HalfCloseableTLSFactory
+
+            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
         if self.reusePort:
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
             try:
-                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+                return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
             finally:
                 sock.close()
+        if tlsContext is not None:
+            host, port, backlog = _tcpBinding(description, endpoint)
+            return self.reactor.listenTCP(port, factory, backlog, host)
         result = []
         endpoint.listen(self.factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
         if isinstance(result[0], Failure):
-            raise CannotListenError(None, description, result[0].value)
+            reason = result[0].value
+            raise CannotListenError(None, description, getattr(reason, "socketError", reason))
         return result[0]
 
     def _listenUDP(self, address: UDPAddress):
@@ -243,9 +264,8 @@ class PrimedService(service.Service):
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
         )
         self.datagramProtocols.append(protocol)
-        # Room for the longest line and its CRLF: anything the kernel has to
-        # truncate is longer than that, and is answered E.
-        maxPacketSize = min(_MAX_DATAGRAM, max(8192, wire.maxLineLength(self.maxDigits) + 2))
+        # A datagram the kernel cuts is never checked: see receiveBufferSize.
+        maxPacketSize = receiveBufferSize(self.maxDigits)
         if address.systemdName is not None:
             fd = _inheritedDescriptor(address.systemdName)
             probe = socket.socket(fileno=fd)
@@ -302,21 +322,33 @@ class PrimedService(service.Service):
             consumeErrors=True,
         )
         done = defer.Deferred()
-        timeout = self.reactor.callLater(self.drainTimeout, self._cutOff, done)
+        timeout = self.reactor.callLater(
+            self.drainTimeout, self._cutOff, done, f"Drain timeout of {self.drainTimeout}s reached"
+        )
         drained.addBoth(lambda _: done.called or done.callback(None))
         done.addCallback(self._closed, timeout)
         self._stopping = done
+        self._deadline = timeout
         return done
 
-    def _cutOff(self, done: defer.Deferred) -> None:
+    def endDrain(self) -> None:
+        """
+        End a stop's drain now, as its deadline would (a second stop
+        signal); nothing happens outside a drain.
+        """
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+            self._cutOff(self._stopping, "Drain ended by a second stop signal")
+
+    def _cutOff(self, done: defer.Deferred, why: str) -> None:
         connections = len(self.factory.protocols)
         requests = self.factory.abortAll() + sum(
             protocol.inflight for protocol in self.datagramProtocols
         )
         self._log.warn(
-            "Drain timeout of {timeout}s reached: cut {connections} connection(s), "
+            "{why}: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",
-            timeout=self.drainTimeout,
+            why=why,
             connections=connections,
             requests=requests,
         )
@@ -333,18 +365,30 @@ class PrimedService(service.Service):
         # run every one of them before joining.
         self.checker.abandon()
         if self.ownsPool:
-            # Joins the workers: at most one running check each, all bounded
-            # by --max-digits.
-            self.threadpool.stop()
+            # After a full drain the workers are idle and join at once; past
+            # the deadline a running check may take minutes, and nobody
+            # waits for its answer: leave it to its daemon thread.
+            self.threadpool.stop(wait=not self.checker.queued)
         self._log.info("Stopped")
 
 
 def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
     """
-    Host, port and backlog of a C{tcp:} or C{tcp6:} endpoint, to bind a
-    reusable socket of our own.  Twisted's endpoints keep these private.
+    Host, port and backlog of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint, to
+    bind a socket of our own.  Twisted's endpoints keep these private.
     """
     try:
         return endpoint._interface, endpoint._port, endpoint._backlog
     except AttributeError:
-        raise ValueError(f"--reuseport works with tcp: and tcp6: endpoints, not {description!r}")
+        raise ValueError(
+            f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
+        )
+
+
+def _tlsContext(endpoint):
+    """
+    The TLS context factory of an C{ssl:} endpoint, or L{None}.
+    """
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        return endpoint._sslContextFactory
+    return None

@@ -4,12 +4,14 @@ C{twist primed}, in the manner of L{twisted.names.tap}.
 """
 
 import os
+import re
+import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import sdnotify, wire
+from primed import sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -27,7 +29,7 @@ def _positiveInt(name):
         except ValueError:
             number = 0
         if number < 1:
-            raise ValueError(f"--{name} must be a whole number, at least 1, not {value!r}")
+            raise usage.UsageError(f"--{name} must be a whole number, at least 1, not {value!r}")
         return number
 
     coerce.coerceDoc = "A whole number, at least 1."
@@ -41,7 +43,9 @@ def _seconds(name):
         except ValueError:
             number = -1.0
         if not 0 <= number < float("inf"):
-            raise ValueError(f"--{name} must be a number of seconds, 0 or more, not {value!r}")
+            raise usage.UsageError(
+                f"--{name} must be a number of seconds, 0 or more, not {value!r}"
+            )
         return number
 
     coerce.coerceDoc = "Seconds, 0 or more."
@@ -66,7 +70,7 @@ class Options(usage.Options):
         ["reuseport", None,
          "Bind TCP (tcp:/tcp6: endpoints) and UDP with SO_REUSEPORT, so several "
          "primed processes can share the ports, one core each."],
-        ["verbose", "v", "Log every request and its verdict."],
+        ["verbose", "v", "Log every request and its verdict, once, when it is known."],
     ]
 
     optParameters = [
@@ -90,7 +94,8 @@ class Options(usage.Options):
          "reply owed before it is closed; 0 never closes.",
          _seconds("idle-timeout")],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
-         "Seconds a stop waits for pending replies before closing connections.",
+         "Seconds a stop may take: it waits that long for pending replies, "
+         "then closes connections and exits.",
          _seconds("drain-timeout")],
     ]
 
@@ -98,20 +103,41 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["listen"] = []
         self["udp"] = []
+        # Docstrings keep their indentation; --help should not.
+        self.docs = {name: " ".join(doc.split()) if doc else doc
+                     for name, doc in self.docs.items()}
+
+    def parseOptions(self, options=None):
+        """
+        As L{usage.Options.parseOptions}; but run by twistd or twist (as a
+        subcommand), a usage error prints its one-line message and a hint to
+        C{--help} on standard error, and exits with status 2, where they
+        would print the whole C{--help} first.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise  # called from code: the caller reports it
+            runner = _runnerName()
+            sys.stderr.write(f"{runner} primed: {e}\n"
+                             f"Run '{runner} primed --help' for the options.\n")
+            raise SystemExit(2)
 
     def opt_listen(self, description):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,
-        tcp6:…, unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
+        tcp6:PORT:interface=\\:\\:1 with an IPv6 address's colons escaped,
+        unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
         replaces the default [default: tcp:8809:interface=127.0.0.1:backlog=1024].
         """
         self["listen"].append(description)
 
     def opt_udp(self, address):
         """
-        Serve UDP on [HOST:]PORT, [IPV6]:PORT or an inherited socket
-        systemd:name=NAME; repeatable, replaces the default
-        [default: 127.0.0.1:8808].
+        Serve UDP on [HOST:]PORT, [IPV6]:PORT (an IPv6 address in brackets)
+        or an inherited socket systemd:name=NAME; repeatable, replaces the
+        default [default: 127.0.0.1:8808].
         """
         try:
             self["udp"].append(UDPAddress.fromString(address))
@@ -131,11 +157,28 @@ class Options(usage.Options):
             _serverEndpoint(reactor, description)  # refuse bad ones now
 
 
+def _runnerName() -> str:
+    """
+    C{twistd} or C{twist}, whichever is running primed, for messages.
+    """
+    name = os.path.basename(sys.argv[0] if sys.argv else "")
+    return "twist" if name in ("twist", "__main__.py") else "twistd"
+
+
+#: An IPv6 interface whose colons Twisted's endpoint syntax splits on: a
+#: colon after C{interface=} not followed by the next C{name=} field.
+_UNESCAPED_IPV6 = re.compile(r"interface=[0-9A-Fa-f.]*:(?![A-Za-z_]+=)")
+
+
 def _serverEndpoint(reactor, description: str):
     try:
         return endpoints.serverFromString(reactor, description)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
-        raise usage.UsageError(f"--listen {description!r}: {e}")
+        message = f"--listen {description!r}: {e}"
+        if _UNESCAPED_IPV6.search(description):
+            message = (f"--listen {description!r}: escape the colons of an IPv6 "
+                       f"interface with backslashes, as in tcp6:8809:interface=\\:\\:1")
+        raise usage.UsageError(message)
 
 
 def makeService(config, reactor=None):
@@ -170,4 +213,6 @@ def makeService(config, reactor=None):
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)
+    # SIGHUP stops gracefully too; a second stop signal ends the drain.
+    signals.handleStopSignals(primed, reactor)
     return top

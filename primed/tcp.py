@@ -220,15 +220,15 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
                     self._checked, self._checkFailed, (slot, line), None, (slot, line)
                 )
                 continue
-            if verbose:
-                self._logVerdict(line, reply)
             if pending:
                 if len(pending) >= self.maxInflight:
                     self._hold(lines, index, PAUSED_BY_INFLIGHT)
-                    break
+                    break  # logged when processed again
                 pending.append([reply])
             else:
                 out.append(reply)
+            if verbose:
+                self._logVerdict(line, reply)
         if out:
             self._write(b"".join(out))
         self._processing -= 1

@@ -21,6 +21,22 @@ from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
 #: Seconds between two log lines about dropped datagrams.
 DROP_LOG_INTERVAL = 10.0
 
+#: The largest UDP payload, over IPv6 (65 535 - 8); IPv4's is 65 507.
+MAX_DATAGRAM = 65527
+
+
+def receiveBufferSize(maxDigits: int) -> int:
+    """
+    How many bytes to read per datagram.  The kernel silently cuts a
+    datagram longer than the read, and what is left may parse as another
+    number, so either every request that could be checked fits with room to
+    spare (a cut datagram then fills the read, is longer than any request,
+    and is answered E), or the read is larger than any datagram at all.
+    Neither costs anything per datagram, and both hold for adopted sockets.
+    """
+    room = wire.maxLineLength(maxDigits) + 2  # a longest line and its CRLF
+    return max(8192, min(room, MAX_DATAGRAM + 1))
+
 
 class PrimeDatagramProtocol(DatagramProtocol):
     """

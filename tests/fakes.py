@@ -6,11 +6,16 @@ datagram transport that records what was sent.
 
 from typing import List, Tuple
 
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from primed.checker import PrimeChecker
+from primed.client import PrimedClientProtocol
 from primed.tcp import PrimeLineFactory
 from primed.udp import PrimeDatagramProtocol
 
@@ -137,3 +142,86 @@ __all__ = [
     "makeDatagramProtocol",
     "connect",
 ]
+
+
+# The client's doubles.
+
+
+class AbortingTransport(StringTransport):
+    """
+    A L{StringTransport} whose C{abortConnection} behaves like a real TCP
+    transport's: it marks the transport disconnected but leaves
+    C{disconnecting} False, so L{LineReceiver} would go on delivering the
+    lines already received.
+    """
+
+    def abortConnection(self):
+        self.disconnected = True
+        self.aborted = True
+
+
+def connected(timeout=None, clock=None, transport=None):
+    protocol = PrimedClientProtocol(timeout, clock)
+    if transport is None:
+        transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol, transport):
+    """
+    Complete a disconnection the way a real transport would.
+    """
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class FakeDatagramPort:
+    """
+    What C{listenUDP} returns and its protocol writes to: records the
+    datagrams, the connected address and whether it was stopped; refuses,
+    as the kernel does, a datagram longer than 65 507 bytes (IPv4's limit).
+    """
+
+    MAX_DATAGRAM = 65507
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.written = []
+        self.connectedTo = None
+        self.stopped = False
+
+    def connect(self, host, port):
+        self.connectedTo = (host, port)
+
+    def write(self, datagram, address=None):
+        if len(datagram) > self.MAX_DATAGRAM:
+            from twisted.internet.error import MessageLengthError
+
+            raise MessageLengthError("message too long")
+        self.written.append(datagram)
+
+    def stopListening(self):
+        self.stopped = True
+        self.protocol.doStop()
+
+    def reply(self, datagram):
+        self.protocol.datagramReceived(datagram, self.connectedTo)
+
+
+class FakeUDPReactor(task.Clock):
+    def __init__(self):
+        super().__init__()
+        self.ports = []
+        self.resolved = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        assert port == 0
+        fake = FakeDatagramPort(protocol)
+        fake.interface = interface
+        self.ports.append(fake)
+        protocol.makeConnection(fake)
+        return fake
+
+    def resolve(self, name):
+        self.resolved.append(name)
+        return defer.succeed("127.0.0.2")

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 SEED_VALUES = ["4j", 4, 5, -5, 17, 29, 2**50, 2**50 - 1]
 SEED_REPLIES = [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n", b"F\n", b"F\n"]
 
-_LISTENING = re.compile(r"Listening for (TCP|UDP) on (\S+):(\d+)")
+_LISTENING = re.compile(r"Listening for (TCP|TLS|UDP) on (\S+):(\d+)")
 
 
 def twistdCommand() -> List[str]:
@@ -43,6 +43,8 @@ class Daemon:
     the process (SIGTERM, then SIGKILL after a bound).
 
     @ivar tcpPort: the TCP port it listens on (first one), or L{None}.
+    @ivar tlsPort: the TLS (C{ssl:}) port it listens on (first one), or
+        L{None}.
     @ivar udpPort: the UDP port it listens on (first one), or L{None}.
     @ivar log: every line it logged so far (read by L{waitForLog}).
     """
@@ -55,6 +57,7 @@ class Daemon:
         self.startTimeout = startTimeout
         self.runner = runner
         self.tcpPort: Optional[int] = None
+        self.tlsPort: Optional[int] = None
         self.udpPort: Optional[int] = None
         self.udpPorts: List[int] = []
         self.log: List[str] = []
@@ -105,6 +108,8 @@ class Daemon:
                     kind, _, port = match.groups()
                     if kind == "TCP" and self.tcpPort is None:
                         self.tcpPort = int(port)
+                    elif kind == "TLS" and self.tlsPort is None:
+                        self.tlsPort = int(port)
                     elif kind == "UDP":
                         self.udpPorts.append(int(port))
                         self.udpPort = self.udpPorts[0]
@@ -273,8 +278,109 @@ def waitUntilRead(sock: socket.socket, timeout: float = 30.0) -> None:
 
 
 def askUDP(port: int, payload: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.sendto(payload, (host, port))
         data, _ = sock.recvfrom(65536)
         return data
+
+
+def makeCertificates(directory: str) -> dict:
+    """
+    With C{openssl}, as the README shows: a CA (C{ca.pem}), a server key
+    and certificate it signs for C{localhost}, 127.0.0.1 and ::1
+    (C{key.pem}, C{cert.pem}), and a second CA that signed nothing primed
+    serves (C{other-ca.pem}).
+
+    @return: the paths, by those names without C{.pem}.
+    """
+
+    def openssl(*args: str) -> None:
+        subprocess.run(
+            ["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60
+        )
+
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-days", "2",
+                "-subj", f"/CN=primed test {name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.pem")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=localhost",
+            "-keyout", "key.pem", "-out", "server.csr")
+    with open(os.path.join(directory, "san.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem")
+    return {name: os.path.join(directory, name + ".pem")
+            for name in ("ca", "other-ca", "key", "cert")}
+
+
+def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",
+           timeout: float = 30.0, host: str = "127.0.0.1") -> Tuple[bytes, str]:
+    """
+    Send C{payload} over TLS (verifying the server against C{caFile}), stop
+    sending, and read until the server closes.  C{stop} is how: with a
+    C{close_notify} alert and the TCP connection left open
+    (C{"close_notify"}), or with a bare TCP FIN (C{"fin"}).  Python's
+    C{ssl} module, over memory BIOs so each step is explicit.
+
+    @return: what came back, and how it ended: C{"close_notify"} (the
+        server's alert) or C{"eof"} (the TCP connection closed without it).
+    """
+    import ssl
+
+    context = ssl.create_default_context(cafile=caFile)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+
+        def flush() -> None:
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+
+        def receive() -> bool:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                incoming.write_eof()
+                return False
+            incoming.write(data)
+            return True
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                if not receive():
+                    raise AssertionError("connection closed during the TLS handshake")
+        tls.write(payload)
+        flush()
+        if stop == "close_notify":
+            try:
+                tls.unwrap()  # sends close_notify; the server's comes later
+            except ssl.SSLWantReadError:
+                pass
+            flush()
+        else:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not receive():
+                    return b"".join(chunks), "eof"
+                continue
+            except ssl.SSLZeroReturnError:
+                return b"".join(chunks), "close_notify"
+            except ssl.SSLEOFError:
+                return b"".join(chunks), "eof"
+            if not chunk:
+                return b"".join(chunks), "close_notify"
+            chunks.append(chunk)

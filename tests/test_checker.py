@@ -96,3 +96,45 @@ class PrimeCheckerTests(unittest.TestCase):
         self.assertIs(self.successResultOf(first), True)
         self.failureResultOf(second, CheckAbandoned)
         self.assertEqual(self.checker.queued, 0)
+
+
+class CheckPoolTests(unittest.TestCase):
+    """
+    L{CheckPool} with real threads: a worker busy with a check that never
+    ends (here, until the test lets it) must not hold a stop.
+    """
+
+    def test_stopWithoutWaitingLeavesABusyWorker(self):
+        import threading
+
+        from primed.checker import CheckPool
+
+        pool = CheckPool(1, 1, name="test-check")
+        pool.start()
+        running, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def check():
+            running.set()
+            release.wait(60)
+
+        pool.callInThread(check)
+        self.assertTrue(running.wait(10))
+        self.assertTrue(all(thread.daemon for thread in pool.threads))
+        worker = pool.threads[0]
+        pool.stop(wait=False)  # returns with the worker still busy
+        self.assertTrue(worker.is_alive())
+        self.assertFalse(pool.started)
+        release.set()
+        worker.join(10)  # it exits once its check is done
+        self.assertFalse(worker.is_alive())
+
+    def test_stopWaitsByDefault(self):
+        from primed.checker import CheckPool
+
+        pool = CheckPool(2, 2)
+        pool.start()
+        pool.callInThread(lambda: None)
+        threads = list(pool.threads)
+        pool.stop()
+        self.assertFalse(any(thread.is_alive() for thread in threads))

@@ -32,7 +32,7 @@ def clientCommand():
     script = os.path.join(os.path.dirname(sys.executable), "primed-client")
     if os.path.exists(script):
         return [script]
-    return [sys.executable, "-m", "primed.client"]
+    return [sys.executable, "-m", "primed.clientcmd"]
 
 
 def primedClient(*args, input=b"", stdin=None, timeout=60):
@@ -109,8 +109,21 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         self.assertAnswered(result, b"".join(SEED_REPLIES).decode())
 
     def test_rawUDP(self):
-        result = primedClient("--udp", "-p", self.daemon.udpPort, "-r", "17", "18")
-        self.assertAnswered(result, "T\nF\n")
+        result = primedClient("--udp", "-p", self.daemon.udpPort, "-r", "17", "18", "4j")
+        self.assertAnswered(result, "T\nF\nE\n")
+
+    def test_rawAndPlainEveryVerdict(self):
+        """
+        Both output forms, over TCP and UDP, from the arguments and from
+        standard input: each of T, F and E printed for its own verdict.
+        """
+        for transport in (["--port", self.daemon.tcpPort], ["--udp", "--port", self.daemon.udpPort]):
+            for raw, expected in ((["--raw"], "T\nF\nE\nF\n"),
+                                  ([], "17\tprime\n18\tnot prime\n4j\tinvalid\n-5\tnot prime\n")):
+                self.assertAnswered(primedClient(*transport, *raw, "17", "18", "4j", "-5"),
+                                    expected)
+                self.assertAnswered(primedClient(*transport, *raw, input=b"17\n18\n4j\n-5\n"),
+                                    expected)
 
     def test_endpoint(self):
         result = primedClient(
@@ -154,6 +167,20 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         )
         self.assertEqual((result.returncode, result.stderr), (0, b""))
         self.assertEqual(result.stdout, expectedLines(texts))
+
+    def test_udpTooLongForADatagram(self):
+        """
+        Over UDP an input too long for a datagram (70 000 digits, from the
+        arguments or standard input) is answered invalid and echoed as its
+        first 40 bytes and an ellipsis, as the README says.
+        """
+        big = "9" * 70000
+        expected = "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n"
+        result = primedClient("--udp", "--port", self.daemon.udpPort, "17", big, "18")
+        self.assertAnswered(result, expected)
+        result = primedClient("--udp", "--port", self.daemon.udpPort,
+                              input=f"17\n{big}\n18\n".encode())
+        self.assertAnswered(result, expected)
 
     def test_stdinRegularFileAndDevNull(self):
         """

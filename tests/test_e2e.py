@@ -4,6 +4,7 @@ probe it — the seed chapter's client, netcat, telnet, hundreds of clients.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -200,21 +201,46 @@ class LifecycleTests(unittest.TestCase):
 
     def test_usageErrors(self):
         """
-        Bad values name the option, exit non-zero, and print no traceback.
+        Bad values print a one-line message naming the option and a hint to
+        --help (not the whole --help), on standard error, and exit with
+        status 2, with twistd and twist alike.
         """
-        for args, option in [
-            (["--threads", "0"], "threads"),
-            (["--max-digits", "-1"], "max-digits"),
-            (["--listen", "bogus:nope"], "listen"),
-            (["--udp", "host:port"], "udp"),
+        twist = [sys.executable, "-m", "twisted", "primed"]
+        for command, args, option in [
+            (twistdCommand() + ["-n", "primed"], ["--threads", "0"], "--threads"),
+            (twistdCommand() + ["-n", "primed"], ["--max-digits", "-1"], "--max-digits"),
+            (twistdCommand() + ["-n", "primed"], ["--listen", "bogus:nope"], "--listen"),
+            (twistdCommand() + ["-n", "primed"], ["--udp", "host:port"], "--udp"),
+            (twistdCommand() + ["-n", "primed"], ["--udp", "[::1]"], "--udp"),
+            (twistdCommand() + ["-n", "primed"], ["--udp", "[::1:8808"], "--udp"),
+            (twistdCommand() + ["-n", "primed"], ["--idle-timeout", "nan"], "--idle-timeout"),
+            (twistdCommand() + ["-n", "primed"], ["--listen", "tcp6:0:interface=::1"],
+             "interface=\\:\\:1"),
+            (twistdCommand() + ["-n", "primed"], ["--bogus"], "--bogus"),
+            (twist, ["--threads", "0"], "--threads"),
         ]:
-            result = subprocess.run(
-                twistdCommand() + ["-n", "primed"] + args, capture_output=True, timeout=60
-            )
-            output = result.stdout + result.stderr
-            self.assertNotEqual(result.returncode, 0, args)
-            self.assertIn(option.encode(), output, args)
-            self.assertNotIn(b"Traceback", output, args)
+            result = subprocess.run(command + args, capture_output=True, timeout=60)
+            self.assertEqual(result.returncode, 2, (args, result))
+            self.assertEqual(result.stdout, b"", args)
+            runner = b"twist" if command is twist else b"twistd"
+            message, hint = result.stderr.decode().splitlines()
+            self.assertTrue(message.startswith(runner.decode() + " primed: "), message)
+            self.assertIn(option, message)
+            self.assertEqual(hint, f"Run '{runner.decode()} primed --help' for the options.")
+
+    def test_helpIsSingleSpaced(self):
+        result = subprocess.run(twistdCommand() + ["-n", "primed", "--help"],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0)
+        text = " ".join(result.stdout.decode().split())
+        self.assertIn("(tcp:PORT:interface=HOST, tcp6:PORT:interface=\\:\\:1 with", text)
+        self.assertIn("an inherited socket systemd:name=NAME; repeatable, replaces the default "
+                      "[default: 127.0.0.1:8808]", text)
+        for line in result.stdout.decode().splitlines():
+            # Runs of spaces only before an option and between it and its help.
+            line = line.strip()
+            allowed = 1 if line.startswith("-") else 0
+            self.assertLessEqual(len(re.findall(r"\S {2,}\S", line)), allowed, line)
 
     def test_severalUDPPorts(self):
         with Daemon("--udp", "127.0.0.1:0", "--udp", "127.0.0.1:0",
@@ -223,14 +249,47 @@ class LifecycleTests(unittest.TestCase):
             self.assertEqual([askUDP(port, b"17") for port in d.udpPorts], [b"T\n", b"T\n"])
 
     def test_portInUse(self):
-        with socket.socket() as taken:
+        """
+        A port in use stops the daemon with one line naming the address
+        (TCP, UDP, with --reuseport too), ending in a single period at most.
+        """
+        with socket.socket() as taken, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             taken.bind(("127.0.0.1", 0))
             taken.listen(1)
             port = taken.getsockname()[1]
-            result = subprocess.run(
-                twistdCommand() + ["-n", "--pidfile=", "primed", "--no-udp",
-                                   "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                capture_output=True, timeout=60,
-            )
-        self.assertNotEqual(result.returncode, 0)
-        self.assertIn(b"cannot listen", result.stdout + result.stderr)
+            udp.bind(("127.0.0.1", 0))
+            udpPort = udp.getsockname()[1]
+            for args, expected in [
+                (["--no-udp", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                 f"tcp:{port}:interface=127.0.0.1"),
+                (["--listen", "tcp:0:interface=127.0.0.1", "--udp", f"127.0.0.1:{udpPort}"],
+                 f"127.0.0.1:{udpPort}"),
+                (["--reuseport", "--no-udp", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                 f"127.0.0.1:{port}"),
+            ]:
+                result = subprocess.run(twistdCommand() + ["-n", "--pidfile=", "primed"] + args,
+                                        capture_output=True, timeout=60)
+                self.assertNotEqual(result.returncode, 0)
+                output = (result.stdout + result.stderr).decode()
+                self.assertIn(f"primed: cannot listen on {expected}: "
+                              "[Errno 98] Address already in use\n", output)
+                self.assertNotIn("..", output)
+
+
+class VerboseTests(unittest.TestCase):
+    def test_oneLinePerRequest(self):
+        """
+        C{-v} with requests held back by C{--max-inflight}: one log line per
+        request, with its verdict.
+        """
+        big = b"%d" % (2**4253 - 1)
+        requests = [big, b"5", big, b"6", big, b"7"]
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp", "--threads", "4",
+                    "--max-queued", "1", "--max-inflight", "1", "-v") as d:
+            self.assertEqual(ask(d.tcpPort, b"".join(r + b"\n" for r in requests), 60),
+                             b"T\nT\nT\nF\nT\nT\n")
+            d.waitForLog("asked b'7': T")
+            d.terminate()
+        logged = [line for line in d.log if " asked b'" in line]
+        self.assertEqual([line.rsplit(": ", 1)[1] for line in logged], list("TTTFTT"), logged)
+        self.assertEqual(sum("asked b'5'" in line for line in logged), 1, logged)

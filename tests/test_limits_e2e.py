@@ -355,3 +355,57 @@ class UDPDropTests(unittest.TestCase):
         # At most one line per started 10 s (the rate limit), whatever the
         # machine's speed.
         self.assertLessEqual(len(drops), 1 + int(elapsed // 10), drops)
+
+
+def askUDPFamily(family, host, port, payload, timeout=10.0):
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, (host, port))
+        return sock.recvfrom(16)[0]
+
+
+class UDPLargestDatagramTests(unittest.TestCase):
+    """
+    With C{--max-digits 70000} a request may be as long as any datagram:
+    the daemon must read the largest one whole (IPv6 carries up to 65 527
+    bytes, IPv4 up to 65 507), never check what the kernel left of a cut
+    one.
+    """
+
+    #: 17 * 10**13 (composite) behind leading zeros; truncated to 65 507
+    #: bytes, what is left reads 17, a prime.
+    IPV6_LARGEST = b"0" * 65505 + b"17" + b"0" * 13  # 65 520 bytes
+
+    def test_largestDatagrams(self):
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1",
+                    "--udp", "[::1]:0", "--udp", "127.0.0.1:0",
+                    "--max-digits", "70000") as d:
+            six, four = d.udpPorts
+            ask6 = lambda payload: askUDPFamily(socket.AF_INET6, "::1", six, payload)
+            ask4 = lambda payload: askUDPFamily(socket.AF_INET, "127.0.0.1", four, payload)
+            self.assertEqual(len(self.IPV6_LARGEST), 65520)
+            self.assertEqual(ask6(self.IPV6_LARGEST), b"F\n")
+            # The largest of all: 65 527 bytes, 17 * 10**20.
+            self.assertEqual(ask6(b"0" * 65504 + b"17" + b"0" * 20 + b"\n"), b"F\n")
+            self.assertEqual(ask6(b"0" * 65525 + b"17"), b"T\n")
+            # IPv4's largest, 65 507 bytes.
+            self.assertEqual(ask4(b"0" * 65492 + b"17" + b"0" * 13), b"F\n")
+            self.assertEqual(ask4(b"0" * 65505 + b"17"), b"T\n")
+
+    def test_truncatedIsInvalid(self):
+        """
+        With a limit below the largest datagram, the daemon reads a little
+        more than the longest request: a longer datagram, cut or not, is
+        answered C{E}, over IPv4 and IPv6.
+        """
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1",
+                    "--udp", "[::1]:0", "--udp", "127.0.0.1:0",
+                    "--max-digits", "65000") as d:
+            six, four = d.udpPorts
+            for family, host, port, size in [
+                (socket.AF_INET6, "::1", six, 65527),
+                (socket.AF_INET, "127.0.0.1", four, 65507),
+            ]:
+                payload = b"0" * (size - 15) + b"17" + b"0" * 13
+                self.assertEqual(askUDPFamily(family, host, port, payload), b"E\n")
+                self.assertEqual(askUDPFamily(family, host, port, b"0" * 65000 + b"17"), b"T\n")

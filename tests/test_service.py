@@ -25,7 +25,8 @@ class UDPAddressTests(unittest.TestCase):
             self.assertEqual((address.host, address.port, address.systemdName), expected)
 
     def test_refused(self):
-        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name="]:
+        for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name=",
+                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808"]:
             self.assertRaises(ValueError, UDPAddress.fromString, text)
 
 
@@ -118,8 +119,39 @@ class StopTests(unittest.TestCase):
         stopped = self.service.stopService()
         self.reactor.advance(10)
         self.successResultOf(stopped)
-        [cut] = [e for e in logged if "Drain timeout" in e.get("log_format", "")]
-        self.assertEqual((cut["connections"], cut["requests"]), (0, 1))
+        from twisted.logger import formatEvent
+
+        self.assertIn(
+            "Drain timeout of 10s reached: cut 0 connection(s), "
+            "1 received request(s) left unanswered",
+            [formatEvent(e) for e in logged],
+        )
         self.pool.runAll()
         self.assertEqual(transport.written, [])
         self.assertEqual(protocol.inflight, 0)
+
+    def test_endDrainCutsOffAtOnce(self):
+        """
+        A second stop signal ends the drain as the deadline would: the
+        connection owed a reply is cut and the count is logged.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        self.service.endDrain()  # not stopping yet: nothing happens
+        self.assertFalse(transport.disconnected)
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.service.endDrain()
+        self.successResultOf(stopped)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
+        self.service.endDrain()  # stopped: nothing happens
+        self.reactor.advance(10)  # and the deadline no longer comes
+        (cut,) = [e for e in events if "left unanswered" in e.get("log_format", "")]
+        self.assertEqual((cut["why"], cut["connections"], cut["requests"]),
+                         ("Drain ended by a second stop signal", 1, 2))

@@ -57,9 +57,37 @@ class OptionsTests(unittest.TestCase):
             (["--udp", "host:port"], "udp"),
             (["--udp", "70000"], "udp"),
             (["--udp", "systemd:fd=3"], "udp"),
+            (["--udp", "[::1]"], "udp"),
+            (["--udp", "[::1:8808"], "udp"),
+            (["--udp", "::1]:8808"], "udp"),
+            (["--udp", "::1:8808"], "udp"),
+            (["--udp", "[]:8808"], "udp"),
+            (["--idle-timeout", "nan"], "idle-timeout"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(option, str(error), args)
+            self.assertNotIn("enforcement", str(error), args)
+            self.assertEqual(len(str(error).splitlines()), 1, args)
+
+    def test_unescapedIPv6Interface(self):
+        """
+        Twisted's endpoint syntax splits on colons: an IPv6 interface must
+        escape them, and the message says how.
+        """
+        for description in ["tcp6:8809:interface=::1", "tcp6:8809:interface=fe80::1:backlog=5"]:
+            error = self.assertRaises(usage.UsageError, parse, "--listen", description)
+            self.assertIn("interface=\\:\\:1", str(error))
+        error = self.assertRaises(usage.UsageError, parse, "--listen",
+                                  "tcp:notaport:interface=127.0.0.1:backlog=5")
+        self.assertNotIn("IPv6", str(error))
+
+    def test_helpHasNoRunsOfSpaces(self):
+        """
+        Help texts are single-spaced, however their docstrings are indented.
+        """
+        options = tap.Options()
+        for name, doc in options.docs.items():
+            self.assertNotIn("  ", doc or "", name)
 
 
 class MakeServiceTests(unittest.TestCase):

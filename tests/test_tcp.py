@@ -622,3 +622,59 @@ class FuzzTests(unittest.TestCase):
             harness.pool.runAll()
         expected = b"".join(wire.replyFor(line, is_prime) for line in lines)
         self.assertEqual(transport.value(), expected)
+
+
+class VerboseLogTests(unittest.TestCase):
+    """
+    C{--verbose} logs each request once, when its verdict is known, however
+    long it was held back.
+    """
+
+    def verdicts(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def logged(self, events):
+        return [(e["request"], e["verdict"]) for e in events if "verdict" in e]
+
+    def test_heldBackByInflightLoggedOnce(self):
+        events = self.verdicts()
+        harness = Harness(verbose=True, maxInflight=1)
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"%d\n5\n%d\n6\n%d\n7\n" % (BIG_PRIME, BIG_COMPOSITE, BIG_PRIME))
+        big, composite = (b"%d" % BIG_PRIME)[:80], (b"%d" % BIG_COMPOSITE)[:80]
+        self.assertEqual(self.logged(events), [])  # the first verdict is not known yet
+        harness.pool.run()
+        self.assertEqual(self.logged(events), [(big, "T"), (b"5", "T")])
+        harness.pool.runAll()
+        harness.pool.runAll()
+        self.assertEqual(transport.value(), b"T\nT\nF\nF\nT\nT\n")
+        self.assertEqual(self.logged(events), [
+            (big, "T"), (b"5", "T"), (composite, "F"), (b"6", "F"), (big, "T"), (b"7", "T"),
+        ])
+
+    @settings(max_examples=200, deadline=None)
+    @given(_streams(), st.integers(1, 4))
+    def test_eachLineLoggedOnce(self, streamAndPieces, maxInflight):
+        lines, pieces = streamAndPieces
+        events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        try:
+            harness = Harness(verbose=True, maxInflight=maxInflight, maxQueued=2)
+            protocol, transport = harness.connect()
+            for piece in pieces:
+                protocol.dataReceived(piece)
+                harness.pool.runAll()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        replies = transport.value().split(b"\n")[:-1]
+        self.assertEqual(len(replies), len(lines))
+        logged = sorted((e["request"], e["verdict"]) for e in events if "verdict" in e)
+        self.assertEqual(logged, sorted((line[:80], reply.decode())
+                                        for line, reply in zip(lines, replies)))

@@ -11,7 +11,7 @@ from fakes import (
 )
 from primed import wire
 from primed.primality import is_prime
-from primed.udp import PrimeDatagramProtocol
+from primed.udp import MAX_DATAGRAM, PrimeDatagramProtocol, receiveBufferSize
 
 ADDR = ("127.0.0.1", 40000)
 
@@ -202,6 +202,37 @@ class DatagramTests(unittest.TestCase):
         self.pool.run()
         self.successResultOf(drained)
         self.assertEqual(self.replies(), [b"T\n"])
+
+
+class ReceiveBufferTests(unittest.TestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.integers(1, 10**6))
+    def test_cutDatagramsAreNeverChecked(self, maxDigits):
+        """
+        Whatever C{--max-digits}, a datagram cut to the read size is longer
+        than any request (so it is answered E), or no datagram is ever cut.
+        """
+        size = receiveBufferSize(maxDigits)
+        tooLong = size - 1 > wire.maxLineLength(maxDigits)  # even minus a \n
+        self.assertTrue(tooLong or size > MAX_DATAGRAM, size)
+
+    def test_cutDatagramAnsweredE(self):
+        """
+        A datagram filling the read may have been cut: C{E}, even when it
+        ends like a request; one byte less is a request like any other.
+        """
+        maxDigits = 10_000
+        protocol, transport = makeDatagramProtocol(makeChecker(SynchronousPool()),
+                                                   maxDigits=maxDigits)
+        size = receiveBufferSize(maxDigits)
+        protocol.datagramReceived(b"0" * (size - 3) + b"17\n", ADDR)
+        protocol.datagramReceived(b"0" * (size - 2) + b"17", ADDR)
+        protocol.datagramReceived(b"0" * (size - 4) + b"17\n", ADDR)
+        self.assertEqual([data for data, addr in transport.written], [b"E\n", b"E\n", b"T\n"])
+
+    def test_largestDatagram(self):
+        self.assertEqual(MAX_DATAGRAM, 65535 - 8)
+        self.assertGreater(receiveBufferSize(70_000), MAX_DATAGRAM)
 
 
 class FuzzTests(unittest.TestCase):

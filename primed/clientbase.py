@@ -1,0 +1,73 @@
+"""
+What primed's TCP and UDP clients share: the default server, timeouts and
+retries, the errors a request fails with, and the request line.
+"""
+
+from primed.wire import encodeRequest
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TCP_PORT = 8809
+DEFAULT_UDP_PORT = 8808
+
+#: Seconds: over TCP, to connect and the longest silence while answers are
+#: owed (a 4300-digit check may take a while); over UDP, per attempt.
+DEFAULT_TCP_TIMEOUT = 10.0
+DEFAULT_UDP_TIMEOUT = 1.0
+DEFAULT_RETRIES = 3
+
+
+class PrimedError(Exception):
+    """
+    A request that primed did not answer.
+    """
+
+
+class PrimedConnectionLost(PrimedError):
+    """
+    The TCP connection closed before primed answered the request.
+    """
+
+
+class PrimedTimeout(PrimedError):
+    """
+    primed did not answer in time: after every UDP retry, or within the
+    silence a TCP connection tolerates.
+    """
+
+
+class PrimedProtocolError(PrimedError):
+    """
+    The server sent something that is not a verdict, so it is not primed (or
+    the replies can no longer be matched to the requests).
+    """
+
+
+class PrimedRefused(PrimedError):
+    """
+    Nothing listens where the UDP request was sent (ICMP port unreachable).
+    """
+
+
+class PrimedRequestTooLong(PrimedError):
+    """
+    The request does not fit in a UDP datagram, so it was not sent.  Far
+    over primed's C{--max-digits} by default: primed would answer C{E}.
+    """
+
+
+class PrimedTLSError(PrimedError):
+    """
+    The TLS handshake failed: the server's certificate is not trusted, is
+    not for the name asked for, or the two ends share no protocol.
+    """
+
+
+def _request(number) -> bytes:
+    """
+    The request line for C{number}, refusing text that would make it two
+    lines: over TCP the replies would then no longer match the requests.
+    """
+    request = encodeRequest(number)
+    if request.find(b"\n") != len(request) - 1:
+        raise ValueError(f"{number!r} is not one line")
+    return request

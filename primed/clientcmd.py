@@ -1,0 +1,420 @@
+"""
+The C{primed-client} command: option parsing, the run over TCP or UDP, and
+the console script.
+
+The command reads numbers in a thread, keeps L{TCP_WINDOW} of them in flight
+on one connection, and prints the answers in input order; its output is
+always a prefix of its input, complete when the exit status is 0.
+"""
+
+import os
+import re
+import signal
+import sys
+
+from twisted.internet import defer, endpoints, error, task
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from primed.client import (
+    DEFAULT_HOST,
+    DEFAULT_RETRIES,
+    DEFAULT_TCP_PORT,
+    DEFAULT_TCP_TIMEOUT,
+    DEFAULT_UDP_PORT,
+    DEFAULT_UDP_TIMEOUT,
+    PrimedUDPClient,
+    _request,
+    connectEndpoint,
+)
+from primed.clientio import InputError, Output, Run, StdinReader
+
+#: Requests the command keeps unanswered at once: enough to hide the round
+#: trip, few enough to bound the memory of both ends.  A UDP request holds a
+#: socket, hence the smaller figure.
+TCP_WINDOW = 256
+UDP_WINDOW = 64
+
+
+class Options(usage.Options):
+    synopsis = "primed-client [options] [NUMBER ...]"
+    longdesc = (
+        "Ask primed whether each NUMBER is prime; with no NUMBER, read them "
+        "from standard input, one per line. Prints each input, a tab and "
+        "'prime', 'not prime' or 'invalid', in input order. Exit status: 0 "
+        "if every input was answered, 1 if not (the output then stops at the "
+        "first unanswered input, and one line on standard error says why), "
+        "2 for a usage error. Options go before the numbers."
+    )
+
+    optFlags = [
+        ["udp", "u", "Ask over UDP (default port %d)." % DEFAULT_UDP_PORT],
+        ["raw", "r", "Print only the verdict letter: T, F or E."],
+        [
+            "tls",
+            None,
+            "Ask over TLS, verifying the server's certificate (against --ca, "
+            "or the system's CAs) and its name (--server-name, or --host).",
+        ],
+    ]
+    optParameters = [
+        ["host", "H", DEFAULT_HOST, "Server address or name."],
+        [
+            "port",
+            "p",
+            None,
+            "Server port [default: %d, or %d with --udp]."
+            % (DEFAULT_TCP_PORT, DEFAULT_UDP_PORT),
+        ],
+        [
+            "endpoint",
+            "e",
+            None,
+            "A Twisted client endpoint string (tcp:, unix:, "
+            "tls:HOST:PORT:trustRoots=DIR) instead of --host and --port; "
+            "TCP only.",
+        ],
+        ["ca", None, None, "With --tls: a PEM file of the CA certificates to trust."],
+        [
+            "server-name",
+            None,
+            None,
+            "With --tls: the name the certificate must carry, and the SNI sent "
+            "[default: --host].",
+        ],
+        [
+            "timeout",
+            "t",
+            None,
+            "Seconds: over TCP, to connect and the longest silence while "
+            "answers are owed [default: %g]; over UDP, per attempt "
+            "[default: %g]." % (DEFAULT_TCP_TIMEOUT, DEFAULT_UDP_TIMEOUT),
+        ],
+        [
+            "retries",
+            "n",
+            str(DEFAULT_RETRIES),
+            "UDP attempts after the first before giving up.",
+        ],
+    ]
+
+    # Options that take a value, for _protectNegatives.
+    _valued = {"-H", "-p", "-e", "-t", "-n", "--host", "--port", "--endpoint",
+               "--timeout", "--retries", "--ca", "--server-name"}
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["numbers"] = []
+
+    def parseOptions(self, options=None):
+        if options is None:
+            options = sys.argv[1:]
+        usage.Options.parseOptions(self, self._protectNegatives(list(options)))
+
+    def _protectNegatives(self, arguments):
+        """
+        Let C{primed-client -5 17} mean numbers, not an unknown option C{-5}:
+        insert C{--} before the first argument that looks like a negative
+        number and is not an option's value.
+        """
+        index = 0
+        while index < len(arguments):
+            argument = arguments[index]
+            if argument == "--" or not argument.startswith("-"):
+                break
+            if re.match(r"-[0-9]", argument):
+                return arguments[:index] + ["--"] + arguments[index:]
+            index += 2 if self._takesNext(argument) else 1
+        return arguments
+
+    def _takesNext(self, argument):
+        """
+        Whether option C{argument} takes the next argument as its value:
+        C{--port}, C{-p}, or a cluster of short options ending in one that
+        takes a value (C{-up}).  C{--port=1} and C{-p1} hold theirs.
+        """
+        if argument.startswith("--"):
+            return argument in self._valued
+        for position, letter in enumerate(argument[1:], 1):
+            if "-" + letter in self._valued:
+                return position == len(argument) - 1
+        return False
+
+    def opt_version(self):
+        """
+        Display the version and exit.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print("primed-client", version("primed"))
+        except PackageNotFoundError:
+            print("primed-client (not installed)")
+        sys.exit(0)
+
+    def parseArgs(self, *numbers):
+        self["numbers"] = list(numbers)
+
+    def postOptions(self):
+        udp = self["udp"]
+        if self["endpoint"] is not None:
+            if udp:
+                raise usage.UsageError("--endpoint is for TCP; use --host with --udp")
+            if self["port"] is not None or self["host"] != DEFAULT_HOST:
+                raise usage.UsageError("give either --endpoint or --host/--port")
+            from twisted.internet import reactor
+
+            try:
+                endpoints.clientFromString(reactor, self["endpoint"])
+            except Exception as e:  # the parsers raise anything at all
+                reason = str(e) or type(e).__name__
+                if type(e).__name__ == "UnlistableError":
+                    reason = "trustRoots is not a directory that can be read"
+                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {reason}")
+        self["port"] = _number(
+            "--port", self["port"], int, DEFAULT_UDP_PORT if udp else DEFAULT_TCP_PORT
+        )
+        if not 0 < self["port"] < 65536:
+            raise usage.UsageError("--port must be between 1 and 65535")
+        self["timeout"] = _number(
+            "--timeout",
+            self["timeout"],
+            float,
+            DEFAULT_UDP_TIMEOUT if udp else DEFAULT_TCP_TIMEOUT,
+        )
+        if not 0 < self["timeout"] < float("inf"):
+            raise usage.UsageError("--timeout must be a positive number of seconds")
+        self["retries"] = _number("--retries", self["retries"], int, DEFAULT_RETRIES)
+        if self["retries"] < 0:
+            raise usage.UsageError("--retries must be 0 or more")
+        self.tlsOptions = None
+        if self["tls"]:
+            if udp or self["endpoint"] is not None:
+                raise usage.UsageError(
+                    "--tls is for --host/--port over TCP (or give --endpoint tls:...)"
+                )
+            self.tlsOptions = _tlsOptions(self["ca"], self["server-name"] or self["host"])
+        elif self["ca"] is not None or self["server-name"] is not None:
+            raise usage.UsageError("--ca and --server-name go with --tls")
+
+    def where(self):
+        """
+        The server, as the error messages name it.
+        """
+        if self["endpoint"] is not None:
+            return self["endpoint"]
+        return _hostPort(self["host"], self["port"])
+
+
+def _tlsOptions(caFile, serverName):
+    """
+    Client TLS options verifying the server's certificate against the CA
+    certificates in PEM file C{caFile} (the system's if L{None}) and its
+    name against C{serverName}, as C{openssl s_client -CAfile FILE
+    -verify_hostname NAME} or C{curl --cacert FILE} do.
+    """
+    try:
+        from twisted.internet import ssl
+    except ImportError as e:  # pragma: no cover (Twisted[tls] is required)
+        raise usage.UsageError(f"--tls needs pyOpenSSL: {e}")
+    trustRoot = None
+    if caFile is not None:
+        try:
+            with open(caFile, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise usage.UsageError(f"--ca {caFile}: {e.strerror}")
+        blocks = re.findall(
+            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S
+        )
+        if not blocks:
+            raise usage.UsageError(f"--ca {caFile}: no PEM certificate in it")
+        try:
+            trustRoot = ssl.trustRootFromCertificates(
+                [ssl.Certificate.loadPEM(block) for block in blocks]
+            )
+        except Exception as e:
+            raise usage.UsageError(f"--ca {caFile}: {e}")
+    try:
+        return ssl.optionsForClientTLS(serverName, trustRoot)
+    except Exception as e:  # an invalid name, say
+        raise usage.UsageError(f"--server-name {serverName!r}: {e}")
+
+
+def _number(name, text, kind, default):
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise usage.UsageError(f"{name}: not a number: {text!r}") from None
+
+
+
+def _hostPort(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+
+class _Reconnecting:
+    """
+    The command's TCP sender.  primed closes connections left idle, as a
+    command reading a slow pipe or a terminal easily leaves one: a connection
+    that closed owing nothing is replaced for the next request instead of
+    ending the run.  One that closed owing answers still ends it.
+    """
+
+    def __init__(self, connect, protocol):
+        self._connect = connect
+        self.protocol = protocol
+        self._waiting = None
+
+    def request(self, number, receiver):
+        if self._waiting is None and not self.protocol.lostIdle:
+            self.protocol.request(number, receiver)
+            return
+        _request(number)  # Refuse now what the new connection would refuse.
+        if self._waiting is not None:
+            self._waiting.append((number, receiver))
+            return
+        self._waiting = [(number, receiver)]
+        connecting = defer.ensureDeferred(self._connect())
+        connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol):
+        self.protocol = protocol
+        waiting, self._waiting = self._waiting, None
+        for number, receiver in waiting:
+            protocol.request(number, receiver)
+
+    def _failed(self, reason):
+        waiting, self._waiting = self._waiting, None
+        for number, receiver in waiting:
+            receiver.errback(reason)
+
+
+async def run(reactor, options, stdin, stdout, stderr) -> int:
+    """
+    The command, given parsed L{Options}.
+
+    @param stdin: the descriptor to read numbers from when none were given.
+    @param stdout: a binary stream for the answers.
+    @param stderr: a text stream for the one-line error.
+    @return: the exit status.
+    """
+    output = Output(stdout, options["raw"])
+    where = options.where()
+    if options["udp"]:
+        client = PrimedUDPClient(
+            reactor, options["host"], options["port"], options["timeout"], options["retries"]
+        )
+
+        def send(number, receiver):
+            client.check(number).addCallbacks(receiver.callback, receiver.errback)
+
+        window, connection = UDP_WINDOW, None
+    else:
+        try:
+            protocol = await _connectTCP(reactor, options)
+        except Exception as e:
+            stderr.write(f"primed-client: cannot connect to {where}: {_reason(e)}\n")
+            return 1
+        connection = _Reconnecting(lambda: _connectTCP(reactor, options), protocol)
+        send, window = connection.request, TCP_WINDOW
+
+    def wantInput():
+        if reader is not None:
+            reader.more()
+
+    reader = None
+    job = Run(send, window, output.write, output.flush, wantInput)
+    output.onBroken = lambda: job.fail(Failure(output.error or BrokenPipeError()))
+    if options["numbers"]:
+        job.feed([os.fsencode(number) for number in options["numbers"]])
+        job.end()
+    else:
+        reader = StdinReader(reactor, stdin, job.feed, job.end, job.fail)
+        reader.start()
+        job.feed([])
+    try:
+        await job.finished
+    except InputError as e:
+        stderr.write(f"primed-client: {e}\n")
+        return 1
+    except Exception as e:
+        if output.error is not None:
+            reason = output.error.strerror or _reason(output.error)
+            stderr.write(f"primed-client: cannot write standard output: {reason}\n")
+        elif not output.broken:
+            stderr.write(f"primed-client: {where}: {_reason(e)}\n")
+        return 1
+    finally:
+        if connection is not None:
+            connection.protocol.transport.loseConnection()
+    return 1 if output.broken else 0
+
+
+async def _connectTCP(reactor, options):
+    timeout = options["timeout"]
+    if options["endpoint"] is not None:
+        endpoint = endpoints.clientFromString(reactor, options["endpoint"])
+    else:
+        endpoint = endpoints.HostnameEndpoint(
+            reactor, options["host"], options["port"], timeout=timeout
+        )
+        if options.tlsOptions is not None:
+            endpoint = endpoints.wrapClientTLS(options.tlsOptions, endpoint)
+    # Fires after the TLS handshake, if any: a certificate refused is a
+    # failure to connect.
+    connecting = connectEndpoint(endpoint, timeout, reactor)
+    # Endpoints without a timeout of their own (unix:, ssl: as given) and
+    # the TLS handshake still get one.
+    connecting.addTimeout(timeout + 1, reactor)
+    return await connecting
+
+
+def _reason(e):
+    if isinstance(e, defer.TimeoutError):
+        return "timed out"
+    if isinstance(e, error.ConnectError) and isinstance(e.osError, int):
+        return os.strerror(e.osError)
+    message = str(e).strip()
+    return message or type(e).__name__
+
+
+def main(argv=None):
+    """
+    The C{primed-client} console script.
+    """
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"primed-client: {e}\nTry 'primed-client --help'.\n")
+        sys.exit(2)
+
+    async def command(reactor):
+        reactor.callWhenRunning(_defaultSignals)
+        # Buffered whatever PYTHONUNBUFFERED says: the run flushes whenever
+        # it waits for input, so a terminal still sees each answer at once.
+        stdout = open(1, "wb", buffering=1 << 16, closefd=False)
+        code = await run(reactor, options, 0, stdout, sys.stderr)
+        if code:
+            raise SystemExit(code)
+
+    task.react(command)
+
+
+def _defaultSignals():
+    """
+    Let SIGINT and SIGTERM kill the command, as they kill C{cat}.  Twisted's
+    handlers only ask the reactor to stop, which never happens while it is
+    blocked writing to a full pipe; and a client holds nothing that needs
+    an orderly shutdown.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""
+The C{primed-client} command (L{primed.clientcmd}) without a network: option
+parsing, the run over a fake UDP reactor, the TCP sender that reconnects.
+"""
+
+from twisted.internet import defer
+from twisted.python import usage
+from twisted.trial import unittest
+
+from fakes import FakeUDPReactor, connected, lose
+from primed import client, clientcmd
+from primed.clientcmd import Options
+from primed.client import PrimedConnectionLost
+from primed.wire import Verdict
+
+
+class OptionsTests(unittest.TestCase):
+    def parse(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self):
+        options = self.parse("17")
+        self.assertEqual(options["host"], "127.0.0.1")
+        self.assertEqual(options["port"], 8809)
+        self.assertEqual(options["timeout"], client.DEFAULT_TCP_TIMEOUT)
+        self.assertEqual(options["numbers"], ["17"])
+        self.assertEqual(options.where(), "127.0.0.1:8809")
+
+    def test_udpDefaults(self):
+        options = self.parse("--udp")
+        self.assertEqual(options["port"], 8808)
+        self.assertEqual(options["timeout"], client.DEFAULT_UDP_TIMEOUT)
+        self.assertEqual(options["retries"], client.DEFAULT_RETRIES)
+        self.assertEqual(options["numbers"], [])
+
+    def test_explicit(self):
+        options = self.parse("-u", "-H", "::1", "-p", "9", "-t", "0.5", "-n", "0", "-r", "4")
+        self.assertEqual(
+            (options["port"], options["timeout"], options["retries"], options["raw"]),
+            (9, 0.5, 0, True),
+        )
+        self.assertEqual(options.where(), "[::1]:9")
+
+    def test_negativeNumbers(self):
+        self.assertEqual(self.parse("-5", "17")["numbers"], ["-5", "17"])
+        self.assertEqual(self.parse("--raw", "-5")["numbers"], ["-5"])
+        self.assertEqual(self.parse("-p", "9", "-5")["numbers"], ["-5"])
+        self.assertEqual(self.parse("--", "-5")["numbers"], ["-5"])
+
+    def test_negativeNumbersAfterClusters(self):
+        """
+        A cluster of short options ending in one that takes a value takes
+        the next argument; one holding its value does not.
+        """
+        options = self.parse("-up", "8808", "-5")
+        self.assertEqual((options["udp"], options["port"]), (True, 8808))
+        self.assertEqual(options["numbers"], ["-5"])
+        options = self.parse("-rt", "2", "-5", "7")
+        self.assertEqual((options["raw"], options["timeout"]), (True, 2.0))
+        self.assertEqual(options["numbers"], ["-5", "7"])
+        options = self.parse("-up8808", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (8808, ["-5"]))
+        options = self.parse("-p9", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (9, ["-5"]))
+        options = self.parse("--port=9", "-ur", "-5")
+        self.assertEqual((options["port"], options["numbers"]), (9, ["-5"]))
+        options = self.parse("-urp", "9", "-5")
+        self.assertEqual((options["raw"], options["port"], options["numbers"]), (True, 9, ["-5"]))
+
+    def test_endpoint(self):
+        options = self.parse("--endpoint", "unix:path=/run/primed", "2")
+        self.assertEqual(options.where(), "unix:path=/run/primed")
+
+    def test_tls(self):
+        """
+        C{--tls} verifies against C{--ca}'s certificates, by C{--host}'s name
+        unless C{--server-name} gives another.
+        """
+        import shutil
+        import tempfile
+
+        from support import makeCertificates
+
+        directory = tempfile.mkdtemp(prefix="primed-clientcmd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = makeCertificates(directory)
+        options = self.parse("--tls", "--ca", paths["ca"], "-H", "localhost", "17")
+        self.assertEqual(options.tlsOptions._hostname, "localhost")
+        options = self.parse("--tls", "--ca", paths["ca"], "--server-name", "primed.example")
+        self.assertEqual(options.tlsOptions._hostname, "primed.example")
+        self.assertEqual(options.where(), "127.0.0.1:8809")
+        options = self.parse("--tls")  # the system's CAs
+        self.assertEqual(options.tlsOptions._hostname, "127.0.0.1")
+        self.assertIsNone(self.parse("17").tlsOptions)
+        for argv, message in (
+            (["--tls", "--ca", paths["key"]], "no PEM certificate in it"),
+            (["--tls", "--ca", directory + "/missing.pem"], "No such file or directory"),
+            (["--ca", paths["ca"]], "--ca and --server-name go with --tls"),
+            (["--server-name", "x"], "--ca and --server-name go with --tls"),
+            (["--tls", "--udp"], "--tls is for --host/--port over TCP"),
+            (["--tls", "--endpoint", "tcp:localhost:1"], "--tls is for --host/--port over TCP"),
+            (["--endpoint", "tls:localhost:1:trustRoots=" + directory + "/missing"],
+             "trustRoots is not a directory"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(message, str(caught.exception))
+        # Negative numbers after the new valued options are still numbers.
+        self.assertEqual(self.parse("--tls", "--server-name", "x", "-5")["numbers"], ["-5"])
+
+    def test_usageErrors(self):
+        for argv in (
+            ["--port", "x"],
+            ["--port", "0"],
+            ["--port", "65536"],
+            ["--port", "-5"],
+            ["--timeout", "0"],
+            ["--timeout", "nan"],
+            ["--timeout", "inf"],
+            ["--retries", "-1"],
+            ["--bogus"],
+            ["--udp", "--endpoint", "tcp:localhost:1"],
+            ["--endpoint", "tcp:localhost:1", "--port", "2"],
+            ["--endpoint", "nonsense:1"],
+            ["--endpoint", "tcp:host=localhost:port=x"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *argv)
+
+
+class RunCommandTests(unittest.TestCase):
+    """
+    L{client.run}, the command after option parsing, over the fake UDP
+    reactor: no sockets, no clock but L{task.Clock}.
+    """
+
+    def run_(self, *argv):
+        import io
+
+        options = Options()
+        options.parseOptions(["--udp", "--timeout", "1", "--retries", "1", *argv])
+        self.reactor = FakeUDPReactor()
+        self.stdout, self.stderr = io.BytesIO(), io.StringIO()
+        return defer.ensureDeferred(
+            clientcmd.run(self.reactor, options, None, self.stdout, self.stderr)
+        )
+
+    def test_answersInInputOrder(self):
+        d = self.run_("17", "4j", "18")
+        for port, reply in reversed(list(zip(self.reactor.ports, [b"T\n", b"E\n", b"F\n"]))):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.stdout.getvalue(), b"17\tprime\n4j\tinvalid\n18\tnot prime\n")
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_raw(self):
+        """
+        C{--raw}: the letter of each verdict, all three, in input order.
+        """
+        d = self.run_("--raw", "17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.stdout.getvalue(), b"T\nF\nE\nT\n")
+
+    def test_plain(self):
+        d = self.run_("17", "18", "4j", "19")
+        for port, reply in zip(self.reactor.ports, [b"T\n", b"F\n", b"E\n", b"T\n"]):
+            port.reply(reply)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            b"17\tprime\n18\tnot prime\n4j\tinvalid\n19\tprime\n",
+        )
+
+    def test_udpTooLongEchoedShortened(self):
+        """
+        Over UDP an input too long for a datagram is answered invalid and
+        echoed as its first 40 bytes and an ellipsis, as the README says
+        and as an over-long line is over TCP.
+        """
+        big = "9" * 70000
+        d = self.run_("17", big, "18")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout.getvalue().decode(),
+            "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n",
+        )
+
+    def test_timeoutPrintsPrefix(self):
+        """
+        The first unanswered input ends the run: what came before it is
+        printed, then one line on standard error, and the status is 1.
+        """
+        d = self.run_("2", "3", "4")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.reactor.pump([1.0, 1.0])
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(self.stdout.getvalue(), b"2\tprime\n")
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
+        )
+
+
+class ReconnectingTests(unittest.TestCase):
+    """
+    L{clientcmd._Reconnecting}: the command's TCP sender outlives primed's idle
+    timeout.
+    """
+
+    def setUp(self):
+        self.first, self.firstTransport = connected()
+        self.connecting = []
+        self.sender = clientcmd._Reconnecting(self.connect, self.first)
+        self.got = []
+
+    def connect(self):
+        d = defer.Deferred()
+        self.connecting.append(d)
+        return d
+
+    def receiver(self):
+        got = []
+        self.got.append(got)
+        return type("Receiver", (), {"callback": got.append, "errback": got.append})
+
+    def test_sameConnectionWhileOpen(self):
+        self.sender.request(2, self.receiver())
+        self.assertEqual(self.firstTransport.value(), b"2\n")
+        self.assertEqual(self.connecting, [])
+
+    def test_reconnectAfterIdleClose(self):
+        lose(self.first, self.firstTransport)
+        self.assertTrue(self.first.lostIdle)
+        self.sender.request(2, self.receiver())
+        self.sender.request(3, self.receiver())
+        [d] = self.connecting
+        second, transport = connected()
+        d.callback(second)
+        self.assertEqual(transport.value(), b"2\n3\n")
+        second.dataReceived(b"T\nT\n")
+        self.assertEqual(self.got, [[Verdict.PRIME], [Verdict.PRIME]])
+        self.assertIs(self.sender.protocol, second)
+
+    def test_noReconnectAfterLosingAnswers(self):
+        """
+        A connection that closed owing answers ends the run: the next
+        request fails at once.
+        """
+        self.sender.request(2, self.receiver())
+        lose(self.first, self.firstTransport)
+        self.assertFalse(self.first.lostIdle)
+        self.sender.request(3, self.receiver())
+        self.assertEqual(self.connecting, [])
+        self.assertIsInstance(self.got[1][0].value, PrimedConnectionLost)
+
+    def test_reconnectFails(self):
+        lose(self.first, self.firstTransport)
+        self.sender.request(2, self.receiver())
+        self.connecting[0].errback(ConnectionRefusedError())
+        self.assertIsInstance(self.got[0][0].value, ConnectionRefusedError)
+
+    def test_multiLineRefusedWhileReconnecting(self):
+        lose(self.first, self.firstTransport)
+        self.assertRaises(ValueError, self.sender.request, "1\n2", self.receiver())
+        self.assertEqual(self.connecting, [])

@@ -1,0 +1,359 @@
+"""
+The command's plumbing (L{primed.clientio}): the run's window and order, the
+standard input reader on real pipes.
+"""
+
+import os
+import queue
+import threading
+
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from fakes import FakeUDPReactor
+from primed import client, clientio
+from primed.client import PrimedRefused, PrimedTimeout, PrimedUDPClient
+from primed.wire import Verdict
+
+
+class RunTests(unittest.TestCase):
+    """
+    L{clientio.Run}: bounded in flight, printed in input order.
+    """
+
+    def setUp(self):
+        self.pending = {}
+        self.printed = []
+        self.flushes = 0
+        self.wanted = 0
+
+    def send(self, text, receiver):
+        self.pending[text] = receiver
+
+    def flush(self):
+        self.flushes += 1
+
+    def want(self):
+        self.wanted += 1
+
+    def run_(self, window=2):
+        return clientio.Run(
+            self.send, window, lambda t, v: self.printed.append((t, v)), self.flush, self.want
+        )
+
+    def test_windowAndOrder(self):
+        run = self.run_()
+        run.feed([b"2", b"3", b"4"])
+        run.end()
+        self.assertEqual(sorted(self.pending), ["2", "3"])
+        self.pending["3"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [])
+        self.assertEqual(sorted(self.pending), ["2", "3", "4"])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME), (b"3", Verdict.PRIME)])
+        self.assertNoResult(run.finished)
+        self.pending["4"].callback(Verdict.NOT_PRIME)
+        self.assertEqual(self.printed[-1], (b"4", Verdict.NOT_PRIME))
+        self.successResultOf(run.finished)
+        self.assertTrue(self.flushes)
+
+    def test_synchronousAnswers(self):
+        """
+        A check that answers at once (a cached or local verdict) neither
+        recurses nor stalls.
+        """
+        run = clientio.Run(
+            lambda t, r: r.callback(Verdict.PRIME), 2, lambda t, v: self.printed.append(t),
+            self.flush,
+        )
+        run.feed([b"%d" % i for i in range(5000)])
+        run.end()
+        self.successResultOf(run.finished)
+        self.assertEqual(len(self.printed), 5000)
+
+    def test_multiLineIsInvalid(self):
+        def send(text, receiver):
+            client._request(text)
+            receiver.callback(Verdict.PRIME)
+
+        run = clientio.Run(send, 2, lambda t, v: self.printed.append((t, v)), self.flush)
+        run.feed([b"1\n2", b"3"])
+        run.end()
+        self.assertEqual(self.printed, [(b"1\n2", Verdict.INVALID), (b"3", Verdict.PRIME)])
+
+    def test_firstFailureStops(self):
+        """
+        The output stays a prefix of the inputs: answers after a failure
+        are not printed and nothing more is sent.
+        """
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4", b"5"])
+        run.end()
+        self.pending["2"].callback(Verdict.PRIME)
+        self.pending["4"].callback(Verdict.NOT_PRIME)
+        self.pending["3"].errback(PrimedTimeout("no reply"))
+        self.failureResultOf(run.finished, PrimedTimeout)
+        self.pending["5"].callback(Verdict.PRIME)
+        run.feed([b"6"])
+        self.assertNotIn("6", self.pending)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
+    def test_laterFailureWaitsForEarlier(self):
+        """
+        Over UDP answers come out of order: a later input failing first
+        stops the sending at once, but the run ends only when every earlier
+        input is printed, so the output stops at the first unanswered input.
+        """
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4", b"5", b"6"])
+        run.end()
+        self.pending["3"].callback(Verdict.PRIME)
+        self.pending["4"].errback(PrimedTimeout("no reply"))
+        self.pending["5"].callback(Verdict.PRIME)
+        self.assertNoResult(run.finished)
+        self.assertNotIn("6", self.pending)
+        self.assertEqual(self.printed, [])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.failureResultOf(run.finished, PrimedTimeout)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME), (b"3", Verdict.PRIME)])
+        self.assertNotIn("6", self.pending)
+
+    def test_firstOfSeveralFailuresWins(self):
+        run = self.run_(window=3)
+        run.feed([b"2", b"3", b"4"])
+        run.end()
+        self.pending["4"].errback(PrimedTimeout("no reply"))
+        self.pending["3"].errback(PrimedRefused("port unreachable"))
+        self.pending["2"].callback(Verdict.PRIME)
+        self.failureResultOf(run.finished, PrimedRefused)
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
+    def test_udpOutOfOrder(self):
+        """
+        The command's UDP path on the fake reactor: an input too long for a
+        datagram is invalid and echoed shortened (its first 40 bytes and an
+        ellipsis, as an over-long line); a refused later input does not hide
+        the earlier answers that arrive after it.
+        """
+        reactor = FakeUDPReactor()
+        udp = PrimedUDPClient(reactor, "127.0.0.1", 8808, timeout=1.0, retries=0)
+
+        def send(text, receiver):
+            udp.check(text).addCallbacks(receiver.callback, receiver.errback)
+
+        run = clientio.Run(send, 64, lambda t, v: self.printed.append((t, v)), self.flush)
+        big = b"1" * 70000
+        run.feed([b"17", big, b"19", b"20", b"21"])
+        run.end()
+        # Ports: 17, big (closed at once), 19, 20, 21.
+        ports = reactor.ports
+        self.assertEqual(len(ports), 5)
+        ports[4].protocol.connectionRefused()
+        ports[3].reply(b"F\n")
+        ports[2].reply(b"T\n")
+        self.assertNoResult(run.finished)
+        ports[0].reply(b"T\n")
+        self.failureResultOf(run.finished, PrimedRefused)
+        self.assertEqual(
+            self.printed,
+            [
+                (b"17", Verdict.PRIME),
+                (b"1" * 40 + "\N{HORIZONTAL ELLIPSIS}".encode(), Verdict.INVALID),
+                (b"19", Verdict.PRIME),
+                (b"20", Verdict.NOT_PRIME),
+            ],
+        )
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_overLongIsInvalid(self):
+        """
+        An over-long stdin line is answered invalid without being sent.
+        """
+        run = self.run_()
+        marker = clientio._overLong(b"9" * 100)
+        run.feed([marker, b"2"])
+        run.end()
+        self.assertEqual(sorted(self.pending), ["2"])
+        self.pending["2"].callback(Verdict.PRIME)
+        self.assertEqual(self.printed, [(marker, Verdict.INVALID), (b"2", Verdict.PRIME)])
+        self.successResultOf(run.finished)
+
+    def test_failingFlushFailsOnce(self):
+        """
+        A flush that itself fails the run (standard output gone) while the
+        run is failing for another reason: L{_Run.finished} fails once, with
+        the output's error, and nothing raises.
+        """
+        broken = []
+
+        def flush():
+            # As _Output.flush: the first failure only.
+            if not broken:
+                broken.append(True)
+                run.fail(Failure(OSError(28, "No space left on device")))
+
+        run = clientio.Run(self.send, 2, lambda t, v: None, flush)
+        run.feed([b"2"])
+        run.fail(Failure(PrimedTimeout("no reply")))
+        self.failureResultOf(run.finished, OSError)
+
+    def test_failingFlushAtEnd(self):
+        """
+        The last flush failing the run: L{_Run.finished} fails, and is not
+        then called back as if everything had been printed.
+        """
+        broken = []
+
+        def flush():
+            # As _Output.flush: the first failure only.
+            if not broken:
+                broken.append(True)
+                run.fail(Failure(OSError(28, "No space left on device")))
+
+        run = clientio.Run(self.send, 2, lambda t, v: None, flush)
+        run.end()
+        self.failureResultOf(run.finished, OSError)
+
+    def test_asksForInputWhenLow(self):
+        run = self.run_()
+        run.feed([])
+        self.assertEqual(self.wanted, 1)
+        run.feed([])
+        self.assertEqual(self.wanted, 2)
+        run.feed([b"2", b"3", b"4", b"5"])
+        # Queue at 2, window 2: enough waiting, nothing asked.
+        self.assertEqual(self.wanted, 2)
+
+    def test_noInputEnds(self):
+        run = self.run_()
+        run.end()
+        self.successResultOf(run.finished)
+        self.assertEqual(self.printed, [])
+
+
+class StdinReaderTests(unittest.TestCase):
+    """
+    L{clientio.StdinReader} on a pipe, its reactor calls collected in a queue
+    (bounded waits throughout).
+    """
+
+    def read(self, data, chunk=None, maxLine=None):
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        calls = queue.Queue()
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                calls.put((f, args))
+
+        lines, ended, failed = [], [], []
+        reader = clientio.StdinReader(
+            Reactor(), readFd, lines.extend, lambda: ended.append(True), failed.append
+        )
+        if chunk:
+            reader.CHUNK = chunk
+        if maxLine:
+            reader.MAX_LINE = maxLine
+        self.reader = reader
+
+        # A thread, as data may be more than the pipe holds.
+        def write():
+            with os.fdopen(writeFd, "wb") as w:
+                w.write(data)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        reader.start()
+        for _ in range(10000):
+            reader.more()
+            f, args = calls.get(timeout=10)
+            f(*args)
+            if ended or failed:
+                break
+        writer.join(10)
+        self.assertFalse(writer.is_alive())
+        return lines, ended, failed
+
+    def test_lines(self):
+        lines, ended, failed = self.read(b"17\r\n\n  5 \n1_000\n18", chunk=3)
+        self.assertEqual(lines, [b"17", b"", b"  5 ", b"1_000", b"18"])
+        self.assertEqual(ended, [True])
+
+    def test_empty(self):
+        self.assertEqual(self.read(b""), ([], [True], []))
+
+    def test_longLine(self):
+        """
+        An 8 MiB line on a real pipe: read in chunks, at most MAX_LINE of it
+        kept, passed on as an over-long marker echoing its start; the lines
+        around it are untouched.
+        """
+        long = b"12345" * ((8 << 20) // 5)
+        lines, ended, failed = self.read(b"2\n" + long + b"\n3\n" + long)
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(lines, [b"2", long[:40] + ellipsis, b"3", long[:40] + ellipsis])
+        self.assertIs(type(lines[1]), clientio.OverLong)
+        self.assertIs(type(lines[3]), clientio.OverLong)
+        self.assertEqual((ended, failed), ([True], []))
+        self.assertLessEqual(self.reader.partialHigh, clientio.StdinReader.MAX_LINE)
+        self.assertGreater(self.reader.partialHigh, clientio.StdinReader.MAX_LINE // 2)
+
+    def test_lineAtTheLimit(self):
+        """
+        A line of exactly MAX_LINE bytes, over several chunks, is a line; one
+        byte more is over-long, whatever the chunks.
+        """
+        lines, ended, failed = self.read(
+            b"1234567890\n12345678901\n1\n12345678901", chunk=3, maxLine=10
+        )
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(
+            lines, [b"1234567890", b"12345678901" + ellipsis, b"1", b"12345678901" + ellipsis]
+        )
+        self.assertEqual(self.reader.partialHigh, 10)
+
+    def test_longLineInOneChunk(self):
+        lines, ended, failed = self.read(b"1234567890123\n5\n", chunk=100, maxLine=10)
+        self.assertEqual(lines, [b"1234567890123" + "\N{HORIZONTAL ELLIPSIS}".encode(), b"5"])
+
+    def test_readError(self):
+        calls = queue.Queue()
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                calls.put((f, args))
+
+        failed = []
+        readFd, writeFd = os.pipe()
+        os.close(readFd)
+        os.close(writeFd)
+        reader = clientio.StdinReader(Reactor(), readFd, None, None, failed.append)
+        reader.start()
+        reader.more()
+        f, args = calls.get(timeout=10)
+        f(*args)
+        self.assertIn("standard input", str(failed[0].value))
+
+
+class OutputTests(unittest.TestCase):
+    """
+    L{clientio.Output}: each verdict's line, exactly, in both forms.  Every
+    verdict, so a form that printed C{T} for C{F} cannot pass.
+    """
+
+    def written(self, raw):
+        import io
+
+        stream = io.BytesIO()
+        output = clientio.Output(stream, raw)
+        for text, verdict in ((b"17", Verdict.PRIME), (b"18", Verdict.NOT_PRIME),
+                              (b"4j", Verdict.INVALID)):
+            output.write(text, verdict)
+        output.flush()
+        return stream.getvalue()
+
+    def test_raw(self):
+        self.assertEqual(self.written(raw=True), b"T\nF\nE\n")
+
+    def test_plain(self):
+        self.assertEqual(self.written(raw=False), b"17\tprime\n18\tnot prime\n4j\tinvalid\n")
