@@ -40,6 +40,10 @@ MODULES = {
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],
     "client": ["tests/test_client.py"],
+    "clientbase": ["tests/test_client.py", "tests/test_udpclient.py"],
+    "clientio": ["tests/test_clientio.py", "tests/test_clientcmd.py"],
+    "clientcmd": ["tests/test_clientcmd.py"],
+    "udpclient": ["tests/test_udpclient.py"],
 }
 
 
