@@ -236,25 +236,48 @@ def readAll(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
-def _tcpQueues(localPort: int, remotePort: int) -> Optional[Tuple[int, int]]:
+def _tcpTable():
     """
-    The kernel's C{(send queue, receive queue)} byte counts of the connected
-    TCP socket from C{localPort} to C{remotePort}, as C{/proc/net/tcp} shows
-    them, or L{None} if there is no such socket.
+    The kernel's TCP sockets, from C{/proc/net/tcp} and C{tcp6}: for each,
+    C{(local port, remote port, state, send queue, receive queue, inode)}.
     """
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
-                for line in f:
-                    fields = line.split()
-                    if (int(fields[1].rsplit(":", 1)[1], 16) == localPort
-                            and int(fields[2].rsplit(":", 1)[1], 16) == remotePort):
-                        tx, rx = fields[4].split(":")
-                        return int(tx, 16), int(rx, 16)
+                lines = list(f)
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            tx, rx = fields[4].split(":")
+            yield (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
+                   int(fields[3], 16), int(tx, 16), int(rx, 16), int(fields[9]))
+
+
+def _tcpQueues(localPort: int, remotePort: int) -> Optional[Tuple[int, int]]:
+    """
+    The C{(send queue, receive queue)} byte counts of the connected TCP
+    socket from C{localPort} to C{remotePort}, or L{None} if there is none.
+    """
+    for local, remote, state, tx, rx, inode in _tcpTable():
+        if (local, remote) == (localPort, remotePort):
+            return tx, rx
+    return None
+
+
+def socketsOf(pid: int) -> int:
+    """
+    How many sockets process C{pid} has open.  A client that noticed its
+    only connection closed has closed its descriptor: it is down to none.
+    """
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
         except FileNotFoundError:
             pass
-    return None
+    return count
 
 
 def waitUntilRead(sock: socket.socket, timeout: float = 30.0) -> None:
