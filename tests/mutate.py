@@ -4,6 +4,9 @@ fast unit tests against each mutant, and print the mutants no test noticed.
 
     .venv/bin/python tests/mutate.py                 # every module below
     .venv/bin/python tests/mutate.py tcp checker     # just these
+    .venv/bin/python tests/mutate.py --cache DIR tcp # keep the work in DIR/tcp:
+                                                     # run again after adding
+                                                     # tests, only survivors rerun
 
 It drives mutmut 2 (the C{dev} extra pins it: C{pip install '.[dev]'}).  mutmut 2 rewrites the
 source file in place, so each module is mutated in a throwaway copy of
@@ -51,10 +54,23 @@ MODULES = {
 }
 
 
-def mutate(module, tests, keep=None):
-    work = tempfile.mkdtemp(prefix=f"primed-mutate-{module}-")
+def mutate(module, tests, cache=None):
+    """
+    Mutate C{primed/MODULE.py}, run C{tests} against each mutant, print the
+    survivors, and return C{(killed, total)}.
+
+    @param cache: a directory to keep the work in.  Run again with the same
+        one after adding tests, and only the mutants that survived last time
+        are tested again (mutmut keeps killed ones killed).
+    """
+    if cache:
+        work = os.path.join(os.path.abspath(cache), module)
+        os.makedirs(work, exist_ok=True)
+    else:
+        work = tempfile.mkdtemp(prefix=f"primed-mutate-{module}-")
     try:
         for name in ("primed", "tests", "twisted"):
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             shutil.copytree(
                 os.path.join(ROOT, name),
                 os.path.join(work, name),
@@ -76,9 +92,7 @@ def mutate(module, tests, keep=None):
             cwd=work, check=True, capture_output=True, text=True,
         ).stdout
     finally:
-        if keep:
-            print(f"# kept {work}")
-        else:
+        if not cache:
             shutil.rmtree(work, ignore_errors=True)
     cases = ElementTree.fromstring(xml).iter("testcase")
     total = killed = 0
@@ -96,14 +110,17 @@ def mutate(module, tests, keep=None):
 
 
 def main(argv):
+    cache = None
+    if argv[:1] == ["--cache"]:
+        cache, argv = argv[1], argv[2:]
     names = argv or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         sys.exit(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
-    scores = {name: mutate(name, MODULES[name]) for name in names}
+    scores = {name: mutate(name, MODULES[name], cache) for name in names}
     print("\nscore (killed / total):")
     for name, (killed, total) in scores.items():
-        print(f"  {name:8} {killed:4} / {total}")
+        print(f"  {name:10} {killed:4} / {total}")
 
 
 if __name__ == "__main__":
