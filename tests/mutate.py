@@ -78,7 +78,9 @@ def mutate(module, tests, cache=None):
             )
         shutil.copy(os.path.join(ROOT, "setup.cfg"), work)
         python = sys.executable
-        runner = f"{python} -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
+        # -B: mutmut writes mutants of the same size within the same second,
+        # and a bytecode cache keyed on size and mtime would run the last one.
+        runner = f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
         subprocess.run(
             [python, "-m", "mutmut", "run",
              "--paths-to-mutate", f"primed/{module}.py",
