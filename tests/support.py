@@ -37,6 +37,16 @@ def _runnerArgv(runner: str, args) -> List[str]:
     return twistdCommand() + ["-n", "-l", "-", "--pidfile=", "primed"] + list(args)
 
 
+def _defaultStopSignals() -> None:
+    """
+    In the daemon's process, before it runs: stop signals do what they do by
+    default.  A test run started in the background (C{nohup}, C{&}) passes
+    SIGINT and SIGHUP on ignored, and twistd leaves ignored signals alone.
+    """
+    for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 class Daemon:
     """
     A running C{twistd -n primed} (or C{twist primed}).  Use as a context manager; leaving it stops
@@ -81,6 +91,7 @@ class Daemon:
         )
         self.process = subprocess.Popen(
             argv,
+            preexec_fn=_defaultStopSignals,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
