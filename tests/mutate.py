@@ -78,9 +78,11 @@ def mutate(module, tests, cache=None):
             )
         shutil.copy(os.path.join(ROOT, "setup.cfg"), work)
         python = sys.executable
-        # -B: mutmut writes mutants of the same size within the same second,
-        # and a bytecode cache keyed on size and mtime would run the last one.
-        runner = f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
+        # mutmut 2 takes any exit status but 1 for a pass: a mutant that
+        # breaks an import (pytest exits 2) would survive.  -B: mutants of
+        # the same size written within a second must not share bytecode.
+        runner = (f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
+                  " || exit 1")
         subprocess.run(
             [python, "-m", "mutmut", "run",
              "--paths-to-mutate", f"primed/{module}.py",
