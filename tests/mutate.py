@@ -81,8 +81,10 @@ def mutate(module, tests, cache=None):
         # mutmut 2 takes any exit status but 1 for a pass: a mutant that
         # breaks an import (pytest exits 2) would survive.  -B: mutants of
         # the same size written within a second must not share bytecode.
-        runner = (f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
-                  " || exit 1")
+        with open(os.path.join(work, "run-tests"), "w") as script:
+            script.write(f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
+                         " || exit 1\n")
+        runner = "sh run-tests"
         subprocess.run(
             [python, "-m", "mutmut", "run",
              "--paths-to-mutate", f"primed/{module}.py",
