@@ -39,6 +39,10 @@ ROOT = os.path.dirname(HERE)
 #: and a client test that checks a few 4300-digit numbers for real.
 SKIP = "not FuzzTests and not test_orderWithBigAndSmall"
 
+#: Seconds after which a mutant's test run counts as hung (killed): dozens
+#: of times an unmutated run on a loaded machine.
+HANG = 60
+
 #: test_tap checks the documented defaults, which live in these modules.
 MODULES = {
     "wire": ["tests/test_wire.py", "tests/test_udp.py"],
@@ -81,9 +85,11 @@ def mutate(module, tests, cache=None):
         # mutmut 2 takes any exit status but 1 for a pass: a mutant that
         # breaks an import (pytest exits 2) would survive.  -B: mutants of
         # the same size written within a second must not share bytecode.
+        # timeout: mutmut's own never fires while the tests print nothing,
+        # and a mutant that loops forever would stop the run.
         with open(os.path.join(work, "run-tests"), "w") as script:
-            script.write(f"{python} -B -m pytest -x -q -k '{SKIP}' {' '.join(tests)}"
-                         " || exit 1\n")
+            script.write(f"timeout {HANG} {python} -B -m pytest -x -q -k '{SKIP}' "
+                         f"{' '.join(tests)} || exit 1\n")
         runner = "sh run-tests"
         subprocess.run(
             [python, "-m", "mutmut", "run",
