@@ -30,6 +30,47 @@ class UDPAddressTests(unittest.TestCase):
             self.assertRaises(ValueError, UDPAddress.fromString, text)
 
 
+class UDPAddressBoundsTests(unittest.TestCase):
+    def test_portBounds(self):
+        self.assertEqual(UDPAddress.fromString("0").port, 0)
+        self.assertEqual(UDPAddress.fromString("65535").port, 65535)
+        error = self.assertRaises(ValueError, UDPAddress.fromString, "65536")
+        self.assertEqual(
+            str(error), "expected [HOST:]PORT with a port from 0 to 65535, not '65536'"
+        )
+
+    def test_brackets(self):
+        """
+        Brackets hold an IPv6 address, whole and alone; a bare IPv6 address
+        or a stray bracket is refused with a message saying why.
+        """
+        self.assertEqual(UDPAddress.fromString("[::1]:1").host, "::1")
+        for text in ["[]:1", "[[::1]]:1", "[::1]]:1"]:
+            error = self.assertRaises(ValueError, UDPAddress.fromString, text)
+            self.assertEqual(str(error), f"expected [IPV6]:PORT, not {text!r}")
+        for text in ["::1:1", "a[b:1", "a]b:1", "[::1:1"]:
+            error = self.assertRaises(ValueError, UDPAddress.fromString, text)
+            self.assertEqual(
+                str(error),
+                f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}",
+            )
+
+    def test_systemd(self):
+        address = UDPAddress.fromString("systemd:name=primed-udp")
+        self.assertEqual(repr(address), "systemd:name=primed-udp")
+        error = self.assertRaises(ValueError, UDPAddress.fromString, "systemd:name=")
+        self.assertEqual(str(error), "expected systemd:name=NAME, not 'systemd:name='")
+
+    def test_family(self):
+        import socket
+
+        from primed.service import _family
+
+        self.assertEqual(_family("::1"), socket.AF_INET6)
+        self.assertEqual(_family("127.0.0.1"), socket.AF_INET)
+        self.assertEqual(_family(""), socket.AF_INET)
+
+
 class DescribeTests(unittest.TestCase):
     def test_addresses(self):
         from twisted.internet.address import IPv4Address, UNIXAddress
