@@ -235,6 +235,20 @@ class ReceiveBufferTests(unittest.TestCase):
         self.assertGreater(receiveBufferSize(70_000), MAX_DATAGRAM)
 
 
+class ReceiveBufferSizeTests(unittest.TestCase):
+    def test_bounds(self):
+        """
+        At least 8 KiB; room for the longest line and its CRLF; and never
+        more than one byte past the largest datagram there is.
+        """
+        from primed.udp import MAX_DATAGRAM, receiveBufferSize
+
+        self.assertEqual(receiveBufferSize(10), 8192)
+        self.assertEqual(receiveBufferSize(20000), wire.maxLineLength(20000) + 2)
+        self.assertEqual(receiveBufferSize(10**6), MAX_DATAGRAM + 1)
+        self.assertEqual(MAX_DATAGRAM, 65527)
+
+
 class FuzzTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.one_of(st.binary(max_size=20),
