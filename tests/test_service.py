@@ -45,7 +45,7 @@ class UDPAddressBoundsTests(unittest.TestCase):
         or a stray bracket is refused with a message saying why.
         """
         self.assertEqual(UDPAddress.fromString("[::1]:1").host, "::1")
-        for text in ["[]:1", "[[::1]]:1", "[::1]]:1"]:
+        for text in ["[]:1", "[[::1]]:1", "[::1]]:1", "[[::1]:1"]:
             error = self.assertRaises(ValueError, UDPAddress.fromString, text)
             self.assertEqual(str(error), f"expected [IPV6]:PORT, not {text!r}")
         for text in ["::1:1", "a[b:1", "a]b:1", "[::1:1"]:
