@@ -71,7 +71,10 @@ class TCPProtocolTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(ds[0]), Verdict.PRIME)
         for d in ds[1:]:
             failure = self.failureResultOf(d, PrimedConnectionLost)
-            self.assertIn("2 answers", str(failure.value))
+            self.assertEqual(
+                str(failure.value),
+                "connection lost before 2 answers arrived (Connection was closed cleanly.)",
+            )
 
     def test_checkAfterConnectionLost(self):
         protocol, transport = connected()
@@ -202,7 +205,8 @@ class TCPTimeoutTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertTrue(transport.disconnected)
         lose(protocol, transport)
-        self.failureResultOf(d, PrimedTimeout)
+        failure = self.failureResultOf(d, PrimedTimeout)
+        self.assertEqual(str(failure.value), "no reply for 5 s")
 
     def test_progressPostpones(self):
         """
