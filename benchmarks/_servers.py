@@ -193,18 +193,21 @@ def startCeiling(processes=1):
     return server
 
 
-def startPrimed(processes=1, extra=()):
+def startPrimed(processes=1, extra=(), name=None, python=None):
     """
     Start primed under C{twistd -n}; with C{processes > 1}, that many with
     C{--reuseport} on one port (the first binds port 0, the others its port).
 
     @param extra: further C{primed} options, e.g. C{["--threads", "2"]}.
+    @param name: the label in result tables, if not the usual one.
+    @param python: the interpreter whose primed to run (another virtualenv's,
+        to compare versions); this one by default.
     """
-    server = Server("primed" if processes == 1 else f"primed x{processes}")
+    server = Server(name or ("primed" if processes == 1 else f"primed x{processes}"))
     try:
         tcpPort = udpPort = 0
         for i in range(processes):
-            argv = [sys.executable, "-c", _TWISTD, "-n", "-l", "-", "--pidfile="]
+            argv = [python or sys.executable, "-c", _TWISTD, "-n", "-l", "-", "--pidfile="]
             argv += ["primed", "--listen", f"tcp:{tcpPort}:interface={HOST}"]
             argv += ["--udp", f"{HOST}:{udpPort}", *extra]
             if processes > 1:

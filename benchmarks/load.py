@@ -4,6 +4,7 @@ side in one run.
 
     python benchmarks/load.py [--duration 4] [--repeat 3] [--scenarios abcde]
                               [--generators 1] [--processes 2] [--json FILE]
+                              [--metrics]
 
 It starts primed (C{twistd -n primed} on port 0, ports read from its log)
 and C{benchmarks/ceiling.py}, then runs every scenario against both,
@@ -36,6 +37,16 @@ With C{--processes N} it also runs scenario (b) against N primed processes
 sharing one port (C{--reuseport}) and N ceilings likewise, next to one of
 each: the two-core figure.  The load generator shares the cores with the
 servers, so its CPU use is printed beside it.
+
+With C{--metrics} it measures something else: the cost of C{--metrics}.
+It starts two primed processes, one plain and one with C{--metrics} whose
+C{/metrics} page is scraped every second during every run (as Prometheus
+would, a little more often than usual), runs the chosen scenarios against
+both, interleaved, and prints on/off ratios of requests/s and of CPU time per
+request (the ceiling is not run).  The request path counts whether or not
+C{--metrics} is given; C{--baseline-python PYTHON} adds a third server, the
+primed installed for that interpreter (a virtualenv of a commit without the
+counters), and the ratios against it: the whole cost.
 
 Every process started here is stopped before exit, whatever happens.
 """
@@ -395,6 +406,15 @@ def main(argv=None):
         help="extra option for every primed process (repeatable), e.g. --primed-arg=--threads=4",
     )
     parser.add_argument("--json", help="also write every run's figures to this file")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="compare primed with and without --metrics (scraped every second) instead",
+    )
+    parser.add_argument(
+        "--baseline-python",
+        help="with --metrics: also run the primed installed for this interpreter",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -406,6 +426,17 @@ def main(argv=None):
 
     log("preparing requests ...")
     requests = makeRequests()
+    if args.metrics:
+        try:
+            from benchmarks import _metricscost
+        except ImportError:
+            import _metricscost
+
+        table = _metricscost.measureMetrics(scenarios, requests, args, log)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "metrics": table}, f, indent=1)
+        return 0
     servers = []
     output = {"args": vars(args), "main": None, "processes": None}
     try:

@@ -1,23 +1,21 @@
 """
 A client for primed: the Twisted APIs a program imports to ask primed over
-TCP, TLS and UDP.  The C{primed-client} command is built on them in
-L{primed.clientcmd}.
+TCP, TLS and UDP, all importable from here.  The C{primed-client} command
+is built on them in L{primed.clientcmd}.
 
 Over TCP one connection carries any number of requests: primed answers them
-in order, so L{PrimedClientProtocol} just keeps a queue of Deferreds and
-fires the oldest with each reply.  Over UDP a reply carries nothing that
-names its request, so L{PrimedUDPClient} (in L{primed.udpclient}) gives
-each request a connected socket of its own and matches replies by the port
-they arrive at.  Everything is importable from here.
+in order, so L{PrimedClientProtocol} (L{primed.tcpclient}) just keeps a
+queue of Deferreds and fires the oldest with each reply; L{PrimedClient},
+here, makes a lost connection again and resends what it had not answered.
+Over UDP a reply carries nothing that names its request, so
+L{PrimedUDPClient} (L{primed.udpclient}) gives each request a connected
+socket of its own and matches replies by the port they arrive at.
 """
 
 import collections
 
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from primed.clientbase import (
     DEFAULT_HOST,
@@ -34,9 +32,10 @@ from primed.clientbase import (
     PrimedTimeout,
     PrimedTLSError,
     _request,
+    describeError,
 )
+from primed.tcpclient import PrimedClientProtocol, connect, connectEndpoint
 from primed.udpclient import PrimedUDPClient
-from primed.wire import Verdict
 
 __all__ = [
     "DEFAULT_HOST",
@@ -45,6 +44,7 @@ __all__ = [
     "DEFAULT_TCP_TIMEOUT",
     "DEFAULT_UDP_PORT",
     "DEFAULT_UDP_TIMEOUT",
+    "PrimedClient",
     "PrimedClientProtocol",
     "PrimedConnectionLost",
     "PrimedError",
@@ -58,88 +58,113 @@ __all__ = [
     "connectEndpoint",
 ]
 
-# Reply lines as LineReceiver hands them over, so the hot path is one dict
-# lookup; anything else goes through Verdict.fromReply.
-_VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
 
-
-@implementer(IHandshakeListener)
-class PrimedClientProtocol(LineReceiver):
+def _reconnectDelay(attempt):
     """
-    Pipelined requests on one TCP connection.
+    Seconds before reconnection attempt C{attempt} (1, 2, ...): the first at
+    once (through a load balancer it reaches a live backend), then 0.5, 1,
+    2, 4, and 5 from then on, so a daemon restarting on the same host has
+    time to come back without the client hammering it.
+    """
+    if attempt <= 1:
+        return 0.0
+    return min(5.0, 0.25 * 2 ** (attempt - 1))
 
-    primed answers a connection's requests in order, so the oldest pending
-    request is always the one a reply belongs to.  L{check} does not limit
-    how many requests are in flight: that is the caller's policy (the
-    command keeps L{primed.clientcmd.TCP_WINDOW}).
 
-    @ivar timeout: L{None}, or the seconds of silence tolerated while answers
-        are owed; then the connection is dropped and the pending requests
-        fail with L{PrimedTimeout}.
-    @ivar lostIdle: whether the connection closed owing no answer (primed's
-        idle timeout, say): nothing was lost with it, and a new connection
-        can carry on.
-    @ivar ready: whether the connection can carry requests: from
-        C{connectionMade} over TCP, from the end of the handshake (the
-        server's certificate verified) over TLS.  Requests made earlier wait
-        in the TLS layer.
+class _Ask:
+    """
+    One request of a L{PrimedClient}: its line, its receiver, and the
+    connection it was last sent on.
     """
 
-    delimiter = b"\n"
-    # Replies are one letter: a long line means the peer is not primed.
-    MAX_LENGTH = 64
+    __slots__ = ("client", "line", "receiver", "protocol")
 
-    def __init__(self, timeout=None, clock=None):
-        if timeout is not None and clock is None:
-            raise ValueError("a timeout needs a clock")
+    def __init__(self, client, line, receiver):
+        self.client = client
+        self.line = line
+        self.receiver = receiver
+        self.protocol = None
+
+    def callback(self, verdict):
+        self.client._answered(self, verdict)
+
+    def errback(self, reason):
+        self.client._failed(self, reason)
+
+
+class PrimedClient:
+    """
+    Ask primed over a stream connection (C{tcp:}, C{tls:}, C{unix:}) that is
+    made again when it is lost, resending every request not yet answered.
+
+    A prime check is idempotent, so resending is safe; and primed answers a
+    connection's requests in order, so the requests a lost connection had
+    not answered are exactly those after its last answer.  Each receiver is
+    answered once, in request order.
+
+    A connection lost owing answers, or silent for L{timeout} while owing
+    them, is replaced: at once, then after L{_reconnectDelay}; up to
+    L{retries} attempts in a row that get no answer, after which every
+    unanswered request fails with the reason.  Any answer resets the count,
+    so a long run survives any number of isolated losses (a rolling
+    restart).  A connection closed owing nothing (primed's idle timeout) is
+    replaced when the next request comes, for free.  What no new
+    connection would change fails at once: a certificate refused
+    (L{PrimedTLSError}), a server that is not primed (L{PrimedProtocolError}).
+
+    @ivar protocol: the connection in use, or L{None} between connections.
+    @ivar reconnections: connections made after the first, for the curious.
+    """
+
+    def __init__(self, reactor, endpoint, timeout=DEFAULT_TCP_TIMEOUT, retries=DEFAULT_RETRIES):
+        """
+        @param endpoint: an L{IStreamClientEndpoint}, or a client endpoint
+            string for L{endpoints.clientFromString}.
+        @param timeout: seconds to connect (and shake hands), and the
+            longest silence while answers are owed.
+        """
+        if isinstance(endpoint, str):
+            endpoint = endpoints.clientFromString(reactor, endpoint)
+        self._reactor = reactor
+        self._endpoint = endpoint
         self.timeout = timeout
-        self._clock = clock
-        self._pending = collections.deque()
-        self._error = None
-        self._lost = False
-        self.lostIdle = False
-        self._timer = None
-        self._lastHeard = 0.0
-        self.ready = False
-        self._readyWaiters = []
+        self.retries = retries
+        self.protocol = None
+        self.reconnections = 0
+        self._unanswered = collections.deque()  # _Asks, in request order
+        self._connecting = None  # a connection attempt or its delayed call
+        self._attempts = 0  # reconnection attempts since the last answer
+        self._firstLoss = None  # what started them
+        self._closed = False
+        self._everConnected = False
 
-    def connectionMade(self):
-        if not _isTLS(self.transport):
-            self._becomeReady()
+    def connect(self) -> defer.Deferred:
+        """
+        Make the first connection now, without retrying: a server that is
+        not there at all is reported at once.
 
-    def handshakeCompleted(self):
+        @return: a Deferred firing with this client once connected.
         """
-        The TLS handshake succeeded: the server is who it should be.
-        """
-        self._becomeReady()
+        connecting = self._connectOnce()
+        self._connecting = connecting
+        return connecting.addCallbacks(self._connected, self._firstFailed).addCallback(
+            lambda _: self
+        )
 
-    def _becomeReady(self):
-        self.ready = True
-        waiters, self._readyWaiters = self._readyWaiters, []
-        for d in waiters:
-            d.callback(self)
-
-    def whenReady(self) -> defer.Deferred:
-        """
-        @return: a Deferred firing with this protocol once it is L{ready};
-            failing with L{PrimedTLSError} if the TLS handshake fails, or
-            L{PrimedConnectionLost} if the connection closes first.
-        """
-        if self.ready:
-            return defer.succeed(self)
-        if self._lost:
-            return defer.fail(self._notReady)
-        d = defer.Deferred()
-        self._readyWaiters.append(d)
-        return d
+    def _firstFailed(self, reason):
+        # Not retried; but the attempt is over: requests made during it fail
+        # with it, and a later request makes a connection of its own.
+        self._connecting = None
+        self._fail(reason)
+        return reason
 
     def check(self, number) -> defer.Deferred:
         """
-        Ask whether C{number} (an int, or the text of one: it is sent as
-        given, and primed judges it) is prime.
+        Ask whether C{number} (an int, or the text of one) is prime.
 
         @return: a Deferred firing with a L{Verdict}, after those of every
-            earlier request; or failing with a L{PrimedError}.
+            earlier request; or failing with a L{PrimedError} (or the
+            connection error) once the retries are spent.
         @raise ValueError: if C{number}'s text spans several lines.
         """
         d = defer.Deferred()
@@ -148,185 +173,121 @@ class PrimedClientProtocol(LineReceiver):
 
     def request(self, number, receiver):
         """
-        L{check} without the Deferred, for callers sending numbers by the
-        thousand: the answer goes to C{receiver.callback(verdict)} or
-        C{receiver.errback(failure)} (a L{Deferred} is such a receiver).
-
-        @raise ValueError: if C{number}'s text spans several lines.
+        L{check} with a receiver (see L{PrimedClientProtocol.request}).
         """
-        request = _request(number)
-        if self._lost:
-            receiver.errback(Failure(PrimedConnectionLost("the connection is closed")))
+        ask = _Ask(self, _request(number), receiver)
+        if self._closed:
+            receiver.errback(Failure(PrimedConnectionLost("the client was closed")))
             return
-        if not self._pending and self.timeout is not None:
-            self._lastHeard = self._clock.seconds()
-            if self._timer is None:
-                self._timer = self._clock.callLater(self.timeout, self._checkSilence)
-        self._pending.append(receiver)
-        self.transport.write(request)
+        self._unanswered.append(ask)
+        protocol = self.protocol
+        if protocol is not None and protocol.lost:
+            # Closed while owing nothing: every request sent on it has its
+            # answer.
+            self.protocol = protocol = None
+        if protocol is not None:
+            ask.protocol = protocol
+            protocol.requestLine(ask.line, ask)
+        elif self._connecting is None:
+            self._reconnect()
+        # Otherwise it is sent once the connection under way is made.
 
-    def dataReceived(self, data):
-        # After a protocol error nothing more is trusted: a real transport's
-        # abortConnection does not stop LineReceiver from delivering the
-        # replies still in this segment.
-        if self._error is not None:
-            return
-        if self.timeout is not None:
-            self._lastHeard = self._clock.seconds()
-        LineReceiver.dataReceived(self, data)
-
-    def lineReceived(self, line):
-        if self._error is not None:
-            return
-        verdict = _VERDICT_OF_LINE.get(line)
-        if verdict is None:
-            try:
-                verdict = Verdict.fromReply(line)
-            except ValueError:
-                self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}"))
-                return
-        if not self._pending:
-            self._abort(PrimedProtocolError("a reply to no request"))
-            return
-        self._pending.popleft().callback(verdict)
-
-    def lineLengthExceeded(self, line):
-        if self._error is not None:
-            return
-        self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}..."))
-
-    def _checkSilence(self):
-        self._timer = None
-        if not self._pending or self._lost:
-            return
-        silence = self._clock.seconds() - self._lastHeard
-        if silence >= self.timeout:
-            self._abort(PrimedTimeout(f"no reply for {self.timeout:g} s"))
-        else:
-            self._timer = self._clock.callLater(
-                self.timeout - silence, self._checkSilence
-            )
-
-    def _abort(self, exception):
+    def close(self):
         """
-        Give up on this connection: every pending request fails with
-        C{exception}, since later replies could no longer be trusted.
+        Close the connection and stop reconnecting; unanswered requests
+        fail.
         """
-        if self._error is None:
-            self._error = exception
-        self.transport.abortConnection()
+        self._closed = True
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and not protocol.lost:
+            protocol.transport.loseConnection()
+        self._fail(Failure(PrimedConnectionLost("the client was closed")))
 
-    def connectionLost(self, reason):
-        self._lost = True
-        if not self.ready:
-            # Whatever was asked before the handshake failed with it.
-            if self._error is None:
-                self._error = _handshakeFailure(reason, self.transport)
-            self._notReady = self._error
-            waiters, self._readyWaiters = self._readyWaiters, []
-            for d in waiters:
-                d.errback(Failure(self._notReady))
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        pending, self._pending = self._pending, collections.deque()
-        if not pending:
-            self.lostIdle = self._error is None
+    # Connections.
+
+    def _connectOnce(self) -> defer.Deferred:
+        connecting = connectEndpoint(self._endpoint, self.timeout, self._reactor)
+        # Endpoints with no timeout of their own (unix:, the TLS handshake)
+        # get one too.
+        return connecting.addTimeout(self.timeout + 1, self._reactor)
+
+    def _reconnect(self):
+        connecting = self._connectOnce()
+        self._connecting = connecting
+        connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, protocol):
+        self._connecting = None
+        if self._closed:
+            protocol.transport.loseConnection()
             return
-        if self._error is not None:
-            error_ = self._error
-        else:
-            error_ = PrimedConnectionLost(
-                f"connection lost before {len(pending)} answers arrived"
-                f" ({reason.getErrorMessage()})"
-            )
-        for receiver in pending:
-            receiver.errback(Failure(error_))
+        if self._everConnected:
+            self.reconnections += 1
+        self._everConnected = True
+        self.protocol = protocol
+        for ask in self._unanswered:
+            ask.protocol = protocol
+            protocol.requestLine(ask.line, ask)
 
+    def _connectFailed(self, reason):
+        self._connecting = None
+        if reason.check(defer.CancelledError) and self._closed:
+            return
+        self._lost(reason)
 
-def connect(reactor, description, timeout=None) -> defer.Deferred:
-    """
-    Connect to primed at a client endpoint string (C{"tcp:host=...:port=..."},
-    C{"unix:path=..."}, C{"tls:HOST:PORT:trustRoots=DIR"}).
+    def _lost(self, reason):
+        """
+        The connection is gone, or could not be made: try again, or give up.
+        """
+        if self._closed:
+            return
+        if self._firstLoss is None:
+            self._firstLoss = reason
+        if reason.check(PrimedTLSError, PrimedProtocolError) or self._attempts >= self.retries:
+            self._giveUp(reason)
+            return
+        self._attempts += 1
+        self._connecting = self._reactor.callLater(
+            _reconnectDelay(self._attempts), self._reconnect
+        )
 
-    @param timeout: see L{PrimedClientProtocol.timeout}.
-    @return: a Deferred firing with a L{ready <PrimedClientProtocol.ready>}
-        L{PrimedClientProtocol}; over TLS, failing with L{PrimedTLSError} if
-        the server's certificate is not trusted or not for the host name.
-    """
-    endpoint = endpoints.clientFromString(reactor, description)
-    return connectEndpoint(endpoint, timeout, reactor)
+    def _giveUp(self, reason):
+        first, attempts = self._firstLoss, self._attempts
+        self._firstLoss, self._attempts = None, 0
+        if attempts:
+            message = describeError(first.value)
+            if first is not reason:
+                message += f"; then {attempts} reconnection attempts failed"
+                message += f" ({describeError(reason.value)})"
+            else:
+                message += f" (after {attempts} reconnections)"
+            reason = Failure(PrimedConnectionLost(message))
+        self._fail(reason)
 
+    def _fail(self, reason):
+        asks, self._unanswered = self._unanswered, collections.deque()
+        for ask in asks:
+            ask.receiver.errback(reason)
 
-def connectEndpoint(endpoint, timeout=None, reactor=None) -> defer.Deferred:
-    """
-    L{connect} to an L{IStreamClientEndpoint}.
+    # Answers.
 
-    @param reactor: the clock for C{timeout}.
-    """
-    connecting = endpoints.connectProtocol(endpoint, PrimedClientProtocol(timeout, reactor))
-    return connecting.addCallback(lambda protocol: protocol.whenReady())
+    def _answered(self, ask, verdict):
+        unanswered = self._unanswered
+        if unanswered and unanswered[0] is ask:
+            unanswered.popleft()
+        else:  # pragma: no cover (answers come in request order)
+            unanswered.remove(ask)
+        self._attempts = 0
+        self._firstLoss = None
+        ask.receiver.callback(verdict)
 
-
-def _isTLS(transport) -> bool:
-    try:
-        from twisted.protocols.tls import TLSMemoryBIOProtocol
-    except ImportError:  # no pyOpenSSL: no TLS either
-        return False
-    return isinstance(transport, TLSMemoryBIOProtocol)
-
-
-def _handshakeFailure(reason, transport) -> PrimedError:
-    """
-    Why a TLS connection closed before its handshake completed, in words.
-    """
-    try:
-        from OpenSSL import SSL
-        from service_identity import VerificationError
-    except ImportError:
-        SSL = VerificationError = None
-    if VerificationError is not None and reason.check(VerificationError):
-        return PrimedTLSError(f"TLS: {_mismatch(reason.value)}")
-    if SSL is not None and reason.check(SSL.Error):
-        messages = [entry[-1] for entry in reason.value.args[0] if entry] if (
-            reason.value.args and isinstance(reason.value.args[0], list)
-        ) else []
-        if "certificate verify failed" in messages:
-            return PrimedTLSError(
-                f"TLS: certificate not trusted ({_whyUntrusted(transport)})"
-            )
-        detail = "; ".join(messages) or reason.getErrorMessage()
-        return PrimedTLSError(f"TLS handshake failed: {detail}")
-    return PrimedConnectionLost(
-        f"connection lost during the TLS handshake ({reason.getErrorMessage()})"
-    )
-
-
-def _mismatch(verificationError) -> str:
-    """
-    C{"certificate is not for NAME"}: the handshake failed, so the
-    certificate itself is gone and its names cannot be shown.
-    """
-    asked = []
-    for mismatch in getattr(verificationError, "errors", []):
-        identity = getattr(mismatch, "mismatched_id", None)
-        name = getattr(identity, "hostname", None) or getattr(identity, "ip", None)
-        if name is not None:
-            asked.append(name.decode() if isinstance(name, bytes) else str(name))
-    return f"certificate is not for {' or '.join(asked) or 'the host name'}"
-
-
-def _whyUntrusted(transport) -> str:
-    """
-    OpenSSL's reason for refusing the server's certificate (C{"self-signed
-    certificate"}, C{"unable to get local issuer certificate"}, ...), as
-    C{openssl s_client} prints it.  pyOpenSSL has no public call for it: its
-    bindings are used, and a change in them only costs the detail.
-    """
-    try:
-        from OpenSSL.SSL import _ffi, _lib
-
-        code = _lib.SSL_get_verify_result(transport.getHandle()._ssl)
-        return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode()
-    except Exception:
-        return "certificate verify failed"
+    def _failed(self, ask, reason):
+        if ask.protocol is not self.protocol or self.protocol is None:
+            # Its connection's loss is already being handled: the request
+            # stays unanswered, to be resent.
+            return
+        self.protocol = None
+        self._lost(reason)

@@ -3,6 +3,10 @@ What primed's TCP and UDP clients share: the default server, timeouts and
 retries, the errors a request fails with, and the request line.
 """
 
+import os
+
+from twisted.internet import defer, error
+
 from primed.wire import encodeRequest
 
 DEFAULT_HOST = "127.0.0.1"
@@ -13,6 +17,8 @@ DEFAULT_UDP_PORT = 8808
 #: owed (a 4300-digit check may take a while); over UDP, per attempt.
 DEFAULT_TCP_TIMEOUT = 10.0
 DEFAULT_UDP_TIMEOUT = 1.0
+#: Over UDP, attempts after the first; over TCP, reconnections in a row
+#: without an answer (see L{primed.client.PrimedClient}).
 DEFAULT_RETRIES = 3
 
 
@@ -71,3 +77,16 @@ def _request(number) -> bytes:
     if request.find(b"\n") != len(request) - 1:
         raise ValueError(f"{number!r} is not one line")
     return request
+
+
+def describeError(e) -> str:
+    """
+    C{e} in a few words, for a one-line message: C{"Connection refused"},
+    C{"timed out"}, or the exception's own text.
+    """
+    if isinstance(e, defer.TimeoutError):
+        return "timed out"
+    if isinstance(e, error.ConnectError) and isinstance(e.osError, int):
+        return os.strerror(e.osError)
+    message = str(e).strip()
+    return message or type(e).__name__

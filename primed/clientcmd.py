@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 
-from twisted.internet import defer, endpoints, error, task
+from twisted.internet import endpoints, task
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -23,10 +23,10 @@ from primed.client import (
     DEFAULT_TCP_TIMEOUT,
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
+    PrimedClient,
     PrimedUDPClient,
-    _request,
-    connectEndpoint,
 )
+from primed.clientbase import describeError
 from primed.clientio import InputError, Output, Run, StdinReader
 
 #: Requests the command keeps unanswered at once: enough to hide the round
@@ -94,7 +94,10 @@ class Options(usage.Options):
             "retries",
             "n",
             str(DEFAULT_RETRIES),
-            "UDP attempts after the first before giving up.",
+            "Over UDP, attempts after the first before giving up. Over TCP, "
+            "after a lost connection: attempts in a row to connect again and "
+            "resend what it had not answered (at once, then after 0.5, 1, 2, "
+            "4, then 5 s), before giving up.",
         ],
     ]
 
@@ -256,43 +259,6 @@ def _hostPort(host, port):
 
 
 
-class _Reconnecting:
-    """
-    The command's TCP sender.  primed closes connections left idle, as a
-    command reading a slow pipe or a terminal easily leaves one: a connection
-    that closed owing nothing is replaced for the next request instead of
-    ending the run.  One that closed owing answers still ends it.
-    """
-
-    def __init__(self, connect, protocol):
-        self._connect = connect
-        self.protocol = protocol
-        self._waiting = None
-
-    def request(self, number, receiver):
-        if self._waiting is None and not self.protocol.lostIdle:
-            self.protocol.request(number, receiver)
-            return
-        _request(number)  # Refuse now what the new connection would refuse.
-        if self._waiting is not None:
-            self._waiting.append((number, receiver))
-            return
-        self._waiting = [(number, receiver)]
-        connecting = defer.ensureDeferred(self._connect())
-        connecting.addCallbacks(self._connected, self._failed)
-
-    def _connected(self, protocol):
-        self.protocol = protocol
-        waiting, self._waiting = self._waiting, None
-        for number, receiver in waiting:
-            protocol.request(number, receiver)
-
-    def _failed(self, reason):
-        waiting, self._waiting = self._waiting, None
-        for number, receiver in waiting:
-            receiver.errback(reason)
-
-
 async def run(reactor, options, stdin, stdout, stderr) -> int:
     """
     The command, given parsed L{Options}.
@@ -314,12 +280,16 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
 
         window, connection = UDP_WINDOW, None
     else:
+        # A lost connection is made again and what it had not answered is
+        # resent (--retries); only the first connection fails at once.
+        connection = PrimedClient(
+            reactor, _endpoint(reactor, options), options["timeout"], options["retries"]
+        )
         try:
-            protocol = await _connectTCP(reactor, options)
+            await connection.connect()
         except Exception as e:
-            stderr.write(f"primed-client: cannot connect to {where}: {_reason(e)}\n")
+            stderr.write(f"primed-client: cannot connect to {where}: {describeError(e)}\n")
             return 1
-        connection = _Reconnecting(lambda: _connectTCP(reactor, options), protocol)
         send, window = connection.request, TCP_WINDOW
 
     def wantInput():
@@ -343,43 +313,30 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         return 1
     except Exception as e:
         if output.error is not None:
-            reason = output.error.strerror or _reason(output.error)
+            reason = output.error.strerror or describeError(output.error)
             stderr.write(f"primed-client: cannot write standard output: {reason}\n")
         elif not output.broken:
-            stderr.write(f"primed-client: {where}: {_reason(e)}\n")
+            stderr.write(f"primed-client: {where}: {describeError(e)}\n")
         return 1
     finally:
         if connection is not None:
-            connection.protocol.transport.loseConnection()
+            connection.close()
     return 1 if output.broken else 0
 
 
-async def _connectTCP(reactor, options):
-    timeout = options["timeout"]
+def _endpoint(reactor, options):
+    """
+    The server's endpoint: C{--endpoint}, or C{--host} and C{--port}, over
+    TLS with C{--tls}.
+    """
     if options["endpoint"] is not None:
-        endpoint = endpoints.clientFromString(reactor, options["endpoint"])
-    else:
-        endpoint = endpoints.HostnameEndpoint(
-            reactor, options["host"], options["port"], timeout=timeout
-        )
-        if options.tlsOptions is not None:
-            endpoint = endpoints.wrapClientTLS(options.tlsOptions, endpoint)
-    # Fires after the TLS handshake, if any: a certificate refused is a
-    # failure to connect.
-    connecting = connectEndpoint(endpoint, timeout, reactor)
-    # Endpoints without a timeout of their own (unix:, ssl: as given) and
-    # the TLS handshake still get one.
-    connecting.addTimeout(timeout + 1, reactor)
-    return await connecting
-
-
-def _reason(e):
-    if isinstance(e, defer.TimeoutError):
-        return "timed out"
-    if isinstance(e, error.ConnectError) and isinstance(e.osError, int):
-        return os.strerror(e.osError)
-    message = str(e).strip()
-    return message or type(e).__name__
+        return endpoints.clientFromString(reactor, options["endpoint"])
+    endpoint = endpoints.HostnameEndpoint(
+        reactor, options["host"], options["port"], timeout=options["timeout"]
+    )
+    if options.tlsOptions is not None:
+        endpoint = endpoints.wrapClientTLS(options.tlsOptions, endpoint)
+    return endpoint
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from twisted.python.failure import Failure
 
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
+from primed.counters import Counters
 from primed.tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -56,14 +58,19 @@ class UDPAddress:
                 raise ValueError(f"expected systemd:name=NAME, not {text!r}")
             return cls(systemdName=name)
         host, _, port = text.rpartition(":")
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        # str.isdigit() alone takes "\u0663" (port 3) and "\u00b2" (no port).
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected [HOST:]PORT with a port from 0 to 65535, not {text!r}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-            if not host or "[" in host or "]" in host:
+            if not isIPv6Address(host):
                 raise ValueError(f"expected [IPV6]:PORT, not {text!r}")
         elif "[" in host or "]" in host or ":" in host:
             raise ValueError(f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}")
+        elif host and not isIPAddress(host):
+            # Twisted's listenUDP binds addresses, not names: refuse one now
+            # rather than fail to listen.
+            raise ValueError(f"expected an IP address as HOST, not {host!r}")
         return cls(host, int(port))
 
     def __repr__(self) -> str:
@@ -158,6 +165,8 @@ class PrimedService(service.Service):
             threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
         self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+        #: What every protocol counts; L{primed.metrics} reads it.
+        self.counters = Counters()
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -166,6 +175,7 @@ class PrimedService(service.Service):
             maxConnections=maxConnections,
             idleTimeout=idleTimeout,
             verbose=verbose,
+            counters=self.counters,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -233,6 +243,9 @@ class PrimedService(service.Service):
 
     def _listenTCP(self, description: str, endpoint):
         factory = self.factory
+        proxyEndpoint = None
+        if hasattr(endpoint, "wrapFactory"):  # haproxy:ENDPOINT (primed.proxy)
+            proxyEndpoint, endpoint = endpoint, endpoint.wrapped
         tlsContext = _tlsContext(endpoint)
         if tlsContext is not None:
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
@@ -240,6 +253,9 @@ class PrimedService(service.Service):
             from primed.tls import HalfCloseableTLSFactory
 
             factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+        if proxyEndpoint is not None:
+            # The PROXY header comes first, in clear, before any TLS.
+            factory = proxyEndpoint.wrapFactory(factory)
         if self.reusePort:
             host, port, backlog = _tcpBinding(description, endpoint)
             sock = _reusePortSocket(socket.SOCK_STREAM, host, port, backlog)
@@ -251,7 +267,7 @@ class PrimedService(service.Service):
             host, port, backlog = _tcpBinding(description, endpoint)
             return self.reactor.listenTCP(port, factory, backlog, host)
         result = []
-        endpoint.listen(self.factory).addBoth(result.append)
+        endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
         if isinstance(result[0], Failure):
@@ -261,7 +277,8 @@ class PrimedService(service.Service):
 
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(
-            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose
+            self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
+            counters=self.counters,
         )
         self.datagramProtocols.append(protocol)
         # A datagram the kernel cuts is never checked: see receiveBufferSize.
@@ -315,10 +332,12 @@ class PrimedService(service.Service):
             # No new datagrams; replies can still leave.  (Fake ports in
             # tests may not read at all.)
             getattr(port, "stopReading", lambda: None)()
+        # Not the pool's idleness: a check whose connection is gone is owed
+        # to nobody, and _closed leaves it to its daemon thread.
         drained = defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for port in self.tcpPorts]
             + [protocol.drain() for protocol in self.datagramProtocols]
-            + [self.factory.drain(), self.checker.whenIdle()],
+            + [self.factory.drain()],
             consumeErrors=True,
         )
         done = defer.Deferred()
@@ -330,6 +349,13 @@ class PrimedService(service.Service):
         self._stopping = done
         self._deadline = timeout
         return done
+
+    @property
+    def stopping(self) -> bool:
+        """
+        Whether a stop has begun (it may still be draining).
+        """
+        return self._stopping is not None
 
     def endDrain(self) -> None:
         """
@@ -345,6 +371,7 @@ class PrimedService(service.Service):
         requests = self.factory.abortAll() + sum(
             protocol.inflight for protocol in self.datagramProtocols
         )
+        self.counters.drainUnanswered += requests
         self._log.warn(
             "{why}: cut {connections} connection(s), "
             "{requests} received request(s) left unanswered",
@@ -360,14 +387,14 @@ class PrimedService(service.Service):
         for port in self.udpPorts:
             port.stopListening()
         self.tcpPorts, self.udpPorts = [], []
-        # Checks still waiting for a thread have nobody left to answer
-        # (the drain deadline passed): skip them, or ThreadPool.stop would
-        # run every one of them before joining.
+        # Checks still waiting for a thread have nobody left to answer (the
+        # drain deadline passed, or their connection is gone): skip them, or
+        # ThreadPool.stop would run every one of them before joining.
         self.checker.abandon()
         if self.ownsPool:
-            # After a full drain the workers are idle and join at once; past
-            # the deadline a running check may take minutes, and nobody
-            # waits for its answer: leave it to its daemon thread.
+            # With no check left the workers are idle and join at once;
+            # otherwise a running check may take minutes, and nobody waits
+            # for its answer: leave it to its daemon thread.
             self.threadpool.stop(wait=not self.checker.queued)
         self._log.info("Stopped")
 

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import sdnotify, signals, wire
+from primed import proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
@@ -33,6 +33,22 @@ def _positiveInt(name):
         return number
 
     coerce.coerceDoc = "A whole number, at least 1."
+    return coerce
+
+
+def _atLeast(name, least):
+    def coerce(value):
+        try:
+            number = int(value)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise usage.UsageError(
+                f"--{name} must be a whole number, at least {least}, not {value!r}"
+            )
+        return number
+
+    coerce.coerceDoc = f"A whole number, at least {least}."
     return coerce
 
 
@@ -68,7 +84,7 @@ class Options(usage.Options):
     optFlags = [
         ["no-udp", None, "Do not serve UDP."],
         ["reuseport", None,
-         "Bind TCP (tcp:/tcp6: endpoints) and UDP with SO_REUSEPORT, so several "
+         "Bind TCP (tcp:, tcp6: and ssl: endpoints) and UDP with SO_REUSEPORT, so several "
          "primed processes can share the ports, one core each."],
         ["verbose", "v", "Log every request and its verdict, once, when it is known."],
     ]
@@ -93,10 +109,28 @@ class Options(usage.Options):
          "Seconds a TCP connection may stay with no complete request and no "
          "reply owed before it is closed; 0 never closes.",
          _seconds("idle-timeout")],
+        ["proxy-timeout", None, proxy.DEFAULT_HEADER_TIMEOUT,
+         "Seconds a connection to a haproxy: listener may take to send its "
+         "PROXY header before it is closed unanswered; 0 never closes.",
+         _seconds("proxy-timeout")],
+        ["proxy-max-header", None, proxy.DEFAULT_MAX_HEADER,
+         "Longest PROXY v2 header accepted on a haproxy: listener, in bytes "
+         f"(at least {proxy.MIN_MAX_HEADER}; v1 headers are at most 107).",
+         _atLeast("proxy-max-header", proxy.MIN_MAX_HEADER)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
          _seconds("drain-timeout")],
+        ["metrics", None, None,
+         "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
+         "HTTP on this Twisted server endpoint, e.g. "
+         "tcp:9809:interface=127.0.0.1; off by default."],
+        ["metrics-max-connections", None, 16,
+         "Open connections to the --metrics port; new ones beyond it are closed at once.",
+         _positiveInt("metrics-max-connections")],
+        ["metrics-timeout", None, 10.0,
+         "Seconds a --metrics connection may stay without a complete request.",
+         _seconds("metrics-timeout")],
     ]
 
     def __init__(self):
@@ -128,14 +162,16 @@ class Options(usage.Options):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,
         tcp6:PORT:interface=\\:\\:1 with an IPv6 address's colons escaped,
-        unix:PATH, ssl:…, systemd:domain=INET:name=NAME); repeatable,
+        unix:PATH, ssl:…, systemd:domain=INET:name=NAME; haproxy: in front of
+        any of them expects a PROXY v1/v2 header); repeatable,
         replaces the default [default: tcp:8809:interface=127.0.0.1:backlog=1024].
         """
         self["listen"].append(description)
 
     def opt_udp(self, address):
         """
-        Serve UDP on [HOST:]PORT, [IPV6]:PORT (an IPv6 address in brackets)
+        Serve UDP on [HOST:]PORT (an IPv4 address; PORT alone is every
+        interface), [IPV6]:PORT (an IPv6 address in brackets)
         or an inherited socket systemd:name=NAME; repeatable, replaces the
         default [default: 127.0.0.1:8808].
         """
@@ -155,6 +191,8 @@ class Options(usage.Options):
 
         for description in self["listen"]:
             _serverEndpoint(reactor, description)  # refuse bad ones now
+        if self["metrics"] is not None:
+            _serverEndpoint(reactor, self["metrics"], option="--metrics")
 
 
 def _runnerName() -> str:
@@ -170,13 +208,16 @@ def _runnerName() -> str:
 _UNESCAPED_IPV6 = re.compile(r"interface=[0-9A-Fa-f.]*:(?![A-Za-z_]+=)")
 
 
-def _serverEndpoint(reactor, description: str):
+def _serverEndpoint(reactor, description: str, config=None, option: str = "--listen"):
+    limits = {}
+    if config is not None:
+        limits = dict(timeout=config["proxy-timeout"], maxLength=config["proxy-max-header"])
     try:
-        return endpoints.serverFromString(reactor, description)
+        return proxy.serverFromString(reactor, description, endpoints.serverFromString, **limits)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
-        message = f"--listen {description!r}: {e}"
+        message = f"{option} {description!r}: {e}"
         if _UNESCAPED_IPV6.search(description):
-            message = (f"--listen {description!r}: escape the colons of an IPv6 "
+            message = (f"{option} {description!r}: escape the colons of an IPv6 "
                        f"interface with backslashes, as in tcp6:8809:interface=\\:\\:1")
         raise usage.UsageError(message)
 
@@ -193,7 +234,7 @@ def makeService(config, reactor=None):
     primed = PrimedService(
         reactor,
         tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description))
+            (description, _serverEndpoint(reactor, description, config))
             for description in config["listen"]
         ],
         udpAddresses=config["udp"],
@@ -210,6 +251,19 @@ def makeService(config, reactor=None):
     top = service.MultiService()
     primed.setName("primed")
     primed.setServiceParent(top)
+    if config["metrics"] is not None:
+        # Imported here: prometheus-client and twisted.web load only when asked for.
+        from primed.metrics import MetricsService
+
+        metrics = MetricsService(
+            primed,
+            config["metrics"],
+            _serverEndpoint(reactor, config["metrics"], option="--metrics"),
+            maxConnections=config["metrics-max-connections"],
+            timeout=config["metrics-timeout"] or None,
+        )
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)

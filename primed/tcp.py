@@ -36,8 +36,9 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.counters import Counters
 from primed.fastpath import streamWriter
-from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
+from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
 DEFAULT_MAX_INFLIGHT = 1024
@@ -67,6 +68,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
     _log = Logger()
+    #: The client's address when a PROXY header gave it (L{primed.proxy}).
+    peerAddress = None
 
     def __init__(self):
         self._buffer = b""
@@ -88,6 +91,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self.maxDigits = factory.maxDigits
         self.MAX_LENGTH = wire.maxLineLength(factory.maxDigits)
         self.maxInflight = factory.maxInflight
+        self.counters = factory.counters
         self._write = streamWriter(self.transport)
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
@@ -133,6 +137,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             self.setTimeout(self.factory.idleTimeout)  # the timer is spent: re-arm
             return
         self._log.info("Closing idle connection from {peer}", peer=self._peer())
+        self.counters.tcpIdleClosed += 1
         self.transport.abortConnection()
 
     def callLater(self, period, func):
@@ -166,6 +171,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             self.lineLengthExceeded(b"")
 
     def lineLengthExceeded(self, line):
+        self.counters.linesTooLong += 1
         if self._held or self._paused & _HOLDING:
             self._held.append(b"!")  # any non-request answers E
         else:
@@ -193,15 +199,25 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         inlineMaxBits = checker.inlineMaxBits
         isPrime = checker.checkInline
         verbose = self.factory.verbose
+        counters = self.counters
         out = []
         for index, line in enumerate(lines):
             number = parseRequest(line, maxDigits)
             if number is None:
                 reply = INVALID_REPLY
+                counters.tcpInvalid += 1
+                if len(line) > self.MAX_LENGTH:  # whole in one read
+                    counters.linesTooLong += 1
             elif number < 2:
                 reply = NOT_PRIME_REPLY
+                counters.tcpNotPrime += 1
             elif number.bit_length() <= inlineMaxBits:
-                reply = REPLIES[isPrime(number)]
+                if isPrime(number):
+                    reply = PRIME_REPLY
+                    counters.tcpPrime += 1
+                else:
+                    reply = NOT_PRIME_REPLY
+                    counters.tcpNotPrime += 1
             else:
                 if len(pending) >= self.maxInflight:
                     self._hold(lines, index, PAUSED_BY_INFLIGHT)
@@ -248,7 +264,13 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Results from the pool.
 
     def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
+        if self._lost:
+            return  # nobody to answer: not counted as answered
         slot[0] = REPLIES[isPrime]
+        if isPrime:
+            self.counters.tcpPrime += 1
+        else:
+            self.counters.tcpNotPrime += 1
         if self.factory.verbose:
             self._logVerdict(line, slot[0])
         self._flushPending()
@@ -259,6 +281,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self._log.failure("Checking a {digits}-digit number failed", failure,
                           digits=len(line))
         slot[0] = INVALID_REPLY
+        self.counters.tcpInvalid += 1
         self._flushPending()
 
     def _flushPending(self) -> None:
@@ -349,9 +372,12 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
     # Logging.
 
     def _peer(self) -> str:
-        peer = self.transport.getPeer()
+        peer = self.peerAddress or self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-        return f"{host}:{port}" if host is not None else str(peer)
+        if host is None:
+            return str(peer)
+        # [::1]:5000, not ::1:5000, where the port would read as a group.
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _logVerdict(self, line: bytes, reply: bytes) -> None:
         self._log.info(
@@ -381,7 +407,12 @@ class PrimeLineFactory(Factory):
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         verbose: bool = False,
+        counters: Optional[Counters] = None,
     ):
+        """
+        @param counters: where to count requests and connections; a fresh
+            L{Counters} by default.
+        """
         self.checker = checker
         self.reactor = reactor
         self.maxDigits = maxDigits
@@ -389,6 +420,7 @@ class PrimeLineFactory(Factory):
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
         self.verbose = verbose
+        self.counters = Counters() if counters is None else counters
         self.protocols: Set[PrimeLineProtocol] = set()
         self.refused = 0
         self.draining = False
@@ -417,6 +449,7 @@ class PrimeLineFactory(Factory):
 
     def connected(self, protocol: PrimeLineProtocol) -> None:
         self.protocols.add(protocol)
+        self.counters.tcpAccepted += 1
 
     def disconnected(self, protocol: PrimeLineProtocol) -> None:
         self.protocols.discard(protocol)

@@ -15,8 +15,9 @@ from twisted.logger import Logger
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.counters import Counters
 from primed.fastpath import datagramWriter
-from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, REPLIES, parseRequest
+from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Seconds between two log lines about dropped datagrams.
 DROP_LOG_INTERVAL = 10.0
@@ -57,12 +58,18 @@ class PrimeDatagramProtocol(DatagramProtocol):
         reactor,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
         verbose: bool = False,
+        counters: Optional[Counters] = None,
     ):
+        """
+        @param counters: where to count requests; a fresh L{Counters} by
+            default.
+        """
         self.checker = checker
         self.reactor = reactor
         self.maxDigits = maxDigits
         self.maxLength = wire.maxLineLength(maxDigits)
         self.verbose = verbose
+        self.counters = Counters() if counters is None else counters
         self.dropped = 0
         self.inflight = 0
         self._droppedSinceLog = 0
@@ -75,19 +82,31 @@ class PrimeDatagramProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if not data or self._stopped:
+            if not data:
+                self.counters.udpIgnored += 1
             return
         line = data[:-1] if data[-1:] == b"\n" else data
+        counters = self.counters
         if len(line) > self.maxLength:
+            counters.linesTooLong += 1
+            counters.udpInvalid += 1
             self._reply(INVALID_REPLY, line[:80], addr)
             return
         number = parseRequest(line, self.maxDigits)
         checker = self.checker
         if number is None:
             reply = INVALID_REPLY
+            counters.udpInvalid += 1
         elif number < 2:
             reply = NOT_PRIME_REPLY
+            counters.udpNotPrime += 1
         elif checker.isInline(number):
-            reply = REPLIES[checker.checkInline(number)]
+            if checker.checkInline(number):
+                reply = PRIME_REPLY
+                counters.udpPrime += 1
+            else:
+                reply = NOT_PRIME_REPLY
+                counters.udpNotPrime += 1
         elif checker.hasRoom():
             self.inflight += 1
             checker.submit(number).addCallbacks(
@@ -100,6 +119,10 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self._reply(reply, line, addr)
 
     def _checked(self, isPrime: bool, line: bytes, addr) -> None:
+        if isPrime:
+            self.counters.udpPrime += 1
+        else:
+            self.counters.udpNotPrime += 1
         self._reply(REPLIES[isPrime], line, addr)
         self._done()
 
@@ -109,6 +132,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
             return
         self._log.failure("Checking a {digits}-digit number failed", failure,
                           digits=len(line))
+        self.counters.udpInvalid += 1
         self._reply(INVALID_REPLY, line, addr)
         self._done()
 

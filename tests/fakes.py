@@ -123,6 +123,26 @@ def makeFactory(checker=None, reactor=None, **options) -> PrimeLineFactory:
     return PrimeLineFactory(checker, reactor, **options)
 
 
+def makeService(reactor=None, pool=None, threads=1, **options):
+    """
+    A L{primed.service.PrimedService} on one fake TCP port and one fake UDP
+    port of C{reactor}, checking big numbers in C{pool}; not started.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from primed.service import PrimedService, UDPAddress
+
+    reactor = reactor or ThreadlessReactor()
+    return PrimedService(
+        reactor,
+        [("tcp:0", serverFromString(reactor, "tcp:0"))],
+        [UDPAddress("127.0.0.1", 0)],
+        threads=threads,
+        threadpool=pool or HandDrivenPool(),
+        **options,
+    )
+
+
 def makeDatagramProtocol(checker=None, **options):
     checker = checker or makeChecker()
     protocol = PrimeDatagramProtocol(checker, checker.reactor, **options)
@@ -140,6 +160,7 @@ __all__ = [
     "makeChecker",
     "makeFactory",
     "makeDatagramProtocol",
+    "makeService",
     "connect",
 ]
 

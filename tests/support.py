@@ -5,6 +5,7 @@ subprocess on ephemeral loopback ports, always stopped by the test.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,10 +32,10 @@ def twistdCommand() -> List[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _runnerArgv(runner: str, args) -> List[str]:
+def _runnerArgv(runner: str, args, twistdArgs=()) -> List[str]:
     if runner == "twist":
         return [sys.executable, "-m", "twisted", "--log-format", "text", "primed"] + list(args)
-    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", "primed"] + list(args)
+    return twistdCommand() + ["-n", "-l", "-", "--pidfile=", *twistdArgs, "primed"] + list(args)
 
 
 def _defaultStopSignals() -> None:
@@ -60,8 +61,9 @@ class Daemon:
     """
 
     def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
-                 runner: str = "twistd"):
+                 runner: str = "twistd", twistdArgs=()):
         self.args = args
+        self.twistdArgs = twistdArgs
         self.env = env
         self.pass_fds = pass_fds
         self.startTimeout = startTimeout
@@ -87,7 +89,8 @@ class Daemon:
         argv = _runnerArgv(
             self.runner,
             self.args
-            or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"]
+            or ["--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--udp", "127.0.0.1:0"],
+            self.twistdArgs,
         )
         self.process = subprocess.Popen(
             argv,
@@ -324,8 +327,9 @@ def makeCertificates(directory: str) -> dict:
     """
     With C{openssl}, as the README shows: a CA (C{ca.pem}), a server key
     and certificate it signs for C{localhost}, 127.0.0.1 and ::1
-    (C{key.pem}, C{cert.pem}), and a second CA that signed nothing primed
-    serves (C{other-ca.pem}).
+    (C{key.pem}, C{cert.pem}), a second CA that signed nothing primed
+    serves (C{other-ca.pem}), and a directory holding the first CA alone,
+    for Twisted's C{tls:...:trustRoots=DIR} (C{trust}).
 
     @return: the paths, by those names without C{.pem}.
     """
@@ -347,18 +351,24 @@ def makeCertificates(directory: str) -> dict:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem")
-    return {name: os.path.join(directory, name + ".pem")
-            for name in ("ca", "other-ca", "key", "cert")}
+    paths = {name: os.path.join(directory, name + ".pem")
+             for name in ("ca", "other-ca", "key", "cert")}
+    paths["trust"] = os.path.join(directory, "trust")
+    os.mkdir(paths["trust"])
+    shutil.copy(paths["ca"], paths["trust"])
+    return paths
 
 
 def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",
-           timeout: float = 30.0, host: str = "127.0.0.1") -> Tuple[bytes, str]:
+           timeout: float = 30.0, host: str = "127.0.0.1",
+           prefix: bytes = b"") -> Tuple[bytes, str]:
     """
     Send C{payload} over TLS (verifying the server against C{caFile}), stop
     sending, and read until the server closes.  C{stop} is how: with a
     C{close_notify} alert and the TCP connection left open
     (C{"close_notify"}), or with a bare TCP FIN (C{"fin"}).  Python's
-    C{ssl} module, over memory BIOs so each step is explicit.
+    C{ssl} module, over memory BIOs so each step is explicit.  C{prefix} is
+    sent in clear first (a PROXY header).
 
     @return: what came back, and how it ended: C{"close_notify"} (the
         server's alert) or C{"eof"} (the TCP connection closed without it).
@@ -370,6 +380,7 @@ def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",
     tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
     deadline = time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(prefix)  # in clear, before TLS: a PROXY header
 
         def flush() -> None:
             data = outgoing.read()

@@ -1,248 +1,330 @@
 """
-The client library without a network: TCP over a L{StringTransport}, UDP
-over a fake reactor, time from a L{task.Clock}; then against a real primed
-service in this process.
+L{primed.client.PrimedClient}, the connection that survives a lost backend,
+over L{StringTransport}s and a L{task.Clock}; then the client APIs against a
+real primed service in this process.
 """
 
+import errno
+
 from twisted.internet import defer, task
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from fakes import AbortingTransport, connected, lose
+from fakes import AbortingTransport, lose
 from primed import client
 from primed.client import (
-    PrimedClientProtocol,
+    PrimedClient,
     PrimedConnectionLost,
     PrimedProtocolError,
     PrimedRefused,
-    PrimedTimeout,
+    PrimedTLSError,
     PrimedUDPClient,
 )
 from primed.wire import Verdict
 
 
-class TCPProtocolTests(unittest.TestCase):
+class FakeEndpoint:
+    """
+    A client endpoint whose connection attempts the test completes or fails
+    by hand, each connection over a L{StringTransport}.
+    """
+
+    def __init__(self):
+        self.attempts = []
+
+    def connect(self, factory):
+        d = defer.Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def succeed(self):
+        """
+        Complete the latest attempt; return its protocol and transport.
+        """
+        factory, d = self.attempts[-1]
+        protocol = factory.buildProtocol(None)
+        transport = AbortingTransport()
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+    def fail(self, exception):
+        self.attempts[-1][1].errback(exception)
+
+
+class Receiver:
+    """
+    Records every call, so an answer given twice shows.
+    """
+
+    def __init__(self, got, name):
+        self.got, self.name = got, name
+
+    def callback(self, verdict):
+        self.got.append((self.name, verdict))
+
+    def errback(self, reason):
+        self.got.append((self.name, Failure(reason).value))
+
+
+class PrimedClientTests(unittest.TestCase):
+    """
+    L{PrimedClient}: a lost connection is made again, and what it had not
+    answered is resent, in order, each answer given once.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.endpoint = FakeEndpoint()
+        self.got = []
+
+    def connected(self, retries=3, timeout=10.0):
+        self.client = PrimedClient(self.clock, self.endpoint, timeout, retries)
+        d = self.client.connect()
+        protocol, transport = self.endpoint.succeed()
+        self.assertIs(self.successResultOf(d), self.client)
+        return protocol, transport
+
+    def ask(self, *numbers):
+        for number in numbers:
+            self.client.request(number, Receiver(self.got, str(number)))
+
     def test_pipelined(self):
-        """
-        Requests go out at once, without waiting for replies; the replies,
-        in one segment, fire the Deferreds in request order.
-        """
-        protocol, transport = connected()
-        ds = [protocol.check(n) for n in (17, "4", "4j", 2**50 - 1)]
-        self.assertEqual(transport.value(), b"17\n4\n4j\n1125899906842623\n")
-        fired = []
-        for d in ds:
-            d.addCallback(fired.append)
-        protocol.dataReceived(b"T\nF\nE\nF\n")
+        protocol, transport = self.connected()
+        self.ask(2, 4, "4j")
+        self.assertEqual(transport.value(), b"2\n4\n4j\n")
+        protocol.dataReceived(b"T\nF\nE\n")
         self.assertEqual(
-            fired, [Verdict.PRIME, Verdict.NOT_PRIME, Verdict.INVALID, Verdict.NOT_PRIME]
+            self.got, [("2", Verdict.PRIME), ("4", Verdict.NOT_PRIME), ("4j", Verdict.INVALID)]
         )
+        self.assertEqual(len(self.endpoint.attempts), 1)
 
-    def test_repliesByteByByte(self):
-        protocol, transport = connected()
-        ds = [protocol.check(n) for n in (2, 3, 4)]
-        for byte in b"T\r\nT\nF\n":
-            protocol.dataReceived(bytes([byte]))
+    def test_resendsUnansweredAtOnce(self):
+        """
+        The connection is lost after answering the first of four requests:
+        a new one is made at once, the other three are sent on it, in order,
+        and each receiver gets one answer.
+        """
+        protocol, transport = self.connected()
+        self.ask(2, 3, 4, 5)
+        protocol.dataReceived(b"T\n")
+        lose(protocol, transport)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        second, transport2 = self.endpoint.succeed()
+        self.assertEqual(transport2.value(), b"3\n4\n5\n")
+        self.ask(6)
+        second.dataReceived(b"T\nF\nT\nF\n")
         self.assertEqual(
-            [self.successResultOf(d) for d in ds],
-            [Verdict.PRIME, Verdict.PRIME, Verdict.NOT_PRIME],
+            self.got,
+            [("2", Verdict.PRIME), ("3", Verdict.PRIME), ("4", Verdict.NOT_PRIME),
+             ("5", Verdict.PRIME), ("6", Verdict.NOT_PRIME)],
         )
+        self.assertEqual(self.client.reconnections, 1)
 
-    def test_laterRequestWaitsForEarlier(self):
-        protocol, transport = connected()
-        first, second = protocol.check(4), protocol.check(5)
-        protocol.dataReceived(b"F\n")
-        self.assertEqual(self.successResultOf(first), Verdict.NOT_PRIME)
-        self.assertNoResult(second)
-
-    def test_multiLineTextRefused(self):
+    def test_requestsWhileReconnecting(self):
         """
-        Text that would be two requests is refused before anything is sent:
-        it would shift every later reply onto the wrong request.
+        Requests made while the new connection is under way wait for it,
+        after the ones being resent.
         """
-        protocol, transport = connected()
-        self.assertRaises(ValueError, protocol.check, "1\n2")
-        self.assertEqual(transport.value(), b"")
-
-    def test_connectionLostFailsPending(self):
-        protocol, transport = connected()
-        ds = [protocol.check(n) for n in (2, 3, 4)]
-        protocol.dataReceived(b"T\n")
+        protocol, transport = self.connected()
+        self.ask(2)
         lose(protocol, transport)
-        self.assertEqual(self.successResultOf(ds[0]), Verdict.PRIME)
-        for d in ds[1:]:
-            failure = self.failureResultOf(d, PrimedConnectionLost)
-            self.assertEqual(
-                str(failure.value),
-                "connection lost before 2 answers arrived (Connection was closed cleanly.)",
-            )
+        self.ask(3)
+        self.clock.advance(0)
+        self.ask(4)
+        second, transport2 = self.endpoint.succeed()
+        self.assertEqual(transport2.value(), b"2\n3\n4\n")
 
-    def test_checkAfterConnectionLost(self):
-        protocol, transport = connected()
+    def test_retriesWithDelays(self):
+        """
+        Attempts that fail to connect are repeated after 0, 0.5, 1, 2, 4
+        and then 5 seconds; after C{retries} of them every unanswered
+        request fails, once, with a reason naming the loss and the last
+        failure.
+        """
+        protocol, transport = self.connected(retries=6)
+        self.ask(2, 3)
         lose(protocol, transport)
-        failure = self.failureResultOf(protocol.check(17), PrimedConnectionLost)
-        self.assertEqual(str(failure.value), "the connection is closed")
-        self.assertEqual(transport.value(), b"")
+        delays = []
+        for attempt in range(6):
+            before = self.clock.seconds()
+            while len(self.endpoint.attempts) < attempt + 2:
+                self.clock.advance(0.25)
+            delays.append(self.clock.seconds() - before)
+            self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.assertEqual(delays[1:], [0.5, 1.0, 2.0, 4.0, 5.0])
+        self.assertEqual([name for name, _ in self.got], ["2", "3"])
+        [error] = {type(e) for _, e in self.got}
+        self.assertIs(error, PrimedConnectionLost)
+        self.assertEqual(
+            str(self.got[0][1]),
+            "connection lost before 2 answers arrived (Connection was closed cleanly.);"
+            " then 6 reconnection attempts failed (Connection refused)",
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_lostIdle(self):
+    def test_answerResetsRetries(self):
         """
-        C{lostIdle} says whether a closed connection owed nothing (a new one
-        may carry on): not before it closes, not when answers were owed or
-        a protocol error ended it.
+        Any answer resets the count: isolated losses, each followed by an
+        answer, never use up the retries.
         """
-        protocol, transport = connected()
-        self.assertFalse(protocol.lostIdle)
-        protocol.check(2)
-        protocol.dataReceived(b"T\n")
-        self.assertFalse(protocol.lostIdle)
-        lose(protocol, transport)
-        self.assertIs(protocol.lostIdle, True)
-        owing, transport = connected()
-        owing.check(2).addErrback(lambda f: None)
-        lose(owing, transport)
-        self.assertIs(owing.lostIdle, False)
-        broken, transport = connected(transport=AbortingTransport())
-        broken.dataReceived(b"T\n")
-        lose(broken, transport)
-        self.assertIs(broken.lostIdle, False)
-
-    def test_unexpectedReply(self):
-        """
-        A reply that is not a verdict drops the connection and fails every
-        pending request: later replies could not be trusted.
-        """
-        protocol, transport = connected(transport=AbortingTransport())
-        ds = [protocol.check(n) for n in (2, 3)]
-        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\nT\n")
-        self.assertTrue(transport.aborted)
-        for d in ds:
-            self.assertNoResult(d)
-        lose(protocol, transport)
-        for d in ds:
-            failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertEqual(str(failure.value), "unexpected reply b'HTTP/1.1 400 Bad Req'")
-
-    def test_repliesAfterErrorIgnored(self):
-        """
-        Replies already received behind a bad one are not matched to the
-        pending requests: the connection is aborted, but a real transport
-        leaves C{disconnecting} False, so only the protocol can refuse them.
-        """
-        protocol, transport = connected(transport=AbortingTransport())
-        ds = [protocol.check(n) for n in (4, 9, 5)]
-        protocol.dataReceived(b"X\nT\n")
-        protocol.dataReceived(b"T\n" + b"T" * 1000)
-        self.assertTrue(transport.aborted)
-        lose(protocol, transport)
-        for d in ds:
-            failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertIn("unexpected reply b'X'", str(failure.value))
-
-    def test_replyToNoRequest(self):
-        protocol, transport = connected(transport=AbortingTransport())
-        protocol.dataReceived(b"T\nT\n")
-        self.assertTrue(transport.aborted)
-        d = protocol.check(2)
-        protocol.dataReceived(b"T\n")
-        self.assertNoResult(d)
-        lose(protocol, transport)
-        failure = self.failureResultOf(d, PrimedProtocolError)
-        self.assertEqual(str(failure.value), "a reply to no request")
-
-    def test_longReplyLine(self):
-        protocol, transport = connected(transport=AbortingTransport())
-        ds = [protocol.check(n) for n in (2, 3)]
-        protocol.dataReceived(b"T" * 1000 + b"\nT\n")
-        self.assertTrue(transport.aborted)
-        lose(protocol, transport)
-        for d in ds:
-            failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertEqual(str(failure.value), "unexpected reply %r..." % (b"T" * 20))
-
-    def test_replyLineLimit(self):
-        """
-        A reply line of up to 64 bytes is judged as a reply; a longer one is
-        cut short as not primed's.
-        """
-        for length, message in [(64, "unexpected reply %r" % (b"x" * 20)),
-                                (65, "unexpected reply %r..." % (b"x" * 20))]:
-            protocol, transport = connected(transport=AbortingTransport())
-            d = protocol.check(2)
-            protocol.dataReceived(b"x" * length + b"\n")
+        protocol, transport = self.connected(retries=1)
+        for number in range(5):
+            self.ask(number)
             lose(protocol, transport)
-            self.assertEqual(str(self.failureResultOf(d, PrimedProtocolError).value), message)
+            self.clock.advance(0)
+            protocol, transport = self.endpoint.succeed()
+            protocol.dataReceived(b"F\n")
+        self.assertEqual(len(self.got), 5)
+        self.assertEqual({v for _, v in self.got}, {Verdict.NOT_PRIME})
 
-    def test_cancelledRequestKeepsItsPlace(self):
+    def test_lostAgainWithoutAnswer(self):
         """
-        Cancelling cannot unsend a request: its reply still arrives and must
-        not be taken for the next request's.
+        A new connection lost again before any answer counts as a retry.
         """
-        protocol, transport = connected()
-        first, second = protocol.check(4), protocol.check(5)
-        first.cancel()
-        self.failureResultOf(first, defer.CancelledError)
-        protocol.dataReceived(b"F\nT\n")
-        self.assertEqual(self.successResultOf(second), Verdict.PRIME)
+        protocol, transport = self.connected(retries=2)
+        self.ask(2)
+        for _ in range(3):
+            lose(protocol, transport)
+            self.clock.advance(5)
+            if len(self.got):
+                break
+            protocol, transport = self.endpoint.succeed()
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
 
-
-class TCPTimeoutTests(unittest.TestCase):
-    def test_needsClock(self):
-        error = self.assertRaises(ValueError, PrimedClientProtocol, 5.0)
-        self.assertEqual(str(error), "a timeout needs a clock")
-
-    def test_idleConnectionNeverTimesOut(self):
-        clock = task.Clock()
-        protocol, transport = connected(5.0, clock)
-        clock.advance(60)
-        self.assertFalse(transport.disconnected)
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_silenceWhileOwed(self):
-        clock = task.Clock()
-        protocol, transport = connected(5.0, clock)
-        d = protocol.check(17)
-        clock.advance(4.9)
-        self.assertFalse(transport.disconnected)
-        clock.advance(0.1)
-        self.assertTrue(transport.disconnected)
+    def test_noRetries(self):
+        """
+        C{retries=0}: a connection lost owing answers fails them, as before.
+        """
+        protocol, transport = self.connected(retries=0)
+        self.ask(2)
         lose(protocol, transport)
-        failure = self.failureResultOf(d, PrimedTimeout)
-        self.assertEqual(str(failure.value), "no reply for 5 s")
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        [(name, error)] = self.got
+        self.assertEqual(
+            str(error), "connection lost before 1 answers arrived (Connection was closed cleanly.)"
+        )
 
-    def test_progressPostpones(self):
+    def test_silenceReconnects(self):
         """
-        Each arriving reply restarts the count: a slow stream of answers is
-        not a silent server.
+        A connection silent for the timeout while owing answers (a backend
+        that hangs, a host gone without a reset) is dropped and replaced.
         """
-        clock = task.Clock()
-        protocol, transport = connected(5.0, clock)
-        ds = [protocol.check(n) for n in (2, 3, 4)]
-        clock.advance(4)
-        protocol.dataReceived(b"T\n")
-        clock.advance(4)
-        protocol.dataReceived(b"T\n")
-        clock.advance(4)
-        self.assertFalse(transport.disconnected)
-        clock.advance(1)
-        self.assertTrue(transport.disconnected)
-        lose(protocol, transport)
-        self.failureResultOf(ds[2], PrimedTimeout)
+        protocol, transport = self.connected(timeout=10.0)
+        self.ask(2)
+        self.clock.advance(10)
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)  # what the real transport then does
+        self.clock.advance(0)
+        second, transport2 = self.endpoint.succeed()
+        self.assertEqual(transport2.value(), b"2\n")
+        second.dataReceived(b"T\n")
+        self.assertEqual(self.got, [("2", Verdict.PRIME)])
 
-    def test_timerGoneAfterAnswers(self):
-        clock = task.Clock()
-        protocol, transport = connected(5.0, clock)
-        protocol.check(2)
-        protocol.dataReceived(b"T\n")
-        clock.advance(5)
-        self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertFalse(transport.disconnected)
-
-    def test_lossCancelsTimer(self):
-        clock = task.Clock()
-        protocol, transport = connected(5.0, clock)
-        d = protocol.check(2)
+    def test_idleCloseCostsNothing(self):
+        """
+        A connection closed owing nothing (primed's idle timeout) is made
+        again for the next request, without using a retry.
+        """
+        protocol, transport = self.connected(retries=0)
         lose(protocol, transport)
-        self.failureResultOf(d, PrimedConnectionLost)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.ask(7)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        second, transport2 = self.endpoint.succeed()
+        second.dataReceived(b"T\n")
+        self.assertEqual(self.got, [("7", Verdict.PRIME)])
+
+    def test_protocolErrorNotRetried(self):
+        """
+        A server that is not primed will not become primed on reconnection.
+        """
+        protocol, transport = self.connected()
+        self.ask(2, 3)
+        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\n")
+        lose(protocol, transport)
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual([type(e) for _, e in self.got], [PrimedProtocolError] * 2)
+
+    def test_tlsErrorNotRetried(self):
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.endpoint.fail(PrimedTLSError("TLS: certificate is not for x"))
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        [(name, error)] = self.got
+        self.assertEqual(
+            str(error),
+            "connection lost before 1 answers arrived (Connection was closed cleanly.);"
+            " then 1 reconnection attempts failed (TLS: certificate is not for x)",
+        )
+
+    def test_firstConnectNotRetried(self):
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.endpoint.fail(ConnectionRefusedError())
+        self.failureResultOf(d, ConnectionRefusedError)
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_afterFirstConnectFailed(self):
+        """
+        A request made after the first connection failed is not left waiting
+        forever for that attempt: it gets a connection of its own (and one
+        made while the first attempt was under way fails with it).
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.ask(5)
+        self.endpoint.fail(ConnectionRefusedError())
+        self.failureResultOf(d, ConnectionRefusedError)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, ConnectionRefusedError)
+        self.ask(7)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"7\n")
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got[1:], [("7", Verdict.PRIME)])
+
+    def test_close(self):
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.client.close()
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_requestAfterClose(self):
+        """
+        A request made after L{PrimedClient.close} fails at once; it made a
+        connection, closed it, and was never answered.
+        """
+        protocol, transport = self.connected()
+        self.client.close()
+        self.ask(2)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_check(self):
+        protocol, transport = self.connected()
+        d = self.client.check(17)
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.successResultOf(d), Verdict.PRIME)
+        self.assertRaises(ValueError, self.client.check, "1\n2")
 
 
 class RealServiceTests(unittest.TestCase):
@@ -297,6 +379,35 @@ class RealServiceTests(unittest.TestCase):
                     for n in numbers]
         self.assertEqual(verdicts, expected)
 
+    async def test_primedClientSurvivesCut(self):
+        """
+        L{PrimedClient} against the real service: its connection cut by the
+        server while answers are owed (a 2917-digit check running in the
+        pool holds back the others), it reconnects and resends, and every
+        answer arrives once, in order.
+        """
+        from twisted.internet import task
+
+        connection = PrimedClient(
+            self.reactor, f"tcp:host=127.0.0.1:port={self.tcpPort}", timeout=30
+        )
+        await connection.connect()
+        self.addCleanup(connection.close)
+        factory = self.service.factory
+        big = 2**9689 - 1  # a Mersenne prime
+        checks = [connection.check(n) for n in [4, big, 5, big, 7]]
+        for _ in range(100000):
+            if sum(p.unansweredCount() for p in factory.protocols):
+                break
+            await task.deferLater(self.reactor, 0, lambda: None)
+        self.assertGreater(factory.abortAll(), 0)
+        verdicts = await defer.gatherResults(checks)
+        self.assertEqual(
+            verdicts,
+            [Verdict.NOT_PRIME, Verdict.PRIME, Verdict.PRIME, Verdict.PRIME, Verdict.PRIME],
+        )
+        self.assertEqual(connection.reconnections, 1)
+
     async def test_udpSeedValues(self):
         from support import SEED_REPLIES, SEED_VALUES
 
@@ -319,130 +430,3 @@ class RealServiceTests(unittest.TestCase):
         udp = PrimedUDPClient(self.reactor, "127.0.0.1", port, timeout=30.0, retries=0)
         with self.assertRaises(PrimedRefused):
             await udp.check(17)
-
-
-class ReceiverTests(unittest.TestCase):
-    def test_requestWithoutDeferred(self):
-        """
-        L{PrimedClientProtocol.request} hands the answer to any object with
-        C{callback} and C{errback}.
-        """
-        protocol, transport = connected()
-
-        class Receiver:
-            def __init__(self):
-                self.got = []
-                self.callback = self.errback = self.got.append
-
-        first, second = Receiver(), Receiver()
-        protocol.request(2, first)
-        protocol.request(3, second)
-        protocol.dataReceived(b"T\n")
-        lose(protocol, transport)
-        self.assertEqual(first.got, [Verdict.PRIME])
-        [failure] = second.got
-        self.assertIsInstance(failure.value, PrimedConnectionLost)
-
-
-class ReadyTests(unittest.TestCase):
-    def test_readyOverTCP(self):
-        protocol, transport = connected()
-        self.assertTrue(protocol.ready)
-        self.assertIs(self.successResultOf(protocol.whenReady()), protocol)
-
-
-class TLSTests(unittest.TestCase):
-    """
-    L{client.connect} over TLS against a real primed service in this
-    process, its certificate made by C{openssl}: ready only once the
-    certificate and the name are verified, and a clear L{PrimedTLSError}
-    when they are not.
-    """
-
-    @classmethod
-    def setUpClass(cls):
-        import os
-        import shutil
-        import tempfile
-
-        from support import makeCertificates
-
-        cls.directory = tempfile.mkdtemp(prefix="primed-client-tls-")
-        cls.paths = makeCertificates(cls.directory)
-        cls.trustRoots = os.path.join(cls.directory, "trust")
-        os.mkdir(cls.trustRoots)
-        shutil.copy(cls.paths["ca"], cls.trustRoots)
-
-    @classmethod
-    def tearDownClass(cls):
-        import shutil
-
-        shutil.rmtree(cls.directory, ignore_errors=True)
-
-    def setUp(self):
-        from twisted.internet import reactor
-
-        from primed import tap
-
-        self.reactor = reactor
-        config = tap.Options()
-        config.parseOptions(
-            ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={self.paths['key']}"
-             f":certKey={self.paths['cert']}", "--no-udp", "--threads", "1"]
-        )
-        top = tap.makeService(config, reactor)
-        top.startService()
-        self.addCleanup(top.stopService)
-        self.port = top.getServiceNamed("primed").tcpPorts[0].getHost().port
-
-    def endpoint(self, name, ca):
-        from twisted.internet import endpoints, ssl
-
-        with open(ca) as f:
-            trust = ssl.Certificate.loadPEM(f.read())
-        return endpoints.wrapClientTLS(
-            ssl.optionsForClientTLS(name, trust),
-            endpoints.HostnameEndpoint(self.reactor, "127.0.0.1", self.port),
-        )
-
-    async def test_connectString(self):
-        protocol = await client.connect(
-            self.reactor, f"tls:localhost:{self.port}:trustRoots={self.trustRoots}", timeout=30
-        )
-        self.addCleanup(protocol.transport.loseConnection)
-        self.assertTrue(protocol.ready)
-        self.assertEqual(await protocol.check(17), Verdict.PRIME)
-
-    async def test_ipAddressName(self):
-        protocol = await client.connectEndpoint(self.endpoint("127.0.0.1", self.paths["ca"]))
-        self.addCleanup(protocol.transport.loseConnection)
-        self.assertEqual(await protocol.check("4j"), Verdict.INVALID)
-
-    async def test_untrusted(self):
-        with self.assertRaises(client.PrimedTLSError) as caught:
-            await client.connectEndpoint(self.endpoint("localhost", self.paths["other-ca"]))
-        self.assertEqual(
-            str(caught.exception),
-            "TLS: certificate not trusted (unable to get local issuer certificate)",
-        )
-
-    async def test_nameMismatch(self):
-        with self.assertRaises(client.PrimedTLSError) as caught:
-            await client.connectEndpoint(self.endpoint("wrong.example", self.paths["ca"]))
-        self.assertEqual(str(caught.exception), "TLS: certificate is not for wrong.example")
-
-    async def test_requestBeforeHandshake(self):
-        """
-        A request made before the handshake (not waiting for C{whenReady})
-        fails with the handshake's reason.
-        """
-        from twisted.internet import endpoints
-
-        protocol = await endpoints.connectProtocol(
-            self.endpoint("wrong.example", self.paths["ca"]), PrimedClientProtocol()
-        )
-        self.assertFalse(protocol.ready)
-        with self.assertRaises(client.PrimedTLSError):
-            await protocol.check(17)
-        with self.assertRaises(client.PrimedTLSError):
-            await protocol.whenReady()

@@ -1,17 +1,15 @@
 """
 The C{primed-client} command (L{primed.clientcmd}) without a network: option
-parsing, the run over a fake UDP reactor, the TCP sender that reconnects.
+parsing, the run over a fake UDP reactor.
 """
 
 from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial import unittest
 
-from fakes import FakeUDPReactor, connected, lose
+from fakes import FakeUDPReactor
 from primed import client, clientcmd
 from primed.clientcmd import Options
-from primed.client import PrimedConnectionLost
-from primed.wire import Verdict
 
 
 class OptionsTests(unittest.TestCase):
@@ -131,7 +129,7 @@ class OptionsTests(unittest.TestCase):
 
 class RunCommandTests(unittest.TestCase):
     """
-    L{client.run}, the command after option parsing, over the fake UDP
+    L{clientcmd.run}, the command after option parsing, over the fake UDP
     reactor: no sockets, no clock but L{task.Clock}.
     """
 
@@ -205,67 +203,3 @@ class RunCommandTests(unittest.TestCase):
             self.stderr.getvalue(),
             "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
         )
-
-
-class ReconnectingTests(unittest.TestCase):
-    """
-    L{clientcmd._Reconnecting}: the command's TCP sender outlives primed's idle
-    timeout.
-    """
-
-    def setUp(self):
-        self.first, self.firstTransport = connected()
-        self.connecting = []
-        self.sender = clientcmd._Reconnecting(self.connect, self.first)
-        self.got = []
-
-    def connect(self):
-        d = defer.Deferred()
-        self.connecting.append(d)
-        return d
-
-    def receiver(self):
-        got = []
-        self.got.append(got)
-        return type("Receiver", (), {"callback": got.append, "errback": got.append})
-
-    def test_sameConnectionWhileOpen(self):
-        self.sender.request(2, self.receiver())
-        self.assertEqual(self.firstTransport.value(), b"2\n")
-        self.assertEqual(self.connecting, [])
-
-    def test_reconnectAfterIdleClose(self):
-        lose(self.first, self.firstTransport)
-        self.assertTrue(self.first.lostIdle)
-        self.sender.request(2, self.receiver())
-        self.sender.request(3, self.receiver())
-        [d] = self.connecting
-        second, transport = connected()
-        d.callback(second)
-        self.assertEqual(transport.value(), b"2\n3\n")
-        second.dataReceived(b"T\nT\n")
-        self.assertEqual(self.got, [[Verdict.PRIME], [Verdict.PRIME]])
-        self.assertIs(self.sender.protocol, second)
-
-    def test_noReconnectAfterLosingAnswers(self):
-        """
-        A connection that closed owing answers ends the run: the next
-        request fails at once.
-        """
-        self.sender.request(2, self.receiver())
-        lose(self.first, self.firstTransport)
-        self.assertFalse(self.first.lostIdle)
-        self.sender.request(3, self.receiver())
-        self.assertEqual(self.connecting, [])
-        self.assertIsInstance(self.got[1][0].value, PrimedConnectionLost)
-
-    def test_reconnectFails(self):
-        lose(self.first, self.firstTransport)
-        self.sender.request(2, self.receiver())
-        self.connecting[0].errback(ConnectionRefusedError())
-        self.assertIsInstance(self.got[0][0].value, ConnectionRefusedError)
-
-    def test_multiLineRefusedWhileReconnecting(self):
-        lose(self.first, self.firstTransport)
-        self.assertRaises(ValueError, self.sender.request, "1\n2", self.receiver())
-        self.assertEqual(self.connecting, [])

@@ -65,9 +65,7 @@ class TLSTests(unittest.TestCase):
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="primed-tls-e2e-")
         cls.paths = makeCertificates(cls.directory)
-        cls.trustRoots = os.path.join(cls.directory, "trust")
-        os.mkdir(cls.trustRoots)
-        shutil.copy(cls.paths["ca"], cls.trustRoots)
+        cls.trustRoots = cls.paths["trust"]
         cls.daemon = Daemon(
             "--listen", "tcp:0:interface=127.0.0.1",
             "--listen",

@@ -26,8 +26,19 @@ class UDPAddressTests(unittest.TestCase):
 
     def test_refused(self):
         for text in ["", "host:port", "70000", "1:-1", "systemd:fd=3", "systemd:name=",
-                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808"]:
+                     "[::1]", "[::1:8808", "::1]:8808", "::1:8808", "[]:8808", "[[::1]]:8808",
+                     # Twisted's listenUDP binds IP addresses only: a name
+                     # used to pass here and fail at listen time, exit 1.
+                     "localhost:8808", "nosuchhost.invalid:8808", "[127.0.0.1]:8808",
+                     # str.isdigit() is true for these; int() takes the first
+                     # as port 3 and refuses the second.
+                     "\u0663", "\u00b2"]:
             self.assertRaises(ValueError, UDPAddress.fromString, text)
+
+    def test_ipAddresses(self):
+        for text, host in [("[::ffff:127.0.0.1]:0", "::ffff:127.0.0.1"),
+                           ("[fe80::1%lo]:0", "fe80::1%lo"), ("0.0.0.0:0", "0.0.0.0")]:
+            self.assertEqual(UDPAddress.fromString(text).host, host)
 
 
 class UDPAddressBoundsTests(unittest.TestCase):
@@ -107,6 +118,22 @@ class StopTests(unittest.TestCase):
         self.successResultOf(stopped)
         # The drain deadline's timer is cancelled, not left to fire later.
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopDoesNotWaitForChecksOwedToNobody(self):
+        """
+        A check whose connection is gone (reset by its client) is owed to
+        nobody: the stop ends at once, not at the drain deadline with a
+        warning that cuts nothing.
+        """
+        protocol, transport = connect(self.service.factory)
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.connectionLost(None)
+        self.assertEqual(self.service.checker.queued, 1)
+        stopped = self.service.stopService()
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.pool.run()  # it never starts: the checker was abandoned
+        self.assertEqual(self.service.checker.queued, 0)
 
     def test_drainTimeoutCutsOff(self):
         protocol, transport = connect(self.service.factory)

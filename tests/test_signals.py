@@ -5,6 +5,7 @@ records what it is asked.
 
 import signal
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.trial import unittest
 
 from fakes import ThreadlessReactor
@@ -61,9 +62,23 @@ class StopSignalsTests(unittest.TestCase):
         for f, args, kwargs in self.reactor.triggers["before"]["shutdown"]:
             f(*args, **kwargs)
 
-    def test_nothingInstalledBeforeTheReactorRuns(self):
+    def test_installedBeforeTheReactorRuns(self):
+        """
+        The daemon logs that it is ready before its reactor runs: a signal
+        then is noted, and the stop begins once the reactor runs (it used
+        to kill the daemon silently).
+        """
+        calls = []
+        self.reactor.callFromThread = lambda f, *a, **kw: calls.append((f, a, kw))
         signals = self.hooked()
-        self.assertEqual(signals.handlers, {})
+        self.assertEqual(set(signals.handlers), {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        signals.handlers[signal.SIGHUP](signal.SIGHUP, None)
+        self.assertEqual(self.stopped, 0)
+        self.start()
+        for f, a, kw in calls:
+            f(*a, **kw)
+        self.assertEqual(self.stopped, 1)
+        self.assertEqual(self.reactor._exitSignal, signal.SIGHUP)
 
     def test_hangupStopsAndExitsBySIGHUP(self):
         signals = self.hooked()
@@ -71,7 +86,51 @@ class StopSignalsTests(unittest.TestCase):
         signals.handlers[signal.SIGHUP](signal.SIGHUP, None)
         self.assertEqual(self.stopped, 1)
         self.assertEqual(self.reactor._exitSignal, signal.SIGHUP)
-        self.assertNotIn(signal.SIGTERM, signals.handlers)  # the reactor's
+
+    def test_reactorsHandlerReplaced(self):
+        """
+        The reactor installs its own SIGTERM handler as it starts; ours
+        replaces it once the reactor runs.
+        """
+        signals = self.hooked()
+        signals.handlers[signal.SIGTERM] = "the reactor's"
+        self.start()
+        signals.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.assertEqual(self.stopped, 1)
+        self.assertEqual(self.reactor._exitSignal, signal.SIGTERM)
+
+    def test_signalsTogetherStopOnce(self):
+        """
+        SIGTERM and SIGHUP noted before the reactor thread handles either
+        (systemd's SendSIGHUP=yes; Python runs SIGHUP's handler first) are
+        one stop, by SIGTERM: the reactor is stopped once, and the drain is
+        not ended.
+        """
+        calls = []
+        signals = self.hooked()
+        self.start()
+        self.reactor.callFromThread = lambda f, *a, **kw: calls.append((f, a, kw))
+        signals.handlers[signal.SIGHUP](signal.SIGHUP, None)
+        signals.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        for f, a, kw in calls:
+            f(*a, **kw)
+        self.beginStop()
+        self.assertEqual((self.stopped, self.primed.drainsEnded), (1, 0))
+        self.assertEqual(self.reactor._exitSignal, signal.SIGTERM)
+
+    def test_stopBegunElsewhere(self):
+        """
+        A signal handled after something else stopped the reactor, before
+        its shutdown began, does not raise.
+        """
+        def stopped():
+            raise ReactorNotRunning()
+
+        self.reactor.stop = stopped
+        signals = self.hooked()
+        self.start()
+        signals.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.assertEqual(self.primed.drainsEnded, 0)
 
     def test_ignoredHangupStaysIgnored(self):
         signals = self.hooked(SIGHUP=signal.SIG_IGN)

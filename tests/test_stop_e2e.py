@@ -9,13 +9,16 @@ times the bound a stop is allowed.  The daemon is gone long before, and the
 check with it.
 """
 
+import os
 import signal
 import socket
+import subprocess
 import time
 
 import gmpy2
 from twisted.trial import unittest
 
+import support
 from support import Daemon, readAll
 
 #: 2**86243 - 1, a Mersenne prime of 25 962 digits: one check takes minutes.
@@ -135,3 +138,56 @@ class SignalTests(unittest.TestCase):
         self.assertTrue(data.startswith(b"T\n" * 20 + b"F\nF\nT\nT\nF\nT\n"))
         self.assertTrue(any("Received SIGHUP" in line for line in d.log), d.log)
         self.assertTrue(any("Stopped" in line for line in d.log), d.log)
+
+    def test_signalsTogetherStopOnce(self):
+        """
+        SIGTERM and SIGHUP sent back to back, as systemd does with
+        C{SendSIGHUP=yes}, are one graceful stop: everything received is
+        answered, no traceback, exit by SIGTERM.  (Python runs the handler
+        of the lower-numbered signal first, SIGHUP's, and the second stop
+        used to raise ReactorNotRunning in the reactor.)
+        """
+        big = 2**4253 - 1  # tens of ms each, in one thread
+        requests = [big] * 10 + list(range(100))
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp",
+                    "--threads", "1", "--verbose") as d:
+            with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
+                s.sendall(b"".join(b"%d\n" % n for n in requests))
+                d.waitForLog("asked b'99': F", 30)  # all received
+                os.kill(d.process.pid, signal.SIGTERM)
+                os.kill(d.process.pid, signal.SIGHUP)
+                data = readAll(s, 60)
+            self.assertEqual(d.wait(), -signal.SIGTERM)
+        self.assertEqual(data.count(b"\n"), len(requests))
+        self.assertFalse([line for line in d.log if "Traceback" in line
+                          or "ReactorNotRunning" in line or "left unanswered" in line], d.log)
+        self.assertTrue(any("Stopped" in line for line in d.log), d.log)
+
+    def test_sighupAsSoonAsReady(self):
+        """
+        SIGHUP the moment the daemon logs its limits (its ports are bound),
+        which is before its reactor runs, is a graceful stop too; it used
+        to kill the daemon at once, with nothing logged.  The log is read
+        line by line, blocking, to signal as early as a script would.
+        """
+        process = subprocess.Popen(
+            support._runnerArgv("twistd", ["--listen", "tcp:0:interface=127.0.0.1",
+                                           "--no-udp"]),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            log = []
+            for line in process.stdout:
+                log.append(line.decode("utf-8", "replace"))
+                if "Limits:" in log[-1]:
+                    process.send_signal(signal.SIGHUP)
+                    break
+            log += [line.decode("utf-8", "replace") for line in process.stdout]
+            self.assertEqual(process.wait(30), -signal.SIGHUP, log)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        self.assertTrue(any("Received SIGHUP, shutting down." in line for line in log), log)
+        self.assertTrue(any("Stopped" in line for line in log), log)

@@ -334,10 +334,12 @@ class ReadinessTests(unittest.TestCase):
         """
         Two primed@.service instances share one TCP and one UDP port with
         SO_REUSEPORT; both become ready and the seed exchange works.
+        (Their metrics ports, the instance names, are ports 0 here.)
         """
         tcpPort, udpPort = freePort(socket.SOCK_STREAM), freePort(socket.SOCK_DGRAM)
         command = unitCommand(
-            "primed@.service", [(":8809", f":{tcpPort}"), (":8808", f":{udpPort}")]
+            "primed@.service",
+            [(":8809", f":{tcpPort}"), (":8808", f":{udpPort}"), ("tcp:%i:", "tcp:0:")],
         )
         notify = NotifySocket(self, abstract=True)
         env = daemonEnvironment("primed@.service", NOTIFY_SOCKET=notify.address)

@@ -286,6 +286,7 @@ class ContentTests(unittest.TestCase):
 
         for name in ("primed.service", "primed@.service"):
             _, _, options = execArgs(self.units[name])
+            options = [option.replace("%i", "9810") for option in options]  # an instance
             parsed = Options()
             parsed.parseOptions(options)
             self.assertEqual(parsed["listen"], [options[options.index("--listen") + 1]])
@@ -298,8 +299,25 @@ class ContentTests(unittest.TestCase):
 
         _, _, options = execArgs(self.units["primed@.service"])
         self.assertEqual(
-            options, ["--reuseport", "--listen", DEFAULT_LISTEN, "--udp", DEFAULT_UDP]
+            options,
+            ["--reuseport", "--listen", DEFAULT_LISTEN, "--udp", DEFAULT_UDP,
+             "--metrics", "tcp:%i:interface=127.0.0.1"],
         )
+
+    def test_templateMetricsPortPerInstance(self):
+        """
+        Each instance's metrics port is its instance name, on loopback (so
+        IPAddressAllow=localhost still covers it), and parses as an option.
+        """
+        from primed.tap import Options
+
+        unit = self.units["primed@.service"]
+        _, _, options = execArgs(unit)
+        instance = [option.replace("%i", "9810") for option in options]
+        parsed = Options()
+        parsed.parseOptions(instance)
+        self.assertEqual(parsed["metrics"], "tcp:9810:interface=127.0.0.1")
+        self.assertEqual(value(unit, "Service", "IPAddressAllow"), "localhost")
 
     def test_socketsNamedPerTransport(self):
         """

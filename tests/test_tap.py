@@ -62,7 +62,11 @@ class OptionsTests(unittest.TestCase):
             (["--udp", "::1]:8808"], "udp"),
             (["--udp", "::1:8808"], "udp"),
             (["--udp", "[]:8808"], "udp"),
+            (["--udp", "localhost:8808"], "udp"),
             (["--idle-timeout", "nan"], "idle-timeout"),
+            (["--proxy-timeout", "-1"], "proxy-timeout"),
+            (["--proxy-max-header", "10"], "proxy-max-header"),
+            (["--proxy-max-header", "big"], "proxy-max-header"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(option, str(error), args)

@@ -657,6 +657,21 @@ class VerboseLogTests(unittest.TestCase):
             (big, "T"), (b"5", "T"), (composite, "F"), (b"6", "F"), (big, "T"), (b"7", "T"),
         ])
 
+    def test_peerAddressForms(self):
+        """
+        The log names an IPv4 peer as host:port and an IPv6 one as
+        [host]:port, so the port never reads as part of the address.
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        events = self.verdicts()
+        harness = Harness(verbose=True)
+        for peer in (IPv4Address("TCP", "10.0.0.7", 5000), IPv6Address("TCP", "2001:db8::7", 5000)):
+            protocol, transport = harness.connect(CountingTransport(peerAddress=peer))
+            protocol.dataReceived(b"17\n")
+        self.assertEqual([e["peer"] for e in events if "verdict" in e],
+                         ["10.0.0.7:5000", "[2001:db8::7]:5000"])
+
     @settings(max_examples=200, deadline=None)
     @given(_streams(), st.integers(1, 4))
     def test_eachLineLoggedOnce(self, streamAndPieces, maxInflight):

@@ -152,6 +152,29 @@ class HalfCloseTests(CertificatesMixin, unittest.TestCase):
         data, ending = await self.ask(port, b"17\n", "close_notify")
         self.assertEqual(data, b"T\n")
 
+    async def test_idleHandshakeClosed(self):
+        """
+        A client that connects and never finishes its TLS handshake holds a
+        connection slot only until --idle-timeout closes it, as a plain
+        connection that sends nothing would.
+        """
+        port = self.serve("--idle-timeout", "0.2", "--max-connections", "1")
+        stalled = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(stalled.close)
+        stalled.sendall(b"\x16\x03\x01")  # the start of a ClientHello, no more
+        for _ in range(1000):
+            if self.service.factory.protocols:
+                break
+            await deferLater(0.01)
+        self.assertEqual(len(self.service.factory.protocols), 1)
+        for _ in range(1000):
+            if not self.service.factory.protocols:
+                break
+            await deferLater(0.01)
+        self.assertEqual(self.service.factory.protocols, set())
+        data, ending = await self.ask(port, b"17\n", "close_notify")
+        self.assertEqual(data, b"T\n")
+
 
 def deferLater(seconds):
     from twisted.internet import reactor, task

@@ -1,0 +1,444 @@
+"""
+The monitoring face of primed (C{--metrics ENDPOINT}): Prometheus metrics at
+C{/metrics} and a health check at C{/healthz}, served by C{twisted.web} in
+the reactor thread.
+
+Nothing here runs per request.  The protocols count into the plain integers
+of L{primed.counters}; L{PrimedCollector} reads them, and the gauges the
+service's objects already keep (open connections, queued checks), only when
+Prometheus scrapes.  The text itself is written by prometheus-client's own
+exposition code, in the Prometheus text format or in OpenMetrics when the
+scraper asks for it (C{Accept}).
+
+The port cannot disturb the prime service: it takes at most
+L{MAX_CONNECTIONS} connections (C{--metrics-max-connections}), each closed
+after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request
+and after its first answer (L{_Channel}), twisted.web bounds the size of a
+request's headers, bodies are not kept, and a scrape costs the reactor well
+under a millisecond.
+
+A stop keeps this port open until the service has drained, so that
+C{/healthz} answers 503 while primed finishes its work and a balancer can
+take it out of rotation first.
+"""
+
+import platform
+import time
+from io import BytesIO
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web import http, pages, resource, server
+
+from primed.tcp import (
+    PAUSED_BY_CONSUMER,
+    PAUSED_BY_DRAIN,
+    PAUSED_BY_INFLIGHT,
+    PAUSED_BY_POOL,
+)
+
+#: Simultaneous connections to the metrics port; more are closed at once.
+MAX_CONNECTIONS = 16
+#: Seconds a metrics connection may stay without a complete request.
+TIMEOUT = 10.0
+
+_PAUSE_REASONS = (PAUSED_BY_CONSUMER, PAUSED_BY_INFLIGHT, PAUSED_BY_POOL, PAUSED_BY_DRAIN)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for label, distribution in (
+        ("version", "primed"),
+        ("twisted", "Twisted"),
+        ("gmpy2", "gmpy2"),
+        ("python_flint", "python-flint"),
+    ):
+        try:
+            found[label] = version(distribution)
+        except PackageNotFoundError:
+            found[label] = "unknown"
+    found["python"] = platform.python_version()
+    return found
+
+
+class PrimedCollector:
+    """
+    A prometheus-client collector reading a L{primed.service.PrimedService}
+    at scrape time.
+    """
+
+    def __init__(self, primed):
+        self.primed = primed
+        self.versions = _versions()
+
+    def collect(self):
+        primed = self.primed
+        counters = primed.counters
+        factory = primed.factory
+        checker = primed.checker
+        protocols = list(factory.protocols)
+
+        requests = CounterMetricFamily(
+            "primed_requests",
+            "Requests answered, by transport and verdict (T prime, F not_prime, E invalid).",
+            labels=["transport", "verdict"],
+        )
+        for transport, prime, notPrime, invalid in (
+            ("tcp", counters.tcpPrime, counters.tcpNotPrime, counters.tcpInvalid),
+            ("udp", counters.udpPrime, counters.udpNotPrime, counters.udpInvalid),
+        ):
+            requests.add_metric([transport, "prime"], prime)
+            requests.add_metric([transport, "not_prime"], notPrime)
+            requests.add_metric([transport, "invalid"], invalid)
+        yield requests
+
+        yield CounterMetricFamily(
+            "primed_udp_dropped",
+            "UDP requests dropped unanswered because the check pool was full (--max-queued).",
+            value=sum(p.dropped for p in primed.datagramProtocols),
+        )
+        yield CounterMetricFamily(
+            "primed_udp_ignored",
+            "Empty UDP datagrams, ignored.",
+            value=counters.udpIgnored,
+        )
+        yield GaugeMetricFamily(
+            "primed_tcp_connections", "TCP connections open now.", value=len(protocols)
+        )
+        yield GaugeMetricFamily(
+            "primed_tcp_connections_limit",
+            "Open TCP connections allowed (--max-connections).",
+            value=factory.maxConnections,
+        )
+        yield CounterMetricFamily(
+            "primed_tcp_connections_accepted",
+            "TCP connections accepted and served.",
+            value=counters.tcpAccepted,
+        )
+        yield CounterMetricFamily(
+            "primed_tcp_connections_refused",
+            "TCP connections closed at once: over --max-connections, or during a stop.",
+            value=factory.refused,
+        )
+        yield CounterMetricFamily(
+            "primed_tcp_connections_idle_closed",
+            "TCP connections closed after --idle-timeout without a request.",
+            value=counters.tcpIdleClosed,
+        )
+        paused = GaugeMetricFamily(
+            "primed_tcp_paused_connections",
+            "TCP connections not reading now, by reason (one connection may have several).",
+            labels=["reason"],
+        )
+        for reason in _PAUSE_REASONS:
+            paused.add_metric(
+                [reason], sum(1 for p in protocols if reason in p._paused)
+            )
+        yield paused
+        yield CounterMetricFamily(
+            "primed_lines_too_long",
+            "Over-long requests answered E: TCP lines and datagrams longer than "
+            "--max-digits plus 64 bytes.",
+            value=counters.linesTooLong,
+        )
+        yield GaugeMetricFamily(
+            "primed_pool_threads", "Threads checking big numbers (--threads).",
+            value=primed.threads,
+        )
+        yield GaugeMetricFamily(
+            "primed_pool_queued", "Big-number checks running or waiting for a thread now.",
+            value=checker.queued,
+        )
+        yield GaugeMetricFamily(
+            "primed_pool_queued_limit",
+            "Big-number checks allowed to run or wait at once (--max-queued).",
+            value=checker.maxQueued,
+        )
+        buckets, total = checker.checkTimes.cumulative()
+        yield HistogramMetricFamily(
+            "primed_pool_check_seconds",
+            "Time one big-number check ran in the pool (waiting for a thread excluded).",
+            buckets=[(floatToGoString(le), count) for le, count in buckets],
+            sum_value=total,
+        )
+        yield CounterMetricFamily(
+            "primed_drain_unanswered",
+            "Requests received but left unanswered because a stop reached --drain-timeout.",
+            value=counters.drainUnanswered,
+        )
+        info = GaugeMetricFamily(
+            "primed_build_info",
+            "Versions of primed and of what it runs on; always 1.",
+            labels=sorted(self.versions),
+        )
+        info.add_metric([self.versions[k] for k in sorted(self.versions)], 1)
+        yield info
+
+
+def health(primed) -> Optional[str]:
+    """
+    Why C{primed} should not get traffic now, or L{None} when it is healthy:
+    every listener bound and no stop begun.
+    """
+    if primed.stopping:
+        return "stopping: answering the requests already received"
+    if not primed.running:
+        return "not running"
+    if len(primed.tcpPorts) != len(primed.tcpEndpoints) or len(
+        primed.udpPorts
+    ) != len(primed.udpAddresses):
+        return "not every listener is bound"
+    return None
+
+
+_NOT_FOUND = pages.notFound("Not Found", "Only /metrics and /healthz are here.")
+
+
+class _Page(resource.Resource):
+    """
+    A leaf answering GET and HEAD (twisted.web answers HEAD with GET's
+    headers and no body), any other method with 405; anything below it is
+    404.
+    """
+
+    isLeaf = True
+    allowedMethods = (b"GET", b"HEAD")
+
+    def render(self, request):
+        if request.postpath:
+            return _NOT_FOUND.render(request)
+        if request.method not in self.allowedMethods:
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b", ".join(self.allowedMethods))
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"method not allowed: use GET or HEAD\n"
+        return resource.Resource.render(self, request)
+
+
+class MetricsPage(_Page):
+    def __init__(self, registry):
+        _Page.__init__(self)
+        self.registry = registry
+
+    def render_GET(self, request):
+        accept = request.getHeader(b"accept")
+        encoder, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return encoder(self.registry)
+
+
+class HealthPage(_Page):
+    def __init__(self, primed):
+        _Page.__init__(self)
+        self.primed = primed
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        problem = health(self.primed)
+        if problem is None:
+            return b"ok\n"
+        request.setResponseCode(503)
+        return problem.encode("utf-8") + b"\n"
+
+
+class Root(resource.Resource):
+    """
+    Exactly C{/metrics} and C{/healthz}; every other path is 404.
+    """
+
+    def __init__(self, primed, registry):
+        resource.Resource.__init__(self)
+        self.putChild(b"metrics", MetricsPage(registry))
+        self.putChild(b"healthz", HealthPage(primed))
+
+    def getChild(self, path, request):
+        return _NOT_FOUND
+
+    def render(self, request):
+        return _NOT_FOUND.render(request)
+
+
+class _BodilessRequest(server.Request):
+    """
+    A request whose body, if a client sends one, is read and thrown away:
+    GET and HEAD need none, and twisted.web would otherwise keep it in
+    memory, or in a temporary file past 100 kB.
+    """
+
+    def gotLength(self, length):
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        pass
+
+
+class _Channel(http.HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, except that:
+
+      - its timeout runs from the connection to a complete request.
+        C{HTTPChannel} restarts the timer on every read, so a client sending
+        a byte every few seconds (slowloris) kept its connection forever,
+        and C{--metrics-max-connections} of them shut Prometheus out;
+
+      - it answers one request per connection, then closes it
+        (C{Connection: close}).  C{HTTPChannel} answers every pipelined
+        request of a read at once, and keeps reading while it does: one
+        client pipelining C{GET /metrics} held the reactor a second per
+        read (prime replies waited that long) and piled up hundreds of
+        megabytes of pages it did not read.  Prometheus opens a connection
+        per scrape at most; a scrape costs well under a millisecond either
+        way.
+    """
+
+    def resetTimeout(self):
+        pass
+
+    def checkPersistence(self, request, version):
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
+
+
+class _QuietSite(server.Site):
+    """
+    No access log (Prometheus scrapes every few seconds), no
+    "Starting factory" lines, no request bodies kept.
+    """
+
+    noisy = False
+    protocol = _Channel
+    requestFactory = _BodilessRequest
+
+    def log(self, request):
+        pass
+
+
+class _LimitedFactory(WrappingFactory):
+    """
+    At most C{limit} connections at once; further ones are closed as soon
+    as they are accepted, like primed's own TCP port does.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped, limit: int):
+        WrappingFactory.__init__(self, wrapped)
+        self.limit = limit
+        self.refused = 0
+
+    def logPrefix(self):
+        return "PrimedMetrics"
+
+    def buildProtocol(self, addr):
+        if len(self.protocols) >= self.limit:
+            self.refused += 1
+            return None
+        return WrappingFactory.buildProtocol(self, addr)
+
+
+class _ProcessCollector(ProcessCollector):
+    """
+    prometheus-client's process collector, which reads the boot time (for
+    C{process_start_time_seconds}) from C{/proc/stat} and reports nothing
+    at all without it.  The systemd units' C{ProcSubset=pid} hides that
+    file (the process's own C{/proc/self} stays): the boot time then comes
+    from the clocks, as the kernel computes it.
+    """
+
+    def _boot_time(self):
+        try:
+            return ProcessCollector._boot_time(self)
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def makeRegistry(primed, proc: str = "/proc") -> CollectorRegistry:
+    """
+    A registry of its own (not prometheus-client's global one) with primed's
+    collector and the process collector (RSS, CPU, open files, start time).
+
+    @param proc: where procfs is mounted.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PrimedCollector(primed))
+    _ProcessCollector(registry=registry, proc=proc)
+    return registry
+
+
+def makeSite(primed, timeout: float = TIMEOUT) -> server.Site:
+    site = _QuietSite(
+        Root(primed, makeRegistry(primed)), timeout=timeout, reactor=primed.reactor
+    )
+    return site
+
+
+class MetricsService(service.Service):
+    """
+    Serve L{Root} on C{endpoint} for C{primed}, a
+    L{primed.service.PrimedService}; stop listening only once it has stopped.
+    """
+
+    _log = Logger()
+
+    def __init__(self, primed, description: str, endpoint,
+                 maxConnections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT):
+        self.primed = primed
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = _LimitedFactory(makeSite(primed, timeout), maxConnections)
+        self.port = None
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        result = []
+        self.endpoint.listen(self.factory).addBoth(result.append)
+        if not result or isinstance(result[0], Failure):
+            reason = result[0].value if result else "did not listen at once"
+            raise SystemExit(f"primed: cannot listen: --metrics {self.description}: {reason}")
+        self.port = result[0]
+
+    def startService(self):
+        if self.port is None:
+            self.privilegedStartService()
+        service.Service.startService(self)
+        host = self.port.getHost()
+        where = f"{host.host}:{host.port}" if hasattr(host, "port") else self.description
+        self._log.info("Serving metrics on http://{address}/metrics", address=where)
+
+    def stopService(self):
+        """
+        Keep answering (C{/healthz} says 503) until the prime service has
+        drained; then close the port.
+        """
+        service.Service.stopService(self)
+        done = defer.Deferred()
+        stopped = self.primed.stopService()  # the same stop, started once
+
+        def close(result):
+            port, self.port = self.port, None
+            if port is not None:
+                defer.maybeDeferred(port.stopListening).addBoth(done.callback)
+            else:
+                done.callback(None)
+            return result
+
+        if isinstance(stopped, defer.Deferred):
+            stopped.addBoth(close)
+        else:
+            close(None)
+        return done

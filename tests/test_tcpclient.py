@@ -1,0 +1,286 @@
+"""
+L{primed.tcpclient}: one pipelined connection over a L{StringTransport},
+time from a L{task.Clock}.
+"""
+
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from fakes import AbortingTransport, connected, lose
+from primed.client import (
+    PrimedConnectionLost,
+    PrimedProtocolError,
+    PrimedTimeout,
+)
+from primed.tcpclient import PrimedClientProtocol
+from primed.wire import Verdict
+
+class TCPProtocolTests(unittest.TestCase):
+    def test_pipelined(self):
+        """
+        Requests go out at once, without waiting for replies; the replies,
+        in one segment, fire the Deferreds in request order.
+        """
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (17, "4", "4j", 2**50 - 1)]
+        self.assertEqual(transport.value(), b"17\n4\n4j\n1125899906842623\n")
+        fired = []
+        for d in ds:
+            d.addCallback(fired.append)
+        protocol.dataReceived(b"T\nF\nE\nF\n")
+        self.assertEqual(
+            fired, [Verdict.PRIME, Verdict.NOT_PRIME, Verdict.INVALID, Verdict.NOT_PRIME]
+        )
+
+    def test_repliesByteByByte(self):
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        for byte in b"T\r\nT\nF\n":
+            protocol.dataReceived(bytes([byte]))
+        self.assertEqual(
+            [self.successResultOf(d) for d in ds],
+            [Verdict.PRIME, Verdict.PRIME, Verdict.NOT_PRIME],
+        )
+
+    def test_laterRequestWaitsForEarlier(self):
+        protocol, transport = connected()
+        first, second = protocol.check(4), protocol.check(5)
+        protocol.dataReceived(b"F\n")
+        self.assertEqual(self.successResultOf(first), Verdict.NOT_PRIME)
+        self.assertNoResult(second)
+
+    def test_multiLineTextRefused(self):
+        """
+        Text that would be two requests is refused before anything is sent:
+        it would shift every later reply onto the wrong request.
+        """
+        protocol, transport = connected()
+        self.assertRaises(ValueError, protocol.check, "1\n2")
+        self.assertEqual(transport.value(), b"")
+
+    def test_connectionLostFailsPending(self):
+        protocol, transport = connected()
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        protocol.dataReceived(b"T\n")
+        lose(protocol, transport)
+        self.assertEqual(self.successResultOf(ds[0]), Verdict.PRIME)
+        for d in ds[1:]:
+            failure = self.failureResultOf(d, PrimedConnectionLost)
+            self.assertEqual(
+                str(failure.value),
+                "connection lost before 2 answers arrived (Connection was closed cleanly.)",
+            )
+
+    def test_checkAfterConnectionLost(self):
+        protocol, transport = connected()
+        lose(protocol, transport)
+        failure = self.failureResultOf(protocol.check(17), PrimedConnectionLost)
+        self.assertEqual(str(failure.value), "the connection is closed")
+        self.assertEqual(transport.value(), b"")
+
+    def test_lostIdle(self):
+        """
+        C{lostIdle} says whether a closed connection owed nothing (a new one
+        may carry on): not before it closes, not when answers were owed or
+        a protocol error ended it.
+        """
+        protocol, transport = connected()
+        self.assertFalse(protocol.lostIdle)
+        protocol.check(2)
+        protocol.dataReceived(b"T\n")
+        self.assertFalse(protocol.lostIdle)
+        lose(protocol, transport)
+        self.assertIs(protocol.lostIdle, True)
+        owing, transport = connected()
+        owing.check(2).addErrback(lambda f: None)
+        lose(owing, transport)
+        self.assertIs(owing.lostIdle, False)
+        broken, transport = connected(transport=AbortingTransport())
+        broken.dataReceived(b"T\n")
+        lose(broken, transport)
+        self.assertIs(broken.lostIdle, False)
+
+    def test_unexpectedReply(self):
+        """
+        A reply that is not a verdict drops the connection and fails every
+        pending request: later replies could not be trusted.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (2, 3)]
+        protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\nT\n")
+        self.assertTrue(transport.aborted)
+        for d in ds:
+            self.assertNoResult(d)
+        lose(protocol, transport)
+        for d in ds:
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertEqual(str(failure.value), "unexpected reply b'HTTP/1.1 400 Bad Req'")
+
+    def test_repliesAfterErrorIgnored(self):
+        """
+        Replies already received behind a bad one are not matched to the
+        pending requests: the connection is aborted, but a real transport
+        leaves C{disconnecting} False, so only the protocol can refuse them.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (4, 9, 5)]
+        protocol.dataReceived(b"X\nT\n")
+        protocol.dataReceived(b"T\n" + b"T" * 1000)
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        for d in ds:
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertIn("unexpected reply b'X'", str(failure.value))
+
+    def test_replyToNoRequest(self):
+        protocol, transport = connected(transport=AbortingTransport())
+        protocol.dataReceived(b"T\nT\n")
+        self.assertTrue(transport.aborted)
+        d = protocol.check(2)
+        protocol.dataReceived(b"T\n")
+        self.assertNoResult(d)
+        lose(protocol, transport)
+        failure = self.failureResultOf(d, PrimedProtocolError)
+        self.assertEqual(str(failure.value), "a reply to no request")
+
+    def test_longReplyLine(self):
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (2, 3)]
+        protocol.dataReceived(b"T" * 1000 + b"\nT\n")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        for d in ds:
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertEqual(str(failure.value), "unexpected reply %r..." % (b"T" * 20))
+
+    def test_replyLineLimit(self):
+        """
+        A reply line of up to 64 bytes is judged as a reply; a longer one is
+        cut short as not primed's.
+        """
+        for length, message in [(64, "unexpected reply %r" % (b"x" * 20)),
+                                (65, "unexpected reply %r..." % (b"x" * 20))]:
+            protocol, transport = connected(transport=AbortingTransport())
+            d = protocol.check(2)
+            protocol.dataReceived(b"x" * length + b"\n")
+            lose(protocol, transport)
+            self.assertEqual(str(self.failureResultOf(d, PrimedProtocolError).value), message)
+
+    def test_cancelledRequestKeepsItsPlace(self):
+        """
+        Cancelling cannot unsend a request: its reply still arrives and must
+        not be taken for the next request's.
+        """
+        protocol, transport = connected()
+        first, second = protocol.check(4), protocol.check(5)
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        protocol.dataReceived(b"F\nT\n")
+        self.assertEqual(self.successResultOf(second), Verdict.PRIME)
+
+
+class TCPTimeoutTests(unittest.TestCase):
+    def test_needsClock(self):
+        error = self.assertRaises(ValueError, PrimedClientProtocol, 5.0)
+        self.assertEqual(str(error), "a timeout needs a clock")
+
+    def test_idleConnectionNeverTimesOut(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        clock.advance(60)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_silenceWhileOwed(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        d = protocol.check(17)
+        clock.advance(4.9)
+        self.assertFalse(transport.disconnected)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        failure = self.failureResultOf(d, PrimedTimeout)
+        self.assertEqual(str(failure.value), "no reply for 5 s")
+
+    def test_progressPostpones(self):
+        """
+        Each arriving reply restarts the count: a slow stream of answers is
+        not a silent server.
+        """
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        clock.advance(4)
+        protocol.dataReceived(b"T\n")
+        clock.advance(4)
+        protocol.dataReceived(b"T\n")
+        clock.advance(4)
+        self.assertFalse(transport.disconnected)
+        clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        lose(protocol, transport)
+        self.failureResultOf(ds[2], PrimedTimeout)
+
+    def test_timerGoneAfterAnswers(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        protocol.check(2)
+        protocol.dataReceived(b"T\n")
+        clock.advance(5)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnected)
+
+    def test_lossCancelsTimer(self):
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        d = protocol.check(2)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedConnectionLost)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ReceiverTests(unittest.TestCase):
+    def test_requestWithoutDeferred(self):
+        """
+        L{PrimedClientProtocol.request} hands the answer to any object with
+        C{callback} and C{errback}.
+        """
+        protocol, transport = connected()
+
+        class Receiver:
+            def __init__(self):
+                self.got = []
+                self.callback = self.errback = self.got.append
+
+        first, second = Receiver(), Receiver()
+        protocol.request(2, first)
+        protocol.request(3, second)
+        protocol.dataReceived(b"T\n")
+        lose(protocol, transport)
+        self.assertEqual(first.got, [Verdict.PRIME])
+        [failure] = second.got
+        self.assertIsInstance(failure.value, PrimedConnectionLost)
+
+
+class ReadyTests(unittest.TestCase):
+    def test_readyOverTCP(self):
+        protocol, transport = connected()
+        self.assertTrue(protocol.ready)
+        self.assertIs(self.successResultOf(protocol.whenReady()), protocol)
+
+    def test_cancelledWaitClosesTheConnection(self):
+        """
+        Waiting for a handshake that never ends is given up by cancelling
+        (the connect timeout): the connection is closed, not left open
+        behind the caller's back; its later loss fails nothing twice.
+        """
+        protocol = PrimedClientProtocol()
+        protocol.transport = transport = AbortingTransport()  # handshake under way
+        waiting = protocol.whenReady()
+        waiting.cancel()
+        self.failureResultOf(waiting, defer.CancelledError)
+        self.assertTrue(getattr(transport, "aborted", False))
+        protocol.connectionLost(Failure(ConnectionDone()))
