@@ -39,6 +39,16 @@ def _runnerArgv(runner: str, args, runnerArgs=()) -> List[str]:
     return twistdCommand() + ["-n", "-l", "-", "--pidfile=", *runnerArgs, "primed"] + list(args)
 
 
+def _defaultStopSignals() -> None:
+    """
+    In the daemon's process, before it runs: stop signals do what they do by
+    default.  A test run started in the background (C{nohup}, C{&}) passes
+    SIGINT and SIGHUP on ignored, and twistd leaves ignored signals alone.
+    """
+    for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 class Daemon:
     """
     A running C{twistd -n primed} (or C{twist primed}).  Use as a context manager; leaving it stops
@@ -70,8 +80,11 @@ class Daemon:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, excType, exc, tb) -> None:
+        # A failure already on its way out is the one worth reporting; a
+        # daemon that does not stop is reported only when nothing else went
+        # wrong (it is killed either way).
+        self.stop(check=excType is None)
 
     def start(self) -> None:
         argv = _runnerArgv(
@@ -82,6 +95,7 @@ class Daemon:
         )
         self.process = subprocess.Popen(
             argv,
+            preexec_fn=_defaultStopSignals,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -93,7 +107,7 @@ class Daemon:
         try:
             self.waitForLog("Limits:", self.startTimeout)
         except BaseException:
-            self.stop()
+            self.stop(check=False)
             raise
 
     def _readLog(self) -> None:
@@ -154,18 +168,34 @@ class Daemon:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
-            raise AssertionError("twistd did not exit within %ss" % timeout)
+            self._readLog()
+            raise AssertionError(
+                f"twistd did not exit within {timeout}s (killed); it logged:\n"
+                + "\n".join(self.log[-20:])
+            )
         self._readLog()
         return self.process.returncode
 
-    def stop(self) -> None:
-        if self.process is None:
+    #: Seconds a daemon may take to exit after SIGTERM: its drain timeout
+    #: (10 s by default) and a margin for a loaded machine.
+    stopTimeout = 20.0
+
+    def stop(self, check: bool = True) -> None:
+        """
+        SIGTERM the daemon if it still runs, and wait for it to exit.
+
+        @raise AssertionError: if C{check} and it did not exit within
+            L{stopTimeout} (it is SIGKILLed then): a shutdown that hangs is a
+            bug, not something to clean up quietly.
+        """
+        if self.process is None or self.process.stdout.closed:
             return
         try:
             if self.process.poll() is None:
-                self.terminate()
+                self.terminate(self.stopTimeout)
         except AssertionError:
-            pass
+            if check:
+                raise
         finally:
             self.process.stdout.close()
 
@@ -219,6 +249,70 @@ def readAll(sock: socket.socket, timeout: float = 10.0) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _tcpTable():
+    """
+    The kernel's TCP sockets, from C{/proc/net/tcp} and C{tcp6}: for each,
+    C{(local port, remote port, state, send queue, receive queue, inode)}.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                lines = list(f)
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            tx, rx = fields[4].split(":")
+            yield (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
+                   int(fields[3], 16), int(tx, 16), int(rx, 16), int(fields[9]))
+
+
+def _tcpQueues(localPort: int, remotePort: int) -> Optional[Tuple[int, int]]:
+    """
+    The C{(send queue, receive queue)} byte counts of the connected TCP
+    socket from C{localPort} to C{remotePort}, or L{None} if there is none.
+    """
+    for local, remote, state, tx, rx, inode in _tcpTable():
+        if (local, remote) == (localPort, remotePort):
+            return tx, rx
+    return None
+
+
+def socketsOf(pid: int) -> int:
+    """
+    How many sockets process C{pid} has open.  A client that noticed its
+    only connection closed has closed its descriptor: it is down to none.
+    """
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def waitUntilRead(sock: socket.socket, timeout: float = 30.0) -> None:
+    """
+    Wait until the process at the other end of C{sock} (a loopback
+    connection) has read every byte sent on it: nothing left unacknowledged
+    in our send queue, nothing left unread in its receive queue.  A daemon
+    that stopped reading fails the wait.
+    """
+    ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        sending, unread = _tcpQueues(ours, theirs), _tcpQueues(theirs, ours)
+        if sending is not None and unread is not None and sending[0] == unread[1] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not all read within {timeout}s: ours (tx, rx) {sending}, theirs {unread}"
+            )
+        time.sleep(0.01)
 
 
 def askUDP(port: int, payload: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:

@@ -74,6 +74,15 @@ class PrimeCheckerTests(unittest.TestCase):
         self.pool.run()
         self.successResultOf(idle)
 
+    def test_whenIdleWaitsForEveryCheck(self):
+        self.checker.submit(BIG_PRIME)
+        self.checker.submit(BIG_PRIME + 2)
+        idle = self.checker.whenIdle()
+        self.pool.run()
+        self.assertNoResult(idle)
+        self.pool.run()
+        self.successResultOf(idle)
+
     def test_failurePropagates(self):
         d = self.checker.submit(BIG_PRIME)
         onResult, f, args, kwargs = self.pool.work.pop()

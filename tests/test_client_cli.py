@@ -11,11 +11,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import gmpy2
 from twisted.trial import unittest
 
-from support import SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase
+from support import SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase, socketsOf
 
 SEED_ARGS = [str(v) for v in SEED_VALUES]
 SEED_WORDS = [
@@ -334,7 +335,15 @@ class IdleTimeoutTests(unittest.TestCase):
             )
             try:
                 answers = [self.ask(process, b"2")]
+                # Wait until the client has seen the idle close (it closed
+                # its one socket): a request written while the close is
+                # still on its way would be lost with the connection, and
+                # that is not what this tests.
                 daemon.waitForLog("Closing idle connection", timeout=10)
+                deadline = time.monotonic() + 10
+                while socketsOf(process.pid):
+                    self.assertLess(time.monotonic(), deadline, "the client kept its socket")
+                    time.sleep(0.01)
                 answers.append(self.ask(process, b"4"))
                 process.stdin.close()
                 status = process.wait(30)

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from support import (
     SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase, ask, askUDP, readAll, twistdCommand,
+    waitUntilRead,
 )
 
 
@@ -162,9 +163,19 @@ class LifecycleTests(unittest.TestCase):
             requests = [big] * 20 + list(range(1000))  # ~1 s of pool work
             with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
                 s.sendall(b"".join(b"%d\n" % n for n in requests))
-                time.sleep(0.2)
+                # Every request received (a draining connection stops
+                # reading), and the pool still busy: that is the case tested.
+                waitUntilRead(s)
                 d.process.send_signal(15)
-                data = readAll(s, 30)
+                s.setblocking(False)
+                try:
+                    before = s.recv(1 << 20)
+                except BlockingIOError:
+                    before = b""
+                s.setblocking(True)
+                self.assertLess(before.count(b"\n"), len(requests),
+                                "all answered before SIGTERM: nothing was drained")
+                data = before + readAll(s, 30)
             # twistd ends by re-raising the signal it stopped on, which
             # systemd counts as a clean exit.
             self.assertEqual(d.wait(), -15)

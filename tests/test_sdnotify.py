@@ -5,6 +5,7 @@ Tests for L{primed.sdnotify}: real datagrams on a Unix socket the test owns.
 import os
 import socket
 import tempfile
+import threading
 import uuid
 
 from twisted.internet import defer, task
@@ -130,7 +131,21 @@ class NotifierTests(unittest.TestCase):
         sends fail (logged), never hang the reactor.
         """
         events = _captureLog(self)
-        results = [self.notifier.status("x" * 1000) for _ in range(2000)]
+        results = []
+
+        def send():
+            for _ in range(2000):
+                results.append(self.notifier.status("x" * 1000))
+
+        # In a thread, so a send that blocks fails the test instead of
+        # hanging it; closing the receiver then wakes the blocked send.
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(30)
+        if sender.is_alive():
+            self.receiver.close()
+            sender.join(5)
+            self.fail(f"notify blocked after {len(results)} sends to a full queue")
         self.assertIn(False, results)
         self.assertTrue(
             [e for e in events if "Could not notify" in e.get("log_format", "")]
@@ -200,10 +215,25 @@ class DisabledTests(unittest.TestCase):
 
     def test_osEnviron(self):
         """
-        Works on the real environment mapping too (read-only).
+        Works on the real environment mapping too, set or not.
         """
-        self.assertEqual(Notifier(os.environ).enabled,
-                         bool(os.environ.get("NOTIFY_SOCKET")))
+        directory = tempfile.mkdtemp(prefix="primed-sdnotify-")
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "n")
+        receiver = _Receiver(path)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(receiver.close)
+        saved = os.environ.get("NOTIFY_SOCKET")
+        self.addCleanup(
+            lambda: os.environ.pop("NOTIFY_SOCKET", None) if saved is None
+            else os.environ.__setitem__("NOTIFY_SOCKET", saved)
+        )
+        os.environ["NOTIFY_SOCKET"] = path
+        notifier = Notifier(os.environ)
+        self.assertTrue(notifier.ready())
+        self.assertEqual(receiver.receive(), b"READY=1\n")
+        del os.environ["NOTIFY_SOCKET"]
+        self.assertFalse(Notifier(os.environ).enabled)
 
 
 class WatchdogIntervalTests(unittest.TestCase):
@@ -260,10 +290,18 @@ class StartWatchdogTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_pidGate(self):
+        """
+        Another process's watchdog is left alone: no ping, no timer.  Ours
+        is fed at once and every half WATCHDOG_USEC.
+        """
         env = {"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"}
         self.assertIsNone(startWatchdog(self.notifier, self.clock, env, pid=2))
+        self.assertEqual(self.sent, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         call = startWatchdog(self.notifier, self.clock, env, pid=1)
-        self.assertIsNotNone(call)
+        self.assertEqual(self.sent, [("WATCHDOG=1",)])
+        self.clock.pump([5, 5])
+        self.assertEqual(self.sent, [("WATCHDOG=1",)] * 3)
         call.stop()
 
     def test_noWatchdog(self):

@@ -7,6 +7,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect
+from primed.checker import CheckAbandoned
 from primed.service import PrimedService, UDPAddress
 
 BIG_PRIME = 2**607 - 1
@@ -38,6 +39,47 @@ class UDPAddressTests(unittest.TestCase):
         for text, host in [("[::ffff:127.0.0.1]:0", "::ffff:127.0.0.1"),
                            ("[fe80::1%lo]:0", "fe80::1%lo"), ("0.0.0.0:0", "0.0.0.0")]:
             self.assertEqual(UDPAddress.fromString(text).host, host)
+
+
+class UDPAddressBoundsTests(unittest.TestCase):
+    def test_portBounds(self):
+        self.assertEqual(UDPAddress.fromString("0").port, 0)
+        self.assertEqual(UDPAddress.fromString("65535").port, 65535)
+        error = self.assertRaises(ValueError, UDPAddress.fromString, "65536")
+        self.assertEqual(
+            str(error), "expected [HOST:]PORT with a port from 0 to 65535, not '65536'"
+        )
+
+    def test_brackets(self):
+        """
+        Brackets hold an IPv6 address, whole and alone; a bare IPv6 address
+        or a stray bracket is refused with a message saying why.
+        """
+        self.assertEqual(UDPAddress.fromString("[::1]:1").host, "::1")
+        for text in ["[]:1", "[[::1]]:1", "[::1]]:1", "[[::1]:1"]:
+            error = self.assertRaises(ValueError, UDPAddress.fromString, text)
+            self.assertEqual(str(error), f"expected [IPV6]:PORT, not {text!r}")
+        for text in ["::1:1", "a[b:1", "a]b:1", "[::1:1"]:
+            error = self.assertRaises(ValueError, UDPAddress.fromString, text)
+            self.assertEqual(
+                str(error),
+                f"expected [HOST:]PORT, an IPv6 address in brackets, not {text!r}",
+            )
+
+    def test_systemd(self):
+        address = UDPAddress.fromString("systemd:name=primed-udp")
+        self.assertEqual(repr(address), "systemd:name=primed-udp")
+        error = self.assertRaises(ValueError, UDPAddress.fromString, "systemd:name=")
+        self.assertEqual(str(error), "expected systemd:name=NAME, not 'systemd:name='")
+
+    def test_family(self):
+        import socket
+
+        from primed.service import _family
+
+        self.assertEqual(_family("::1"), socket.AF_INET6)
+        self.assertEqual(_family("127.0.0.1"), socket.AF_INET)
+        self.assertEqual(_family(""), socket.AF_INET)
 
 
 class DescribeTests(unittest.TestCase):
@@ -74,6 +116,8 @@ class StopTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(None)
         self.successResultOf(stopped)
+        # The drain deadline's timer is cancelled, not left to fire later.
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_stopDoesNotWaitForChecksOwedToNobody(self):
         """
@@ -94,11 +138,65 @@ class StopTests(unittest.TestCase):
     def test_drainTimeoutCutsOff(self):
         protocol, transport = connect(self.service.factory)
         protocol.dataReceived(b"%d\n4\n" % BIG_PRIME)
+        waiting = self.service.checker.submit(BIG_PRIME + 2)
         stopped = self.service.stopService()
         self.reactor.advance(10)
         self.successResultOf(stopped)
         self.assertTrue(transport.disconnected)
         self.assertEqual(transport.value(), b"")
+        # Checks that never got a thread do not run once the deadline passed:
+        # they fail at once, so stopping the pool waits for none of them.
+        self.assertEqual(len(self.pool.work), 2)
+        self.pool.runAll()
+        self.failureResultOf(waiting, CheckAbandoned)
+        self.assertEqual(self.service.checker.queued, 0)
+
+    def udpProtocol(self):
+        [protocol] = self.service.datagramProtocols
+        return protocol, protocol.transport
+
+    def test_stopAnswersDatagramsInThePool(self):
+        """
+        A datagram whose check is in the pool when the stop begins is still
+        answered; one that arrives after is not; then the stop completes.
+        """
+        protocol, transport = self.udpProtocol()
+        addr = ("127.0.0.1", 40000)
+        protocol.datagramReceived(b"%d\n" % BIG_PRIME, addr)
+        stopped = self.service.stopService()
+        protocol.datagramReceived(b"7\n", addr)
+        self.assertNoResult(stopped)
+        self.pool.run()
+        self.assertEqual(transport.written, [(b"T\n", addr)])
+        self.successResultOf(stopped)
+        self.assertFalse(transport.listening)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_drainTimeoutCutsOffDatagrams(self):
+        """
+        A datagram still waiting for a thread at the deadline is counted as
+        cut off, and never answered.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        protocol, transport = self.udpProtocol()
+        protocol.datagramReceived(b"%d\n" % BIG_PRIME, ("127.0.0.1", 40000))
+        stopped = self.service.stopService()
+        self.reactor.advance(10)
+        self.successResultOf(stopped)
+        from twisted.logger import formatEvent
+
+        self.assertIn(
+            "Drain timeout of 10s reached: cut 0 connection(s), "
+            "1 received request(s) left unanswered",
+            [formatEvent(e) for e in logged],
+        )
+        self.pool.runAll()
+        self.assertEqual(transport.written, [])
+        self.assertEqual(protocol.inflight, 0)
 
     def test_endDrainCutsOffAtOnce(self):
         """

@@ -174,6 +174,7 @@ class SignalTests(unittest.TestCase):
             support._runnerArgv("twistd", ["--listen", "tcp:0:interface=127.0.0.1",
                                            "--no-udp"]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=support._defaultStopSignals,
         )
         try:
             log = []

@@ -25,6 +25,8 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual([repr(a) for a in options["udp"]], ["127.0.0.1:8808"])
         self.assertEqual(options["threads"], os.cpu_count())
         self.assertEqual(options["max-digits"], 4300)
+        self.assertEqual(options["max-queued"], 64)
+        self.assertEqual(options["max-inflight"], 1024)
         self.assertEqual(options["max-connections"], 1024)
         self.assertEqual(options["idle-timeout"], 300)
         self.assertEqual(options["drain-timeout"], 10)

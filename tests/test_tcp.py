@@ -7,9 +7,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from twisted.internet.address import IPv4Address
+from twisted.logger import globalLogPublisher, formatEvent
+
 from fakes import HandDrivenPool, SynchronousPool, ThreadlessReactor, connect, makeChecker, makeFactory
 from primed import wire
-from primed.primality import is_prime
+from primed.primality import INLINE_MAX_BITS, is_prime
 
 BIG_PRIME = 2**607 - 1  # above INLINE_MAX_BITS: goes to the pool
 BIG_COMPOSITE = (2**607 - 1) * (2**521 - 1)
@@ -25,6 +28,20 @@ class CountingTransport(StringTransport):
     def write(self, data):
         self.writes += 1
         StringTransport.write(self, data)
+
+
+def captureLog(testCase):
+    """
+    Every log event from now to the end of C{testCase}, formatted.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def logged(events, fragment):
+    return [formatEvent(e) for e in events if fragment in formatEvent(e)]
 
 
 class Harness:
@@ -114,6 +131,52 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"99\n13\n")
         self.assertEqual(self.transport.value(), b"E\nT\n")
 
+    def test_discardingEndsAtTheNewline(self):
+        """
+        Skipping an over-long line ends at its newline, even when that newline
+        and each later request arrive in reads of their own.
+        """
+        limit = wire.maxLineLength(wire.DEFAULT_MAX_DIGITS)
+        self.protocol.dataReceived(b"9" * (limit + 1))
+        self.assertEqual(self.transport.value(), b"E\n")
+        self.protocol.dataReceived(b"99\n")  # the end of the long line
+        for request in [b"13\n", b"17\n", b"4\n"]:
+            self.protocol.dataReceived(request)
+        self.assertEqual(self.transport.value(), b"E\nT\nT\nF\n")
+
+    def test_discardingEndsWhereTheReadBegins(self):
+        """
+        The newline that ends an over-long line may be the first byte of a
+        read; the request right after it is answered whole.
+        """
+        limit = wire.maxLineLength(wire.DEFAULT_MAX_DIGITS)
+        self.protocol.dataReceived(b"9" * (limit + 1))
+        self.protocol.dataReceived(b"\n15\n")
+        self.protocol.dataReceived(b"9" * (limit + 1))
+        self.protocol.dataReceived(b"99\n15\n")
+        self.assertEqual(self.transport.value(), b"E\nF\nE\nF\n")
+
+    def test_lineOfExactlyTheLimitIsKept(self):
+        """
+        A line of exactly the length limit is still a request.
+        """
+        limit = wire.maxLineLength(wire.DEFAULT_MAX_DIGITS)
+        self.protocol.dataReceived(b" " * (limit - 1) + b"7")
+        self.assertEqual(self.transport.value(), b"")
+        self.protocol.dataReceived(b"\n")
+        self.assertEqual(self.transport.value(), b"T\n")
+
+    def test_inlineUpToInlineMaxBits(self):
+        """
+        Numbers of up to C{INLINE_MAX_BITS} bits are checked at once, in the
+        reactor thread; one bit more goes to the pool.
+        """
+        self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS - 1))
+        self.assertEqual(self.transport.value(), b"F\n")
+        self.assertEqual(self.harness.pool.work, [])
+        self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS + 1))
+        self.assertEqual(len(self.harness.pool.work), 1)
+
     def test_overLongLinesRespectInflightBound(self):
         """
         E answers for over-long lines queue behind pool work like any reply:
@@ -184,9 +247,11 @@ class OrderingTests(unittest.TestCase):
     def test_failedCheckAnswersE(self):
         self.protocol.dataReceived(b"%d\n3\n" % BIG_PRIME)
         onResult, f, args, kwargs = self.pool.work.pop()
+        events = captureLog(self)
         onResult(False, RuntimeError("boom"))
         self.assertEqual(self.transport.value(), b"E\nT\n")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(logged(events, "number failed"), ["Checking a 183-digit number failed"])
 
 
 class BackpressureTests(unittest.TestCase):
@@ -202,6 +267,38 @@ class BackpressureTests(unittest.TestCase):
         harness.pool.run()
         self.assertEqual(transport.value(), b"T\nT\nT\nT\n")
         self.assertEqual(transport.producerState, "producing")
+
+    def test_inflightBoundCountsPoolChecks(self):
+        """
+        The bound holds for pool checks too: the third big number waits, and
+        every line is answered exactly once.
+        """
+        harness = Harness(maxInflight=2)
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"%d\n%d\n%d\n7\n" % (BIG_PRIME, BIG_COMPOSITE, BIG_PRIME))
+        self.assertEqual(len(harness.pool.work), 2)
+        self.assertEqual(transport.producerState, "paused")
+        harness.pool.runAll()
+        self.assertEqual(transport.value(), b"T\nF\nT\nT\n")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_lostWhileWaitingForPoolRoom(self):
+        """
+        A connection that goes away while waiting for room in the pool is
+        no longer waiting: the checker keeps no reference to it.  Also after
+        a half-close arrived in the meantime.
+        """
+        for halfClosed in (False, True):
+            harness = Harness(maxQueued=1)
+            first, _ = harness.connect()
+            second, _ = harness.connect()
+            first.dataReceived(b"%d\n" % BIG_PRIME)
+            second.dataReceived(b"%d\n3\n" % BIG_PRIME)
+            self.assertEqual(len(harness.checker._roomWaiters), 1)
+            if halfClosed:
+                second.readConnectionLost()
+            second.connectionLost(None)
+            self.assertEqual(len(harness.checker._roomWaiters), 0, halfClosed)
 
     def test_poolFullPausesUntilRoom(self):
         """
@@ -231,6 +328,8 @@ class BackpressureTests(unittest.TestCase):
         harness = Harness(maxInflight=1)
         protocol, transport = harness.connect()
         self.assertIs(transport.producer, protocol)
+        # Streaming: only a push producer is paused when the buffer fills.
+        self.assertTrue(transport.streaming)
         protocol.pauseProducing()
         self.assertEqual(transport.producerState, "paused")
         protocol.dataReceived(b"%d\n7\n" % BIG_PRIME)  # inflight pause too
@@ -245,6 +344,18 @@ class HalfCloseTests(unittest.TestCase):
     def setUp(self):
         self.harness = Harness()
         self.protocol, self.transport = self.harness.connect()
+
+    def test_declaresHalfClose(self):
+        """
+        Twisted's transports tell only an L{IHalfCloseableProtocol} about a
+        half-close (others are disconnected), and stream only to a declared
+        L{IPushProducer}.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+        from zope.interface.verify import verifyObject
+
+        verifyObject(IHalfCloseableProtocol, self.protocol)
+        verifyObject(IPushProducer, self.protocol)
 
     def test_answersThenCloses(self):
         self.protocol.dataReceived(b"17\n%d\n18\n" % BIG_PRIME)
@@ -276,6 +387,34 @@ class HalfCloseTests(unittest.TestCase):
         self.protocol.readConnectionLost()
         self.assertTrue(self.transport.disconnecting)
 
+    def test_lostThenCheckFailsQuietly(self):
+        """
+        A check that fails after its connection is gone has nobody to
+        answer: nothing is logged, nothing written.
+        """
+        events = captureLog(self)
+        self.protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        self.protocol.connectionLost(None)
+        onResult, f, args, kwargs = self.harness.pool.work.pop()
+        onResult(False, RuntimeError("boom"))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(logged(events, "failed"), [])
+
+    def test_drainWhileClosing(self):
+        """
+        A stop that finds a connection already closing (its half-close
+        answered, the last bytes still leaving) leaves it be.
+        """
+        self.protocol.dataReceived(b"7\n")
+        self.protocol.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.transport.producer)
+        drained = self.harness.factory.drain()
+        self.assertIsNone(self.transport.producer)
+        self.assertEqual(self.transport.value(), b"T\n")
+        self.protocol.connectionLost(None)
+        self.successResultOf(drained)
+
     def test_lostWithPendingDropsQuietly(self):
         self.protocol.dataReceived(b"%d\n5\n" % BIG_PRIME)
         self.transport.loseConnection()
@@ -296,6 +435,25 @@ class IdleTimeoutTests(unittest.TestCase):
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
+
+    def test_idleCloseLogged(self):
+        events = captureLog(self)
+        self.clock.advance(300)
+        self.assertEqual(
+            logged(events, "idle"), ["Closing idle connection from 192.168.1.1:54321"]
+        )
+
+    def test_idleCloseLoggedForAnyPeer(self):
+        """
+        A peer without host and port (a unix: socket) is named as it is.
+        """
+        events = captureLog(self)
+        harness = Harness(idleTimeout=1)
+        transport = CountingTransport(peerAddress=object())
+        harness.connect(transport)
+        harness.reactor.advance(1)
+        [line] = logged(events, "idle")
+        self.assertIn("from <object object at", line)
 
     def test_requestsKeepItOpen(self):
         for _ in range(5):
@@ -325,11 +483,21 @@ class IdleTimeoutTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_pendingReplyKeepsItOpen(self):
+        """
+        A client waiting for a reply is not idle; once it has it, idle time
+        counts from that reply, not from the last request nor from the timer's
+        own re-arms.
+        """
         self.protocol.dataReceived(b"%d\n" % BIG_PRIME)
-        self.clock.advance(1000)
+        # In steps, so the spent timer re-arms at 300, 600 and 900 (one big
+        # advance would re-arm it at 1300, just when the reply's would end).
+        self.clock.pump([100] * 10)
         self.assertFalse(self.transport.disconnecting)
         self.harness.pool.run()
-        self.clock.advance(300)
+        self.assertEqual(self.transport.value(), b"T\n")
+        self.clock.advance(299)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
     def test_closingClientThatDoesNotRead(self):
@@ -358,6 +526,45 @@ class FactoryTests(unittest.TestCase):
         harness.connect()
         self.assertIsNone(harness.factory.buildProtocol(None))
         self.assertEqual(harness.factory.refused, 1)
+        self.assertIsNone(harness.factory.buildProtocol(None))
+        self.assertEqual(harness.factory.refused, 2)
+
+    def test_refusalsLoggedAtALimitedRate(self):
+        """
+        One warning per 10 seconds at most, counting every refusal.
+        """
+        events = captureLog(self)
+        harness = Harness(maxConnections=1)
+        harness.reactor.advance(100)
+        harness.connect()
+        peer = IPv4Address("TCP", "192.0.2.7", 4000)
+        for _ in range(3):
+            self.assertIsNone(harness.factory.buildProtocol(peer))
+        harness.reactor.advance(9.5)
+        harness.factory.buildProtocol(peer)
+        harness.reactor.advance(0.5)
+        harness.factory.buildProtocol(peer)
+        self.assertEqual(logged(events, "Connection limit"), [
+            "Connection limit of 1 reached: closed new connection from 192.0.2.7 "
+            "(1 refused so far)",
+            "Connection limit of 1 reached: closed new connection from 192.0.2.7 "
+            "(5 refused so far)",
+        ])
+
+    def test_quietByDefault(self):
+        """
+        Neither the factory's start and stop nor verdicts are logged unless
+        asked for.
+        """
+        events = captureLog(self)
+        harness = Harness()
+        harness.factory.doStart()
+        protocol, transport = harness.connect()
+        protocol.dataReceived(b"17\n%d\n" % BIG_PRIME)
+        harness.pool.run()
+        harness.factory.doStop()
+        self.assertEqual(transport.value(), b"T\nT\n")
+        self.assertEqual([formatEvent(e) for e in events], [])
 
     def test_drainAnswersThenCloses(self):
         harness = Harness()
@@ -384,16 +591,32 @@ class FactoryTests(unittest.TestCase):
         self.assertEqual(harness.factory.abortAll(), 3)  # two answers wait behind it
         self.assertTrue(transport.disconnected)
 
+    def test_abortAllCountsEveryConnection(self):
+        harness = Harness()
+        for payload in [b"%d\n3\n" % BIG_PRIME, b"%d\n" % BIG_PRIME, b""]:
+            protocol, transport = harness.connect()
+            protocol.dataReceived(payload)
+        self.assertEqual(harness.factory.abortAll(), 3)
+
     def test_verboseLogsVerdicts(self):
         from twisted.logger import globalLogPublisher
 
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        protocol, transport = Harness(verbose=True).connect()
+        harness = Harness(verbose=True)
+        protocol, transport = harness.connect()
         protocol.dataReceived(b"17\n")
         self.assertTrue(any(e.get("request") == b"17" and e.get("verdict") == "T"
                             for e in events))
+        protocol.dataReceived(b"%d\n" % BIG_PRIME + b"x" * 200 + b"\n")
+        harness.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nE\n")
+        self.assertEqual(logged(events, "asked"), [
+            "192.168.1.1:54321 asked b'17': T",
+            "192.168.1.1:54321 asked %r: E" % (b"x" * 80),
+            "192.168.1.1:54321 asked %r: T" % (b"%d" % BIG_PRIME)[:80],
+        ])
 
 
 # Fuzzing: random byte streams, cut at random points.

@@ -68,13 +68,39 @@ class TCPProtocolTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(ds[0]), Verdict.PRIME)
         for d in ds[1:]:
             failure = self.failureResultOf(d, PrimedConnectionLost)
-            self.assertIn("2 answers", str(failure.value))
+            self.assertEqual(
+                str(failure.value),
+                "connection lost before 2 answers arrived (Connection was closed cleanly.)",
+            )
 
     def test_checkAfterConnectionLost(self):
         protocol, transport = connected()
         lose(protocol, transport)
-        self.failureResultOf(protocol.check(17), PrimedConnectionLost)
+        failure = self.failureResultOf(protocol.check(17), PrimedConnectionLost)
+        self.assertEqual(str(failure.value), "the connection is closed")
         self.assertEqual(transport.value(), b"")
+
+    def test_lostIdle(self):
+        """
+        C{lostIdle} says whether a closed connection owed nothing (a new one
+        may carry on): not before it closes, not when answers were owed or
+        a protocol error ended it.
+        """
+        protocol, transport = connected()
+        self.assertFalse(protocol.lostIdle)
+        protocol.check(2)
+        protocol.dataReceived(b"T\n")
+        self.assertFalse(protocol.lostIdle)
+        lose(protocol, transport)
+        self.assertIs(protocol.lostIdle, True)
+        owing, transport = connected()
+        owing.check(2).addErrback(lambda f: None)
+        lose(owing, transport)
+        self.assertIs(owing.lostIdle, False)
+        broken, transport = connected(transport=AbortingTransport())
+        broken.dataReceived(b"T\n")
+        lose(broken, transport)
+        self.assertIs(broken.lostIdle, False)
 
     def test_unexpectedReply(self):
         """
@@ -89,7 +115,8 @@ class TCPProtocolTests(unittest.TestCase):
             self.assertNoResult(d)
         lose(protocol, transport)
         for d in ds:
-            self.failureResultOf(d, PrimedProtocolError)
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertEqual(str(failure.value), "unexpected reply b'HTTP/1.1 400 Bad Req'")
 
     def test_repliesAfterErrorIgnored(self):
         """
@@ -115,7 +142,8 @@ class TCPProtocolTests(unittest.TestCase):
         protocol.dataReceived(b"T\n")
         self.assertNoResult(d)
         lose(protocol, transport)
-        self.failureResultOf(d, PrimedProtocolError)
+        failure = self.failureResultOf(d, PrimedProtocolError)
+        self.assertEqual(str(failure.value), "a reply to no request")
 
     def test_longReplyLine(self):
         protocol, transport = connected(transport=AbortingTransport())
@@ -124,7 +152,21 @@ class TCPProtocolTests(unittest.TestCase):
         self.assertTrue(transport.aborted)
         lose(protocol, transport)
         for d in ds:
-            self.failureResultOf(d, PrimedProtocolError)
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertEqual(str(failure.value), "unexpected reply %r..." % (b"T" * 20))
+
+    def test_replyLineLimit(self):
+        """
+        A reply line of up to 64 bytes is judged as a reply; a longer one is
+        cut short as not primed's.
+        """
+        for length, message in [(64, "unexpected reply %r" % (b"x" * 20)),
+                                (65, "unexpected reply %r..." % (b"x" * 20))]:
+            protocol, transport = connected(transport=AbortingTransport())
+            d = protocol.check(2)
+            protocol.dataReceived(b"x" * length + b"\n")
+            lose(protocol, transport)
+            self.assertEqual(str(self.failureResultOf(d, PrimedProtocolError).value), message)
 
     def test_cancelledRequestKeepsItsPlace(self):
         """
@@ -141,7 +183,8 @@ class TCPProtocolTests(unittest.TestCase):
 
 class TCPTimeoutTests(unittest.TestCase):
     def test_needsClock(self):
-        self.assertRaises(ValueError, PrimedClientProtocol, 5.0)
+        error = self.assertRaises(ValueError, PrimedClientProtocol, 5.0)
+        self.assertEqual(str(error), "a timeout needs a clock")
 
     def test_idleConnectionNeverTimesOut(self):
         clock = task.Clock()
@@ -159,7 +202,8 @@ class TCPTimeoutTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertTrue(transport.disconnected)
         lose(protocol, transport)
-        self.failureResultOf(d, PrimedTimeout)
+        failure = self.failureResultOf(d, PrimedTimeout)
+        self.assertEqual(str(failure.value), "no reply for 5 s")
 
     def test_progressPostpones(self):
         """

@@ -3,6 +3,7 @@ Tests for L{primed.udp}, through a fake datagram transport.
 """
 
 from hypothesis import given, settings, strategies as st
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from fakes import (
@@ -13,6 +14,17 @@ from primed.primality import is_prime
 from primed.udp import MAX_DATAGRAM, PrimeDatagramProtocol, receiveBufferSize
 
 ADDR = ("127.0.0.1", 40000)
+
+
+def captureLog(testCase):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def logged(events, fragment):
+    return [formatEvent(e) for e in events if fragment in formatEvent(e)]
 BIG_PRIME = 2**607 - 1
 
 
@@ -30,6 +42,14 @@ class DatagramTests(unittest.TestCase):
             self.protocol.datagramReceived(b"%s\n" % str(value).encode(), ADDR)
         self.assertEqual(self.replies(), [b"E\n", b"F\n", b"T\n", b"F\n", b"T\n", b"T\n",
                                           b"F\n", b"F\n"])
+
+    def test_two(self):
+        """
+        The smallest prime: the boundary of the "below two" shortcut.
+        """
+        for datagram in [b"2", b"3", b"1"]:
+            self.protocol.datagramReceived(datagram, ADDR)
+        self.assertEqual(self.replies(), [b"T\n", b"T\n", b"F\n"])
 
     def test_newlineOptional(self):
         for datagram in [b"17", b"17\n", b"17\r\n"]:
@@ -79,17 +99,62 @@ class DatagramTests(unittest.TestCase):
         self.assertEqual(self.replies(), [b"T\n", b"T\n"])
 
     def test_dropsLoggedAtALimitedRate(self):
-        from twisted.logger import globalLogPublisher
-
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = captureLog(self)
         for _ in range(100):
             self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
         self.checker.reactor.advance(11)
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
         drops = [e for e in events if "dropped" in e.get("log_format", "")]
         self.assertEqual([e["count"] for e in drops], [1, 98])
+
+    def test_dropLogIntervalIsTenSeconds(self):
+        """
+        Exactly 10 s after a drop was logged, the next one is logged again,
+        with the count since and the total.
+        """
+        events = captureLog(self)
+        self.checker.reactor.advance(100)
+        for _ in range(4):  # two go to the pool, two are dropped
+            self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.checker.reactor.advance(9.5)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.checker.reactor.advance(0.5)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.assertEqual(logged(events, "dropped"), [
+            "Thread pool full: dropped 1 UDP request(s) (1 since start)",
+            "Thread pool full: dropped 3 UDP request(s) (4 since start)",
+        ])
+
+    def test_failedCheckAnswersE(self):
+        events = captureLog(self)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        onResult, f, args, kwargs = self.pool.work.pop()
+        onResult(False, RuntimeError("boom"))
+        self.assertEqual(self.replies(), [b"E\n"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(logged(events, "number failed"), ["Checking a 183-digit number failed"])
+        self.assertEqual(self.protocol.inflight, 0)
+
+    def test_verboseLogsVerdicts(self):
+        events = captureLog(self)
+        protocol, transport = makeDatagramProtocol(self.checker, verbose=True)
+        for datagram in [b"17\n", b"x" * 100, b"9" * 5000, b"%d" % BIG_PRIME]:
+            protocol.datagramReceived(datagram, ADDR)
+        self.pool.run()
+        self.assertEqual(logged(events, "asked"), [
+            "('127.0.0.1', 40000) asked b'17': T",
+            "('127.0.0.1', 40000) asked %r: E" % (b"x" * 80),
+            "('127.0.0.1', 40000) asked %r: E" % (b"9" * 80),
+            "('127.0.0.1', 40000) asked %r: T" % (b"%d" % BIG_PRIME)[:80],
+        ])
+
+    def test_quietByDefault(self):
+        events = captureLog(self)
+        protocol, transport = makeDatagramProtocol(self.checker)
+        protocol.doStart()
+        protocol.datagramReceived(b"17", ADDR)
+        protocol.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
     def test_sendErrorIsNotFatal(self):
         """
@@ -105,15 +170,29 @@ class DatagramTests(unittest.TestCase):
             transport.written.append((data, addr))
 
         transport.write = write
+        events = captureLog(self)
         protocol = PrimeDatagramProtocol(self.checker, self.checker.reactor)
         protocol.makeConnection(transport)
         protocol.datagramReceived(b"5", ADDR)
         protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
         self.pool.run()
         self.assertEqual((protocol.inflight, transport.written), (0, []))
+        self.assertEqual(logged(events, "lost"),
+                         ["Reply to ('127.0.0.1', 40000) lost: no buffer space"] * 2)
         refusing.clear()
         protocol.datagramReceived(b"7", ADDR)
         self.assertEqual(transport.written, [(b"T\n", ADDR)])
+
+    def test_drainWaitsForEveryCheck(self):
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        self.assertEqual(self.protocol.inflight, 2)
+        drained = self.protocol.drain()
+        self.pool.run()
+        self.assertNoResult(drained)
+        self.pool.run()
+        self.successResultOf(drained)
+        self.assertEqual(self.protocol.inflight, 0)
 
     def test_drainWaitsForThePool(self):
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
@@ -154,6 +233,20 @@ class ReceiveBufferTests(unittest.TestCase):
     def test_largestDatagram(self):
         self.assertEqual(MAX_DATAGRAM, 65535 - 8)
         self.assertGreater(receiveBufferSize(70_000), MAX_DATAGRAM)
+
+
+class ReceiveBufferSizeTests(unittest.TestCase):
+    def test_bounds(self):
+        """
+        At least 8 KiB; room for the longest line and its CRLF; and never
+        more than one byte past the largest datagram there is.
+        """
+        from primed.udp import MAX_DATAGRAM, receiveBufferSize
+
+        self.assertEqual(receiveBufferSize(10), 8192)
+        self.assertEqual(receiveBufferSize(20000), wire.maxLineLength(20000) + 2)
+        self.assertEqual(receiveBufferSize(10**6), MAX_DATAGRAM + 1)
+        self.assertEqual(MAX_DATAGRAM, 65527)
 
 
 class FuzzTests(unittest.TestCase):

@@ -28,8 +28,18 @@ class ParseRequestTests(unittest.TestCase):
     def test_digitLimit(self):
         self.assertEqual(parseRequest(b"9" * 4300), int("9" * 4300))
         self.assertIsNone(parseRequest(b"9" * 4301))
-        self.assertEqual(parseRequest(b"0" * 50 + b"7"), 7)  # leading zeros are free
+        self.assertEqual(parseRequest(b"0" * 50 + b"7"), 7)
         self.assertIsNone(parseRequest(b"123", maxDigits=2))
+
+    def test_leadingZerosAreFree(self):
+        """
+        Leading zeros do not count towards the digit limit, also on lines the
+        all-digits fast path does not take (too long for it, or signed).
+        """
+        self.assertEqual(parseRequest(b"0" * 4300 + b"7"), 7)
+        self.assertEqual(parseRequest(b"-" + b"0" * 4000 + b"9" * 300), -int("9" * 300))
+        self.assertEqual(parseRequest(b"00012", maxDigits=2), 12)
+        self.assertIsNone(parseRequest(b"000123", maxDigits=2))
 
     def test_leadingZeros(self):
         self.assertEqual(parseRequest(b"-0007"), -7)
@@ -43,6 +53,7 @@ class ParseRequestTests(unittest.TestCase):
         as a stream receiver would have refused it before it was complete.
         """
         limit = wire.maxLineLength(10)
+        self.assertEqual(limit, 10 + 64)  # README: --max-digits plus 64 bytes
         self.assertEqual(parseRequest(b" " * (limit - 1) + b"7", maxDigits=10), 7)
         self.assertIsNone(parseRequest(b" " * limit + b"7", maxDigits=10))
 
@@ -53,11 +64,21 @@ class ParseRequestTests(unittest.TestCase):
         digits = "1" * 6000
         self.assertEqual(parseRequest(digits.encode(), maxDigits=6000),
                          int(digits[:3000]) * 10**3000 + int(digits[3000:]))
+        # One past CPython's limit, on the all-digits fast path's side of it.
+        self.assertEqual(parseRequest(b"1" * 4301, maxDigits=6000), (10**4301 - 1) // 9)
 
     def test_encodeSendsTextAsGiven(self):
         self.assertEqual(wire.encodeRequest(" 17\t"), b" 17\t\n")
         self.assertEqual(wire.encodeRequest("17\r\n"), b"17\n")
         self.assertEqual(wire.encodeRequest("17\u00a0"), "17\u00a0\n".encode())
+        self.assertEqual(wire.encodeRequest("XX"), b"XX\n")  # only CR and LF go
+
+    def test_encodeKeepsUndecodableBytes(self):
+        """
+        Text that came from undecodable bytes (surrogateescape, as C{sys.argv}
+        and C{sys.stdin} decode them) is sent as those bytes.
+        """
+        self.assertEqual(wire.encodeRequest("17\udcff"), b"17\xff\n")
 
     @given(st.integers())
     def test_roundTrip(self, number):
@@ -69,6 +90,9 @@ class ReplyTests(unittest.TestCase):
         self.assertEqual(replyFor(b"17", lambda n: True), b"T\n")
         self.assertEqual(replyFor(b"18", lambda n: False), b"F\n")
         self.assertEqual(replyFor(b"x", lambda n: True), b"E\n")
+
+    def test_twoIsAskedAbout(self):
+        self.assertEqual(replyFor(b"2", lambda n: n == 2), b"T\n")
 
     def test_belowTwoNeverAsksTheChecker(self):
         def refuse(n):
@@ -82,4 +106,5 @@ class ReplyTests(unittest.TestCase):
         for verdict in Verdict:
             self.assertIs(Verdict.fromReply(verdict.reply), verdict)
             self.assertIs(Verdict.fromReply(verdict.value.encode() + b"\r\n"), verdict)
-        self.assertRaises(ValueError, Verdict.fromReply, b"X\n")
+        for bad in [b"X\n", b"TX\n", b"\xff\n", b""]:
+            self.assertRaises(ValueError, Verdict.fromReply, bad)
