@@ -74,7 +74,7 @@ def primedFactory():
     used; a L{Clock} stands in for the reactor (timeouts only).
     """
     from primed.checker import PrimeChecker
-    from primed.tcp import PrimeLineFactory
+    from primed.tcpfactory import PrimeLineFactory
 
     clock = Clock()
     factory = PrimeLineFactory(PrimeChecker(clock, threadpool=None), clock)

@@ -282,7 +282,7 @@ class ProxyHeaderProtocol(Protocol):
 
 class ProxyHeaderFactory(Factory):
     """
-    Wraps the factory of a listener (primed's L{primed.tcp.PrimeLineFactory})
+    Wraps the factory of a listener (primed's L{primed.tcpfactory.PrimeLineFactory})
     so that every connection it builds must start with a PROXY header.  The
     wrapped factory keeps deciding whether a connection is accepted at all.
     """

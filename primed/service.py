@@ -22,12 +22,8 @@ from twisted.python.failure import Failure
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
-from primed.tcp import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_INFLIGHT,
-    PrimeLineFactory,
-)
+from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
+from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 #: Seconds a stop waits for pending answers before cutting connections.

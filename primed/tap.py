@@ -14,7 +14,8 @@ from twisted.python import usage
 from primed import proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
-from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT
+from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
+from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS
 
 # Twisted's own default backlog (50) drops SYNs when a few hundred clients
 # connect at once, and they retry only after a second: match --max-connections.

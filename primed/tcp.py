@@ -25,11 +25,9 @@ Three things shape it beyond a plain L{LineReceiver}:
 """
 
 from collections import deque
-from typing import Deque, List, Optional, Set
+from typing import Deque, List, Set
 
 from twisted.internet import interfaces
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -37,14 +35,11 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned
-from primed.counters import Counters
 from primed.fastpath import streamWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
 DEFAULT_MAX_INFLIGHT = 1024
-#: Simultaneous connections; more are closed as soon as they are accepted.
-DEFAULT_MAX_CONNECTIONS = 1024
 #: Seconds a connection may stay without a complete request or pending reply.
 DEFAULT_IDLE_TIMEOUT = 300.0
 
@@ -447,103 +442,3 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             request=line[:80],
             verdict=reply[:1].decode(),
         )
-
-
-class PrimeLineFactory(Factory):
-    """
-    Builds L{PrimeLineProtocol}s sharing one L{primed.checker.PrimeChecker},
-    and knows every live connection so a stop can drain them.
-    """
-
-    protocol = PrimeLineProtocol
-    noisy = False
-    _log = Logger()
-
-    def __init__(
-        self,
-        checker,
-        reactor,
-        maxDigits: int = wire.DEFAULT_MAX_DIGITS,
-        maxInflight: int = DEFAULT_MAX_INFLIGHT,
-        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
-        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
-        verbose: bool = False,
-        counters: Optional[Counters] = None,
-    ):
-        """
-        @param counters: where to count requests and connections; a fresh
-            L{Counters} by default.
-        """
-        self.checker = checker
-        self.reactor = reactor
-        self.maxDigits = maxDigits
-        self.maxInflight = maxInflight
-        self.maxConnections = maxConnections
-        self.idleTimeout = idleTimeout
-        self.verbose = verbose
-        self.counters = Counters() if counters is None else counters
-        self.protocols: Set[PrimeLineProtocol] = set()
-        self.refused = 0
-        self.draining = False
-        self._lastRefusalLog: Optional[float] = None
-        self._drainWaiters: List[Deferred] = []
-
-    def buildProtocol(self, addr):
-        """
-        Over the connection limit, return L{None}: Twisted then closes the new
-        connection at once, and the established ones are not disturbed.
-        """
-        if self.draining or len(self.protocols) >= self.maxConnections:
-            self.refused += 1
-            now = self.reactor.seconds()
-            if self._lastRefusalLog is None or now - self._lastRefusalLog >= 10:
-                self._lastRefusalLog = now
-                self._log.warn(
-                    "Connection limit of {limit} reached: closed new connection "
-                    "from {peer} ({refused} refused so far)",
-                    limit=self.maxConnections,
-                    peer=getattr(addr, "host", addr),
-                    refused=self.refused,
-                )
-            return None
-        return Factory.buildProtocol(self, addr)
-
-    def connected(self, protocol: PrimeLineProtocol) -> None:
-        self.protocols.add(protocol)
-        self.counters.tcpAccepted += 1
-
-    def disconnected(self, protocol: PrimeLineProtocol) -> None:
-        self.protocols.discard(protocol)
-        if not self.protocols:
-            waiters, self._drainWaiters = self._drainWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def drain(self) -> Deferred:
-        """
-        Refuse new connections and ask every open one to finish: answer what
-        it received, then close.
-
-        @return: a L{Deferred} that fires when every connection has closed.
-        """
-        self.draining = True
-        d = Deferred()
-        if self.protocols:
-            self._drainWaiters.append(d)
-            for protocol in list(self.protocols):
-                protocol.drain()
-        else:
-            d.callback(None)
-        return d
-
-    def abortAll(self) -> int:
-        """
-        Cut every remaining connection at once.
-
-        @return: how many received requests go unanswered.
-        """
-        cutOff = 0
-        for protocol in list(self.protocols):
-            cutOff += protocol.unansweredCount()
-            protocol.transport.abortConnection()
-        return cutOff

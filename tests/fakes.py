@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from primed.checker import PrimeChecker
 from primed.client import PrimedClientProtocol
-from primed.tcp import PrimeLineFactory
+from primed.tcpfactory import PrimeLineFactory
 from primed.udp import PrimeDatagramProtocol
 
 

@@ -47,6 +47,7 @@ HANG = 60
 MODULES = {
     "wire": ["tests/test_wire.py", "tests/test_udp.py"],
     "tcp": ["tests/test_tcp.py", "tests/test_tap.py"],
+    "tcpfactory": ["tests/test_tcp.py", "tests/test_tap.py"],
     "udp": ["tests/test_udp.py"],
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],

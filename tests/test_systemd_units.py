@@ -254,7 +254,7 @@ class ContentTests(unittest.TestCase):
         Room for --max-connections' default number of connections, plus
         listeners, pool, log and notify descriptors.
         """
-        from primed.tcp import DEFAULT_MAX_CONNECTIONS
+        from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS
 
         for name in SERVICES:
             limit = int(value(self.units[name], "Service", "LimitNOFILE"))
