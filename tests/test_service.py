@@ -601,7 +601,8 @@ class StartTests(unittest.TestCase):
         refused = CannotListenError("127.0.0.1", 80, OSError(13, "Permission denied"))
         service = self.make([("tcp:80", FailingEndpoint(refused))])
         error = self.assertRaises(SystemExit, service.privilegedStartService)
-        self.assertEqual(str(error), "primed: cannot listen on tcp:80: [Errno 13] Permission denied")
+        self.assertEqual(str(error),
+                         "primed: cannot listen on tcp:80: [Errno 13] Permission denied")
         self.assertEqual((service.tcpPorts, service.udpPorts), ([], []))
 
     def test_cannotListenStopsBound(self):
@@ -609,8 +610,8 @@ class StartTests(unittest.TestCase):
 
         bound = RecordingPort()
         self.patch(self.reactor, "listenTCP", lambda *a, **k: bound)
-        service = self.make(
-            [self.tcp(), ("tcp:80", FailingEndpoint(CannotListenError(None, 80, OSError(13, "no"))))])
+        refused = CannotListenError(None, 80, OSError(13, "no"))
+        service = self.make([self.tcp(), ("tcp:80", FailingEndpoint(refused))])
         self.assertRaises(SystemExit, service.privilegedStartService)
         self.assertEqual(bound.calls, ["stopListening"])
         self.assertEqual((service.tcpPorts, service.udpPorts), ([], []))
