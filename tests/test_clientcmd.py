@@ -47,6 +47,53 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(self.parse("-p", "9", "-5")["numbers"], ["-5"])
         self.assertEqual(self.parse("--", "-5")["numbers"], ["-5"])
 
+    def test_negativeNumberAfterEveryValuedOption(self):
+        """
+        Every option taking a value takes the next argument, so a negative
+        number after it is a number, not an unknown option.
+        """
+        for option, value in [("-H", "h"), ("--host", "h"), ("-p", "9"), ("--port", "9"),
+                              ("-e", "tcp:h:9"), ("--endpoint", "tcp:h:9"), ("-t", "2"),
+                              ("--timeout", "2"), ("-n", "1"), ("--retries", "1"),
+                              ("--ca", "ca.pem"), ("--server-name", "s")]:
+            options = Options()
+            self.assertEqual(options._protectNegatives([option, value, "-5"]),
+                             [option, value, "--", "-5"], option)
+
+    def test_help(self):
+        """
+        C{--help} says what the command does, its exit statuses and every
+        option (compared with the wrapping undone: Twisted wraps it).
+        """
+        text = " ".join(str(Options()).split())
+        for expected in [
+            "primed-client [options] [NUMBER ...]",
+            "-H, --host= Server address or name. [default: 127.0.0.1]",
+            "--ca= With --tls: a PEM file of the CA certificates to trust.",
+            "-e, --endpoint= A Twisted client endpoint string (tcp:, unix:, "
+            "tls:HOST:PORT:trustRoots=DIR) instead of --host and --port; TCP only.",
+            "-n, --retries= Over UDP, attempts after the first before giving up. Over TCP, "
+            "after a lost connection: attempts in a row to connect again and resend what it "
+            "had not answered (at once, then after 0.5, 1, 2, 4, then 5 s), before giving "
+            "up. [default: 3]",
+            "-p, --port= Server port [default: 8809, or 8808 with --udp].",
+            "-r, --raw Print only the verdict letter: T, F or E.",
+            "--server-name= With --tls: the name the certificate must carry, and the SNI "
+            "sent [default: --host].",
+            "-t, --timeout= Seconds: over TCP, to connect and the longest silence while "
+            "answers are owed [default: 10]; over UDP, per attempt [default: 1].",
+            "--tls Ask over TLS, verifying the server's certificate (against --ca, or the "
+            "system's CAs) and its name (--server-name, or --host).",
+            "-u, --udp Ask over UDP (default port 8808).",
+            "Ask primed whether each NUMBER is prime; with no NUMBER, read them from "
+            "standard input, one per line. Prints each input, a tab and 'prime', 'not "
+            "prime' or 'invalid', in input order. Exit status: 0 if every input was "
+            "answered, 1 if not (the output then stops at the first unanswered input, and "
+            "one line on standard error says why), 2 for a usage error. Options go before "
+            "the numbers.",
+        ]:
+            self.assertIn(expected, text)
+
     def test_negativeNumbersAfterClusters(self):
         """
         A cluster of short options ending in one that takes a value takes
