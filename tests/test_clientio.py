@@ -401,7 +401,32 @@ class StdinReaderTests(unittest.TestCase):
         reader.more()
         f, args = calls.get(timeout=10)
         f(*args)
-        self.assertIn("standard input", str(failed[0].value))
+        self.assertEqual(str(failed[0].value),
+                         "cannot read standard input: Bad file descriptor")
+
+    def test_noPartialLine(self):
+        lines, ended, failed = self.read(b"17\n18\n")
+        self.assertEqual(lines, [b"17", b"18"])
+        self.assertEqual(self.reader.partialHigh, 0)
+
+    def test_daemonThread(self):
+        """
+        The reading thread does not hold up exit while blocked on a read.
+        """
+        import threading
+
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        reader = clientio.StdinReader(None, readFd, None, None, None)
+        before = set(threading.enumerate())
+        reader.start()
+        [thread] = set(threading.enumerate()) - before
+        self.assertEqual((thread.name, thread.daemon), ("stdin", True))
+        reader._reactor = type("Reactor", (), {"callFromThread": lambda self, f, *a: None})()
+        reader.more()
+        os.close(writeFd)  # the read returns b"": the thread ends
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
 
 
 class OutputTests(unittest.TestCase):
