@@ -195,6 +195,38 @@ class OptionsTests(unittest.TestCase):
             self.assertRaises(usage.UsageError, self.parse, *argv)
 
 
+    def test_usageErrorWords(self):
+        """
+        Each usage error says which option is wrong and why.
+        """
+        for argv, message in [
+            (["--port", "x"], "--port: not a number: 'x'"),
+            (["--port", "1"], None),
+            (["--port", "0"], "--port must be between 1 and 65535"),
+            (["--timeout", "x"], "--timeout: not a number: 'x'"),
+            (["--timeout", "0"], "--timeout must be a positive number of seconds"),
+            (["--retries", "x"], "--retries: not a number: 'x'"),
+            (["--retries", "-1"], "--retries must be 0 or more"),
+            (["--udp", "--endpoint", "tcp:h:1"],
+             "--endpoint is for TCP; use --host with --udp"),
+            (["--endpoint", "tcp:h:1", "--port", "2"],
+             "give either --endpoint or --host/--port"),
+            (["--udp", "--tls"],
+             "--tls is for --host/--port over TCP (or give --endpoint tls:...)"),
+            (["--ca", "x.pem"], "--ca and --server-name go with --tls"),
+            (["--tls", "--ca", "/nonexistent/ca.pem"],
+             "--ca /nonexistent/ca.pem: No such file or directory"),
+            (["--tls", "--ca", "/dev/null"], "--ca /dev/null: no PEM certificate in it"),
+        ]:
+            if message is None:
+                self.assertEqual(self.parse(*argv)["port"], 1)
+                continue
+            error = self.assertRaises(usage.UsageError, self.parse, *argv)
+            self.assertEqual(str(error), message, argv)
+        error = self.assertRaises(usage.UsageError, self.parse, "--endpoint", "nonsense:1")
+        self.assertTrue(str(error).startswith("--endpoint 'nonsense:1': "), str(error))
+
+
 class RunCommandTests(unittest.TestCase):
     """
     L{clientcmd.run}, the command after option parsing, over the fake UDP
