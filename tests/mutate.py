@@ -83,22 +83,27 @@ def mutate(module, tests, cache=None):
                 os.path.join(work, name),
                 ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"),
             )
-        shutil.copy(os.path.join(ROOT, "setup.cfg"), work)
+        for name in ("setup.cfg", "README.rst"):  # some tests check README's figures
+            shutil.copy(os.path.join(ROOT, name), work)
         python = sys.executable
         # mutmut 2 takes any exit status but 1 for a pass: a mutant that
         # breaks an import (pytest exits 2) would survive.  -B: mutants of
         # the same size written within a second must not share bytecode.
         # timeout: mutmut's own never fires while the tests print nothing,
-        # and a mutant that loops forever would stop the run.
+        # and a mutant that loops forever would stop the run.  Output is
+        # dropped: it is never shown.
         with open(os.path.join(work, "run-tests"), "w") as script:
             script.write(f"timeout {HANG} {python} -B -m pytest -x -q -k '{SKIP}' "
-                         f"{' '.join(tests)} || exit 1\n")
+                         f"{' '.join(tests)} >/dev/null 2>&1 || exit 1\n")
         runner = "sh run-tests"
         subprocess.run(
             [python, "-m", "mutmut", "run",
              "--paths-to-mutate", f"primed/{module}.py",
              "--tests-dir", "tests",
              "--runner", runner,
+             # Never mutmut's own timeout: killing a slow run hangs mutmut 2
+             # (seen on a loaded machine); run-tests' timeout does it.
+             "--test-time-base", str(2 * HANG),
              "--simple-output", "--no-progress", "--CI"],
             cwd=work, check=True, stdout=subprocess.DEVNULL,
         )

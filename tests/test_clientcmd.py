@@ -47,6 +47,74 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(self.parse("-p", "9", "-5")["numbers"], ["-5"])
         self.assertEqual(self.parse("--", "-5")["numbers"], ["-5"])
 
+    def test_negativeNumberAfterEveryValuedOption(self):
+        """
+        Every option taking a value takes the next argument, so a negative
+        number after it is a number, not an unknown option.
+        """
+        for option, value in [("-H", "h"), ("--host", "h"), ("-p", "9"), ("--port", "9"),
+                              ("-e", "tcp:h:9"), ("--endpoint", "tcp:h:9"), ("-t", "2"),
+                              ("--timeout", "2"), ("-n", "1"), ("--retries", "1"),
+                              ("--ca", "ca.pem"), ("--server-name", "s")]:
+            options = Options()
+            self.assertEqual(options._protectNegatives([option, value, "-5"]),
+                             [option, value, "--", "-5"], option)
+
+    def test_help(self):
+        """
+        C{--help} says what the command does, its exit statuses and every
+        option (compared with the wrapping undone: Twisted wraps it).
+        """
+        text = " ".join(str(Options()).split())
+        self.assertEqual(text, " ".join(
+            "primed-client [options] [NUMBER ...] Options: "
+            "-H, --host= Server address or name. [default: 127.0.0.1] "
+            "--ca= With --tls: a PEM file of the CA certificates to trust. "
+            "-e, --endpoint= A Twisted client endpoint string (tcp:, unix:, "
+            "tls:HOST:PORT:trustRoots=DIR) instead of --host and --port; TCP only. "
+            "--help Display this help and exit. "
+            "-n, --retries= Over UDP, attempts after the first before giving up. Over TCP, "
+            "after a lost connection: attempts in a row to connect again and resend what it "
+            "had not answered (at once, then after 0.5, 1, 2, 4, then 5 s), before giving "
+            "up. [default: 3] "
+            "-p, --port= Server port [default: 8809, or 8808 with --udp]. "
+            "-r, --raw Print only the verdict letter: T, F or E. "
+            "--server-name= With --tls: the name the certificate must carry, and the SNI "
+            "sent [default: --host]. "
+            "-t, --timeout= Seconds: over TCP, to connect and the longest silence while "
+            "answers are owed [default: 10]; over UDP, per attempt [default: 1]. "
+            "--tls Ask over TLS, verifying the server's certificate (against --ca, or the "
+            "system's CAs) and its name (--server-name, or --host). "
+            "-u, --udp Ask over UDP (default port 8808). "
+            "--version Display the version and exit. "
+            "Ask primed whether each NUMBER is prime; with no NUMBER, read them from "
+            "standard input, one per line. Prints each input, a tab and 'prime', 'not "
+            "prime' or 'invalid', in input order. Exit status: 0 if every input was "
+            "answered, 1 if not (the output then stops at the first unanswered input, and "
+            "one line on standard error says why), 2 for a usage error. Options go before "
+            "the numbers.".split()))
+
+    def test_argvByDefault(self):
+        import sys
+
+        self.patch(sys, "argv", ["primed-client", "-u", "17"])
+        options = Options()
+        options.parseOptions()
+        self.assertEqual((options["udp"], options["numbers"]), (True, ["17"]))
+
+    def test_documentedWindow(self):
+        """
+        README: "at most 256 requests in flight" over TCP.
+        """
+        import os
+
+        readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "README.rst")
+        with open(readme) as f:
+            text = " ".join(f.read().split())
+        self.assertIn("(at most %d requests in flight)" % clientcmd.TCP_WINDOW, text)
+        self.assertEqual(clientcmd.TCP_WINDOW, 256)
+
     def test_negativeNumbersAfterClusters(self):
         """
         A cluster of short options ending in one that takes a value takes
@@ -127,6 +195,38 @@ class OptionsTests(unittest.TestCase):
             self.assertRaises(usage.UsageError, self.parse, *argv)
 
 
+    def test_usageErrorWords(self):
+        """
+        Each usage error says which option is wrong and why.
+        """
+        for argv, message in [
+            (["--port", "x"], "--port: not a number: 'x'"),
+            (["--port", "1"], None),
+            (["--port", "0"], "--port must be between 1 and 65535"),
+            (["--timeout", "x"], "--timeout: not a number: 'x'"),
+            (["--timeout", "0"], "--timeout must be a positive number of seconds"),
+            (["--retries", "x"], "--retries: not a number: 'x'"),
+            (["--retries", "-1"], "--retries must be 0 or more"),
+            (["--udp", "--endpoint", "tcp:h:1"],
+             "--endpoint is for TCP; use --host with --udp"),
+            (["--endpoint", "tcp:h:1", "--port", "2"],
+             "give either --endpoint or --host/--port"),
+            (["--udp", "--tls"],
+             "--tls is for --host/--port over TCP (or give --endpoint tls:...)"),
+            (["--ca", "x.pem"], "--ca and --server-name go with --tls"),
+            (["--tls", "--ca", "/nonexistent/ca.pem"],
+             "--ca /nonexistent/ca.pem: No such file or directory"),
+            (["--tls", "--ca", "/dev/null"], "--ca /dev/null: no PEM certificate in it"),
+        ]:
+            if message is None:
+                self.assertEqual(self.parse(*argv)["port"], 1)
+                continue
+            error = self.assertRaises(usage.UsageError, self.parse, *argv)
+            self.assertEqual(str(error), message, argv)
+        error = self.assertRaises(usage.UsageError, self.parse, "--endpoint", "nonsense:1")
+        self.assertTrue(str(error).startswith("--endpoint 'nonsense:1': "), str(error))
+
+
 class RunCommandTests(unittest.TestCase):
     """
     L{clientcmd.run}, the command after option parsing, over the fake UDP
@@ -151,6 +251,21 @@ class RunCommandTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), 0)
         self.assertEqual(self.stdout.getvalue(), b"17\tprime\n4j\tinvalid\n18\tnot prime\n")
         self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_udpWindow(self):
+        """
+        Over UDP at most L{clientcmd.UDP_WINDOW} (64) requests, each a
+        socket, are in flight; an answer lets the next one go.
+        """
+        d = self.run_(*[str(n) for n in range(100)])
+        self.assertEqual(len(self.reactor.ports), 64)
+        self.reactor.ports[0].reply(b"F\n")
+        self.assertEqual(len(self.reactor.ports), 65)
+        for port in self.reactor.ports[1:]:
+            port.reply(b"F\n")
+        for port in self.reactor.ports[65:]:
+            port.reply(b"F\n")
+        self.assertEqual(self.successResultOf(d), 0)
 
     def test_raw(self):
         """

@@ -230,6 +230,64 @@ class RunTests(unittest.TestCase):
         self.successResultOf(run.finished)
         self.assertEqual(self.printed, [])
 
+    def test_overLongDoesNotStall(self):
+        """
+        The inputs after an over-long one are sent at once, not when more
+        input or the end arrives.
+        """
+        run = self.run_()
+        run.feed([clientio._overLong(b"9" * 100), b"2"])
+        self.assertEqual(sorted(self.pending), ["2"])
+
+    def test_undecodableSentAsGiven(self):
+        """
+        Bytes that are not UTF-8 reach C{send} surrogate-escaped (primed
+        answers them invalid), not as an error of the run.
+        """
+        run = self.run_()
+        run.feed([b"\xff7"])
+        self.assertEqual(list(self.pending), ["\udcff7"])
+
+    def test_asksOncePerFeed(self):
+        """
+        Input is asked for once until it arrives, however many answers come
+        in meanwhile: the reader reads ahead no more than asked.
+        """
+        run = self.run_(window=4)
+        run.feed([b"2", b"3"])
+        self.assertEqual(self.wanted, 1)
+        self.pending["2"].callback(Verdict.PRIME)
+        self.pending["3"].callback(Verdict.PRIME)
+        self.assertEqual(self.wanted, 1)
+        run.feed([b"4"])
+        self.assertEqual(self.wanted, 2)
+
+    def test_noInputAskedAfterFailure(self):
+        """
+        Once an input failed, input that still arrives is not sent and no
+        more is asked for.
+        """
+        run = self.run_()
+        run.feed([b"2", b"3"])
+        self.assertEqual(self.wanted, 1)
+        self.pending.pop("3").errback(Failure(PrimedTimeout("no reply")))
+        run.feed([b"4"])
+        self.assertEqual(self.wanted, 1)
+        self.assertEqual(list(self.pending), ["2"])
+
+    def test_secondAnswerIgnored(self):
+        """
+        An input answered twice counts once: the window stays full.
+        """
+        run = self.run_(window=1)
+        run.feed([b"2", b"3", b"4"])
+        first = self.pending["2"]
+        first.callback(Verdict.PRIME)
+        self.assertEqual(sorted(self.pending), ["2", "3"])
+        first.callback(Verdict.PRIME)
+        self.assertEqual(sorted(self.pending), ["2", "3"])
+        self.assertEqual(self.printed, [(b"2", Verdict.PRIME)])
+
 
 class StdinReaderTests(unittest.TestCase):
     """
@@ -273,6 +331,17 @@ class StdinReaderTests(unittest.TestCase):
         writer.join(10)
         self.assertFalse(writer.is_alive())
         return lines, ended, failed
+
+    def test_documentedLimit(self):
+        """
+        README: "An input line over 1 MiB" is answered invalid unsent; one
+        of exactly 1 MiB is sent as it is.
+        """
+        mib = 1 << 20
+        lines, ended, failed = self.read(b"9" * mib + b"\n" + b"8" * (mib + 1) + b"\n")
+        self.assertEqual([line.__class__ for line in lines], [bytes, clientio.OverLong])
+        self.assertEqual(len(lines[0]), mib)
+        self.assertTrue(lines[1].startswith(b"8" * 40))
 
     def test_lines(self):
         lines, ended, failed = self.read(b"17\r\n\n  5 \n1_000\n18", chunk=3)
@@ -332,7 +401,32 @@ class StdinReaderTests(unittest.TestCase):
         reader.more()
         f, args = calls.get(timeout=10)
         f(*args)
-        self.assertIn("standard input", str(failed[0].value))
+        self.assertEqual(str(failed[0].value),
+                         "cannot read standard input: Bad file descriptor")
+
+    def test_noPartialLine(self):
+        lines, ended, failed = self.read(b"17\n18\n")
+        self.assertEqual(lines, [b"17", b"18"])
+        self.assertEqual(self.reader.partialHigh, 0)
+
+    def test_daemonThread(self):
+        """
+        The reading thread does not hold up exit while blocked on a read.
+        """
+        import threading
+
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        reader = clientio.StdinReader(None, readFd, None, None, None)
+        before = set(threading.enumerate())
+        reader.start()
+        [thread] = set(threading.enumerate()) - before
+        self.assertEqual((thread.name, thread.daemon), ("stdin", True))
+        reader._reactor = type("Reactor", (), {"callFromThread": lambda self, f, *a: None})()
+        reader.more()
+        os.close(writeFd)  # the read returns b"": the thread ends
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
 
 
 class OutputTests(unittest.TestCase):

@@ -284,3 +284,83 @@ class ReadyTests(unittest.TestCase):
         self.failureResultOf(waiting, defer.CancelledError)
         self.assertTrue(getattr(transport, "aborted", False))
         protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class HandshakeTests(unittest.TestCase):
+    """
+    Before it is ready (a TLS handshake under way) a connection's loss fails
+    the waiters and the requests with the handshake's reason, unless the
+    client had already given up for a reason of its own.
+    """
+
+    def pending(self, timeout=None, clock=None):
+        protocol = PrimedClientProtocol(timeout, clock)
+        protocol.transport = transport = AbortingTransport()  # handshake under way
+        return protocol, transport
+
+    def test_lostDuringHandshake(self):
+        protocol, transport = self.pending()
+        waiting = protocol.whenReady()
+        asked = protocol.check(17)
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+        expected = "connection lost during the TLS handshake (Connection was closed cleanly: bye.)"
+        for d in (waiting, asked, protocol.whenReady()):
+            failure = self.failureResultOf(d, PrimedConnectionLost)
+            self.assertEqual(str(failure.value), expected)
+        self.assertFalse(protocol.lostIdle)
+
+    def test_timeoutDuringHandshake(self):
+        clock = task.Clock()
+        protocol, transport = self.pending(5.0, clock)
+        waiting = protocol.whenReady()
+        asked = protocol.check(17)
+        clock.advance(5)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+        for d in (waiting, asked):
+            failure = self.failureResultOf(d, PrimedTimeout)
+            self.assertEqual(str(failure.value), "no reply for 5 s")
+
+    def test_handshakeListener(self):
+        """
+        Twisted's TLS layer tells only an L{IHandshakeListener} that the
+        handshake completed; it is what makes the connection ready.
+        """
+        from twisted.internet.interfaces import IHandshakeListener
+
+        protocol, transport = self.pending()
+        self.assertTrue(IHandshakeListener.providedBy(protocol))
+        waiting = protocol.whenReady()
+        self.assertNoResult(waiting)
+        protocol.handshakeCompleted()
+        self.assertIs(self.successResultOf(waiting), protocol)
+
+    def test_lost(self):
+        protocol, transport = connected()
+        self.assertIs(protocol.lost, False)
+        lose(protocol, transport)
+        self.assertIs(protocol.lost, True)
+
+
+class ConnectTests(unittest.TestCase):
+    def test_connect(self):
+        """
+        L{connect} parses a client endpoint string and fires with a ready
+        protocol, timed by the reactor.
+        """
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from primed.tcpclient import connect
+
+        reactor = MemoryReactorClock()
+        d = connect(reactor, "tcp:host=127.0.0.1:port=8809", timeout=5.0)
+        [(host, port, factory, _, _)] = reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 8809))
+        self.assertNoResult(d)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        result = self.successResultOf(d)
+        self.assertIsInstance(result, PrimedClientProtocol)
+        self.assertTrue(result.ready)
+        self.assertEqual(result.timeout, 5.0)
+        self.assertIs(result._clock, reactor)

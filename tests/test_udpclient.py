@@ -178,3 +178,50 @@ class UDPTests(unittest.TestCase):
     def test_multiLineTextRefused(self):
         self.assertRaises(ValueError, self.client.check, "1\n2")
         self.assertEqual(self.reactor.ports, [])
+
+
+class UDPMessageTests(unittest.TestCase):
+    """
+    The words a failed request gives, which the command prints, and the
+    quiet log of a client that opens a socket per request.
+    """
+
+    def setUp(self):
+        self.reactor = FakeUDPReactor()
+        self.client = PrimedUDPClient(self.reactor, "127.0.0.1", 8808, timeout=0.5, retries=1)
+
+    def test_timeout(self):
+        d = self.client.check(17)
+        self.reactor.pump([0.5, 0.5])
+        failure = self.failureResultOf(d, PrimedTimeout)
+        self.assertEqual(str(failure.value), "no reply after 2 attempts of 0.5 s each")
+
+    def test_refused(self):
+        d = self.client.check(17)
+        self.reactor.ports[0].protocol.connectionRefused()
+        failure = self.failureResultOf(d, PrimedRefused)
+        self.assertEqual(str(failure.value), "port unreachable")
+
+    def test_tooLong(self):
+        d = self.client.check("9" * 70000)
+        failure = self.failureResultOf(d, PrimedRequestTooLong)
+        self.assertEqual(str(failure.value),
+                         "a request of 70001 bytes does not fit in a datagram")
+
+    def test_IPv4Interface(self):
+        self.client.check(2)
+        self.assertEqual(self.reactor.ports[0].interface, "")
+
+    def test_quiet(self):
+        """
+        No "Starting protocol" / "Stopping protocol" lines per request.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        d = self.client.check(17)
+        self.reactor.ports[0].reply(b"T\n")
+        self.successResultOf(d)
+        self.assertEqual(events, [])
