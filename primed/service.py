@@ -204,9 +204,7 @@ class PrimedService(service.Service):
                 self.udpPorts.append(port)
                 served.append(("UDP", self._describe(port.getHost(), repr(address))))
         except (CannotListenError, OSError, ValueError) as e:
-            for port in self.tcpPorts + self.udpPorts:
-                port.stopListening()
-            self.tcpPorts, self.udpPorts = [], []
+            self._stopListening()
             if isinstance(e, CannotListenError):  # its own text ends in "."
                 where = e.port if e.interface is None else f"{e.interface}:{e.port}"
                 raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
@@ -218,7 +216,15 @@ class PrimedService(service.Service):
             self.privilegedStartService()
         service.Service.startService(self)
         if self.ownsPool:
-            self.threadpool.start()
+            try:
+                self.threadpool.start()
+            except RuntimeError as e:
+                # More threads than the process may start (TasksMax=, an
+                # address space limit): as for a port, one line and exit 1.
+                # The workers already started are daemon threads, and the
+                # pool cannot be stopped cleanly after a failed start.
+                self._stopListening()
+                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}")
         for transport, address in self._served:
             self._log.info("Listening for {transport} on {address}",
                            transport=transport, address=address)
@@ -236,6 +242,14 @@ class PrimedService(service.Service):
             drain=self.drainTimeout,
         )
         self.listening.callback(list(self._served))
+
+    def _stopListening(self) -> None:
+        """
+        Close every listener bound so far: a start that fails leaves none.
+        """
+        for port in self.tcpPorts + self.udpPorts:
+            port.stopListening()
+        self.tcpPorts, self.udpPorts = [], []
 
     def _listenTCP(self, description: str, endpoint):
         factory = self.factory

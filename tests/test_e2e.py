@@ -276,6 +276,27 @@ class LifecycleTests(unittest.TestCase):
                 self.assertNotIn("..", output)
 
 
+    def test_tooManyThreads(self):
+        """
+        C{--threads} beyond what the process may start (here an address
+        space limit; under systemd, C{TasksMax=}) ends the start with one
+        line and exit status 1, not a traceback.
+        """
+        import resource
+
+        def limitAddressSpace():
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+        result = subprocess.run(
+            twistdCommand() + ["-n", "--pidfile=", "primed", "--no-udp", "--threads", "1000",
+                               "--listen", "tcp:0:interface=127.0.0.1"],
+            capture_output=True, timeout=120, preexec_fn=limitAddressSpace)
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn("primed: cannot start 1000 check threads: can't start new thread\n",
+                      output)
+        self.assertNotIn("Traceback", output)
+
 class VerboseTests(unittest.TestCase):
     def test_oneLinePerRequest(self):
         """

@@ -461,6 +461,26 @@ class StartTests(unittest.TestCase):
         self.assertFalse(any(thread.is_alive() for thread in threads))
         self.assertIn("Stopped", self.logged())
 
+    def test_cannotStartThreads(self):
+        """
+        A pool that cannot start its threads (a task or memory limit, a huge
+        C{--threads}) stops the daemon with one line, as a port that cannot
+        bind does, after closing the listeners already bound; no traceback.
+        """
+        bound = RecordingPort()
+        self.patch(self.reactor, "listenTCP", lambda *a, **k: bound)
+        service = self.make([self.tcp()], threadpool=None)
+
+        def start():
+            raise RuntimeError("can't start new thread")
+
+        self.patch(service.threadpool, "start", start)
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertEqual(str(error), "primed: cannot start 3 check threads: can't start new thread")
+        self.assertEqual(bound.calls, ["stopListening"])
+        self.assertEqual((service.tcpPorts, service.udpPorts), ([], []))
+        self.assertNotIn("Limits:", self.logged())
+
     def test_tls(self):
         """
         An C{ssl:} listener is bound by primed itself, its factory wrapped
