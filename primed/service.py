@@ -197,7 +197,8 @@ class PrimedService(service.Service):
             for description, endpoint in self.tcpEndpoints:
                 port = self._listenTCP(description, endpoint)
                 self.tcpPorts.append(port)
-                kind = "TLS" if _tlsContext(endpoint) is not None else "TCP"
+                inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ssl: is TLS too
+                kind = "TLS" if _tlsContext(inner) is not None else "TCP"
                 served.append((kind, self._describe(port.getHost(), description)))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)

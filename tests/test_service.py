@@ -743,6 +743,8 @@ class ProxyListenerTests(unittest.TestCase):
             "haproxy:ssl:8443", SSL4ServerEndpoint(self.reactor, 8443, CertificateOptions()))
         self.assertIsInstance(inner, HalfCloseableTLSFactory)
         self.assertIs(inner.wrappedFactory, service.factory)
+        # Reported (log, READY status, listening) as TLS, as without haproxy:.
+        self.assertEqual([kind for kind, _ in service._served], ["TLS"])
 
     def test_reusePort(self):
         service, inner = self.serve(
