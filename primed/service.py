@@ -259,6 +259,7 @@ class PrimedService(service.Service):
             proxyEndpoint, endpoint = endpoint, endpoint.wrapped
         tlsContext = _tlsContext(endpoint)
         if tlsContext is not None:
+            _buildTLSContext(description, tlsContext)
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
             # that drops the answers owed to a client that half-closes.
             from primed.tls import HalfCloseableTLSFactory
@@ -421,6 +422,24 @@ def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
         raise ValueError(
             f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
         )
+
+
+def _buildTLSContext(description: str, tlsContext) -> None:
+    """
+    Build an C{ssl:} listener's OpenSSL context now, not at its first
+    connection.  Its callbacks (ALPN, which Twisted always sets) are cffi
+    closures, which need memory both writable and executable: where the
+    process may not map any (systemd's C{MemoryDenyWriteExecute=yes}),
+    every connection would fail with tracebacks; this stops the start with
+    one line instead.
+    """
+    try:
+        tlsContext.getContext()
+    except MemoryError:
+        raise CannotListenError(
+            None, description,
+            "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
+            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
 
 
 def _tlsContext(endpoint):

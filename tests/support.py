@@ -62,8 +62,9 @@ class Daemon:
     """
 
     def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
-                 runner: str = "twistd", runnerArgs=()):
+                 runner: str = "twistd", runnerArgs=(), preexec_fn=None):
         self.args = args
+        self.preexec_fn = preexec_fn
         self.runnerArgs = runnerArgs
         self.env = env
         self.pass_fds = pass_fds
@@ -95,7 +96,7 @@ class Daemon:
         )
         self.process = subprocess.Popen(
             argv,
-            preexec_fn=_defaultStopSignals,
+            preexec_fn=self._preexec,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -109,6 +110,11 @@ class Daemon:
         except BaseException:
             self.stop(check=False)
             raise
+
+    def _preexec(self) -> None:
+        _defaultStopSignals()
+        if self.preexec_fn is not None:
+            self.preexec_fn()
 
     def _readLog(self) -> None:
         chunk = self.process.stdout.read()
