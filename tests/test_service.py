@@ -481,6 +481,32 @@ class StartTests(unittest.TestCase):
         self.assertEqual((service.tcpPorts, service.udpPorts), ([], []))
         self.assertNotIn("Limits:", self.logged())
 
+    def test_tlsWithoutWriteExecute(self):
+        """
+        An C{ssl:} listener whose OpenSSL context cannot be built for want
+        of writable and executable memory (cffi's callbacks, under
+        C{MemoryDenyWriteExecute=yes}) stops the start with one line naming
+        the listener and the systemd setting, and binds nothing.
+        """
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.ssl import CertificateOptions
+
+        options = CertificateOptions()
+
+        def getContext():
+            raise MemoryError("Cannot allocate write+execute memory for ffi.callback()")
+
+        options.getContext = getContext
+        endpoint = SSL4ServerEndpoint(self.reactor, 8443, options)
+        service = self.make([("ssl:8443", endpoint)])
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            "primed: cannot listen on ssl:8443: TLS needs memory both writable and "
+            "executable (pyOpenSSL's callbacks), which this process may not map; "
+            "under systemd, set MemoryDenyWriteExecute=no")
+        self.assertEqual(self.reactor.tcpServers, [])
+
     def test_tls(self):
         """
         An C{ssl:} listener is bound by primed itself, its factory wrapped
