@@ -5,7 +5,7 @@ Every TCP connection is a file descriptor.  A shell's soft limit is often
 1024 (for C{select()}'s sake), below the default C{--max-connections} (1024)
 plus the descriptors primed holds anyway.  Past the soft limit a connection
 fails in C{accept()}, before primed's own limit can refuse it: Twisted then
-closes it with two log lines of its own per connection, uncounted, so the
+closes it with a log line of its own per connection, uncounted, so the
 documented limit (closed at once, counted, logged at most every 10 seconds)
 never applies.  So a start raises the soft limit as far as the hard limit
 allows, as HAProxy does for its C{maxconn}, and says so; when the hard limit

@@ -240,7 +240,7 @@ class OpenFileLimitTests(unittest.TestCase):
         primed's own descriptors), primed raises it up to the hard limit:
         every allowed connection is served, the next meets the documented
         limit (closed at once, counted, logged once), and none fails in
-        C{accept()}, which Twisted answers with two log lines per
+        C{accept()}, which Twisted answers with a log line per
         connection.
         """
         import resource
