@@ -285,6 +285,14 @@ class LifecycleTests(unittest.TestCase):
         import resource
 
         def limitAddressSpace():
+            # 1000 threads of 8 MiB stacks (glibc's default: RLIMIT_STACK,
+            # set here so a small "ulimit -s" cannot make them fit) cannot
+            # fit in 1 GiB.
+            stack = 8 << 20
+            hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+            if hard != resource.RLIM_INFINITY:
+                stack = min(stack, hard)
+            resource.setrlimit(resource.RLIMIT_STACK, (stack, hard))
             resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
         result = subprocess.run(
