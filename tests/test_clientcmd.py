@@ -318,3 +318,212 @@ class RunCommandTests(unittest.TestCase):
             self.stderr.getvalue(),
             "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
         )
+
+
+class RunOverTCPTests(unittest.TestCase):
+    """
+    L{clientcmd.run} over TCP and TLS against a real primed service in this
+    process, on loopback: what it prints, what it says when it cannot, and
+    its exit status.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+
+        from support import makeCertificates
+
+        cls.directory = tempfile.mkdtemp(prefix="primed-clientcmd-run-")
+        cls.paths = makeCertificates(cls.directory)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from primed import tap
+
+        self.reactor = reactor
+        config = tap.Options()
+        config.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1",
+             "--listen", f"ssl:0:interface=127.0.0.1:privateKey={self.paths['key']}"
+             f":certKey={self.paths['cert']}", "--no-udp", "--threads", "1"]
+        )
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        ports = top.getServiceNamed("primed").tcpPorts
+        self.port, self.tlsPort = (p.getHost().port for p in ports)
+
+    async def run_(self, *argv, stdin=None, stdout=None):
+        import io
+
+        options = Options()
+        options.parseOptions(list(argv))
+        self.stdout = io.BytesIO() if stdout is None else stdout
+        self.stderr = io.StringIO()
+        return await clientcmd.run(self.reactor, options, stdin, self.stdout, self.stderr)
+
+    def freePort(self):
+        """
+        A loopback port nothing listens on (a refused connection).
+        """
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def pipe(self, data):
+        """
+        A descriptor to read C{data} from, as standard input.
+        """
+        import os
+
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        os.write(writeFd, data)
+        os.close(writeFd)
+        return readFd
+
+    async def test_numbers(self):
+        status = await self.run_("-p", str(self.port), "17", "18", "4j", "-5")
+        self.assertEqual((status, self.stderr.getvalue()), (0, ""))
+        self.assertEqual(
+            self.stdout.getvalue(), b"17\tprime\n18\tnot prime\n4j\tinvalid\n-5\tnot prime\n"
+        )
+
+    async def test_endpoint(self):
+        status = await self.run_("--raw", "-e", f"tcp:127.0.0.1:{self.port}", "17", "18")
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"T\nF\n"))
+
+    async def test_tls(self):
+        """
+        C{--tls} goes through TLS, verifying the server by C{--ca} and the
+        name: a server it cannot trust is a connection failure, said so.
+        """
+        status = await self.run_(
+            "--tls", "--ca", self.paths["ca"], "-H", "localhost", "-p", str(self.tlsPort), "17"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"17\tprime\n"))
+        status = await self.run_(
+            "--tls", "--ca", self.paths["other-ca"], "-p", str(self.tlsPort), "17"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"primed-client: cannot connect to 127.0.0.1:{self.tlsPort}: TLS: certificate"
+            " not trusted (unable to get local issuer certificate)\n",
+        )
+
+    async def test_stdin(self):
+        """
+        With no numbers on the command line, they are read from C{stdin},
+        a line each.
+        """
+        status = await self.run_("-p", str(self.port), stdin=self.pipe(b"17\r\n4j\n\n18"))
+        self.assertEqual((status, self.stderr.getvalue()), (0, ""))
+        self.assertEqual(
+            self.stdout.getvalue(), b"17\tprime\n4j\tinvalid\n\tinvalid\n18\tnot prime\n"
+        )
+
+    async def test_stdinUnreadable(self):
+        """
+        Standard input that cannot be read (a directory): status 1, and why.
+        """
+        import os
+
+        fd = os.open(self.directory, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        status = await self.run_("-p", str(self.port), stdin=fd)
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: cannot read standard input: Is a directory\n",
+        )
+
+    async def test_refused(self):
+        port = self.freePort()
+        status = await self.run_("-p", str(port), "17")
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"primed-client: cannot connect to 127.0.0.1:{port}: Connection refused\n",
+        )
+
+    async def test_refusedIPv6Where(self):
+        port = self.freePort()
+        status = await self.run_("-H", "::1", "-p", str(port), "17")
+        self.assertEqual(status, 1)
+        self.assertTrue(
+            self.stderr.getvalue().startswith(f"primed-client: cannot connect to [::1]:{port}: "),
+            self.stderr.getvalue(),
+        )
+
+    async def test_outputFull(self):
+        """
+        Standard output that cannot be written (a full disk): status 1, and
+        why on standard error.
+        """
+        import errno
+
+        class Full:
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def flush(self):
+                pass
+
+            def fileno(self):
+                raise ValueError("no descriptor")
+
+        status = await self.run_("-p", str(self.port), "17", "18", stdout=Full())
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: cannot write standard output: No space left on device\n",
+        )
+
+    async def test_readerGone(self):
+        """
+        A reader gone away (C{| head}): status 1, quietly.
+        """
+
+        class Gone:
+            def write(self, data):
+                raise BrokenPipeError()
+
+            def flush(self):
+                pass
+
+            def fileno(self):
+                raise ValueError("no descriptor")
+
+        status = await self.run_("-p", str(self.port), "17", "18", stdout=Gone())
+        self.assertEqual((status, self.stderr.getvalue()), (1, ""))
+
+    async def test_closesTheConnection(self):
+        """
+        The connection is closed once the run is over: the server sees it
+        go.
+        """
+        from primed.client import PrimedClient
+
+        made = []
+        original = PrimedClient.connect
+
+        def connect(client):
+            made.append(client)
+            return original(client)
+
+        self.patch(PrimedClient, "connect", connect)
+        status = await self.run_("-p", str(self.port), "17")
+        self.assertEqual(status, 0)
+        [client] = made
+        self.assertIsNone(client.protocol)
+        self.assertTrue(client._closed)
