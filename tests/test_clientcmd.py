@@ -227,6 +227,145 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(str(error).startswith("--endpoint 'nonsense:1': "), str(error))
 
 
+class MoreOptionsTests(unittest.TestCase):
+    """
+    The options' rarer answers: C{--version}, and the reasons an endpoint,
+    a CA file or a server name is refused.
+    """
+
+    def parse(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def refused(self, *argv):
+        return str(self.assertRaises(usage.UsageError, self.parse, *argv))
+
+    def version(self, installed):
+        """
+        C{--version}'s exit status and output, primed's version being
+        C{installed} (L{None}: not installed).
+
+        Only primed's version is faked, and only while the option runs:
+        pytest itself asks for others' versions when it reports a failure
+        (a fake refusing those made a failing test pass).
+        """
+        import io
+        import sys
+        from importlib import metadata
+
+        real = metadata.version
+
+        def version(name):
+            if name != "primed":
+                return real(name)
+            if installed is None:
+                raise metadata.PackageNotFoundError(name)
+            return installed
+
+        out = io.StringIO()
+        stdout = sys.stdout
+        metadata.version, sys.stdout = version, out
+        try:
+            with self.assertRaises(SystemExit) as caught:
+                self.parse("--version", "17")
+        finally:
+            metadata.version, sys.stdout = real, stdout
+        return caught.exception.code, out.getvalue()
+
+    def test_version(self):
+        """
+        C{--version}: the installed distribution's version, status 0.
+        """
+        self.assertEqual(self.version("9.8.7"), (0, "primed-client 9.8.7\n"))
+
+    def test_versionNotInstalled(self):
+        self.assertEqual(self.version(None), (0, "primed-client (not installed)\n"))
+
+    def test_endpointErrorWithoutText(self):
+        """
+        An endpoint parser's exception with no text is named by its type;
+        Twisted's unreadable C{trustRoots} directory, by what it means.
+        """
+        from twisted.internet import endpoints
+
+        def clientFromString(reactor, description):
+            raise KeyError()
+
+        self.patch(endpoints, "clientFromString", clientFromString)
+        self.assertEqual(self.refused("-e", "x:1"), "--endpoint 'x:1': KeyError")
+
+    def test_endpointUnlistableTrustRoots(self):
+        self.assertEqual(
+            self.refused("-e", "tls:localhost:1:trustRoots=/nonexistent"),
+            "--endpoint 'tls:localhost:1:trustRoots=/nonexistent': "
+            "trustRoots is not a directory that can be read",
+        )
+
+    def test_endpointErrorText(self):
+        self.assertEqual(
+            self.refused("-e", "tcp:localhost:1:timeout=x"),
+            "--endpoint 'tcp:localhost:1:timeout=x': invalid literal for int() with base 10: 'x'",
+        )
+
+    def test_caNotACertificate(self):
+        """
+        A C{--ca} file with a PEM block that is not a certificate is refused
+        with the reason, not a traceback.
+        """
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(suffix=".pem")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+        message = self.refused("--tls", "--ca", path)
+        self.assertTrue(message.startswith(f"--ca {path}: "), message)
+        self.assertGreater(len(message), len(f"--ca {path}: "))
+
+    def test_serverNameRefused(self):
+        self.assertEqual(
+            self.refused("--tls", "--server-name", "a..b"), "--server-name 'a..b': Empty Label"
+        )
+
+
+class MainTests(unittest.TestCase):
+    """
+    L{clientcmd.main}'s usage errors: one line and a hint on standard
+    error, status 2.
+    """
+
+    def test_usageError(self):
+        import io
+        import sys
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as caught:
+            clientcmd.main(["--port", "x"])
+        self.assertEqual(caught.exception.code, 2)
+        self.assertEqual(
+            err.getvalue(),
+            "primed-client: --port: not a number: 'x'\nTry 'primed-client --help'.\n",
+        )
+
+    def test_defaultSignals(self):
+        """
+        SIGINT and SIGTERM kill the command, as they kill C{cat}.
+        """
+        import signal
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+            signal.signal(number, signal.SIG_IGN)
+        clientcmd._defaultSignals()
+        self.assertEqual(
+            (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)),
+            (signal.SIG_DFL, signal.SIG_DFL),
+        )
+
+
 class RunCommandTests(unittest.TestCase):
     """
     L{clientcmd.run}, the command after option parsing, over the fake UDP
@@ -420,6 +559,22 @@ class RunOverTCPTests(unittest.TestCase):
             f"primed-client: cannot connect to 127.0.0.1:{self.tlsPort}: TLS: certificate"
             " not trusted (unable to get local issuer certificate)\n",
         )
+
+    async def test_caFileOfSeveral(self):
+        """
+        Every certificate in the C{--ca} file is trusted, not only the first.
+        """
+        import os
+
+        both = os.path.join(self.directory, "both.pem")
+        with open(both, "wb") as f:
+            for name in ("other-ca", "ca"):
+                with open(self.paths[name], "rb") as ca:
+                    f.write(ca.read())
+        status = await self.run_(
+            "--tls", "--ca", both, "-H", "localhost", "-p", str(self.tlsPort), "18"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"18\tnot prime\n"))
 
     async def test_stdin(self):
         """
