@@ -26,6 +26,13 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["numbers"], ["17"])
         self.assertEqual(options.where(), "127.0.0.1:8809")
 
+    def test_numbersBeforeParsing(self):
+        """
+        Options not parsed yet already hold an empty list of numbers (a
+        caller building them by hand reads standard input).
+        """
+        self.assertEqual(Options()["numbers"], [])
+
     def test_udpDefaults(self):
         options = self.parse("--udp")
         self.assertEqual(options["port"], 8808)
