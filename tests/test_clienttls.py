@@ -210,3 +210,24 @@ class HandshakeFailureTests(unittest.TestCase):
         self.assertFalse(clienttls.isTLS(None))
         tls = TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol)
         self.assertTrue(clienttls.isTLS(tls))
+
+    def test_withoutPyOpenSSL(self):
+        """
+        Without pyOpenSSL (nor service_identity) nothing is TLS, and a
+        connection lost early is just lost.
+        """
+        import sys
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+
+        # In place: the import system holds the dict itself, not the name.
+        for name in ("twisted.protocols.tls", "OpenSSL", "service_identity"):
+            if name in sys.modules:
+                self.addCleanup(sys.modules.__setitem__, name, sys.modules[name])
+            else:
+                self.addCleanup(sys.modules.pop, name, None)
+            sys.modules[name] = None
+        self.assertFalse(clienttls.isTLS(StringTransport()))
+        e = clienttls.handshakeFailure(self.failure(ConnectionDone("bye")), None)
+        self.assertIs(type(e), client.PrimedConnectionLost)
