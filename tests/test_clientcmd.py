@@ -331,6 +331,26 @@ class MoreOptionsTests(unittest.TestCase):
         self.assertTrue(message.startswith(f"--ca {path}: "), message)
         self.assertGreater(len(message), len(f"--ca {path}: "))
 
+    def test_tlsWithoutPyOpenSSL(self):
+        """
+        C{--tls} without pyOpenSSL (Twisted's C{tls} extra) is a usage
+        error that says what is missing.
+        """
+        import sys
+
+        import twisted.internet
+        import twisted.internet.ssl  # imported, to be hidden
+
+        # In place: the import system holds the dict itself, and a
+        # submodule already imported is found as its package's attribute.
+        self.addCleanup(setattr, twisted.internet, "ssl", twisted.internet.ssl)
+        self.addCleanup(sys.modules.__setitem__, "twisted.internet.ssl",
+                        sys.modules["twisted.internet.ssl"])
+        del twisted.internet.ssl
+        sys.modules["twisted.internet.ssl"] = None
+        message = self.refused("--tls")
+        self.assertTrue(message.startswith("--tls needs pyOpenSSL: "), message)
+
     def test_serverNameRefused(self):
         self.assertEqual(
             self.refused("--tls", "--server-name", "a..b"), "--server-name 'a..b': Empty Label"
