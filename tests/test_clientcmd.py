@@ -377,6 +377,74 @@ class MainTests(unittest.TestCase):
             "primed-client: --port: not a number: 'x'\nTry 'primed-client --help'.\n",
         )
 
+    def command(self, argv, status):
+        """
+        Run L{clientcmd.main}'s command as C{task.react} would, with
+        L{clientcmd.run} answering C{status}: return what C{run} was given,
+        and how the command ended.
+        """
+        import sys
+
+        from twisted.internet import task
+
+        calls, reacted, opened = [], [], []
+        self.patch(task, "react", reacted.append)
+
+        async def run(*args):
+            calls.append(args)
+            return status
+
+        self.patch(clientcmd, "run", run)
+
+        def open_(*args, **kwargs):
+            opened.append((args, kwargs))
+            return "the stdout stream"
+
+        clientcmd.open = open_  # found before the builtin
+        self.addCleanup(delattr, clientcmd, "open")
+        clientcmd.main(argv)
+        [command] = reacted
+        reactor = FakeUDPReactor()
+        reactor.callWhenRunning = lambda f, *a: self.whenRunning.append(f)
+        self.whenRunning = []
+        d = defer.ensureDeferred(command(reactor))
+        [(given, options, stdin, stdout, stderr)] = calls
+        self.assertIs(given, reactor)
+        self.assertEqual(options["numbers"], argv)
+        self.assertEqual((stdin, stdout, stderr), (0, "the stdout stream", sys.stderr))
+        [((fd, mode), kwargs)] = opened
+        self.assertEqual((fd, mode, kwargs["closefd"]), (1, "wb", False))
+        self.assertEqual(self.whenRunning, [clientcmd._defaultSignals])
+        return d
+
+    def test_commandSucceeds(self):
+        """
+        The console script reads numbers from descriptor 0 and writes
+        answers to descriptor 1 (without closing it); status 0 ends the
+        reactor quietly.
+        """
+        self.assertIsNone(self.successResultOf(self.command(["17"], 0)))
+
+    def test_commandFails(self):
+        failure = self.failureResultOf(self.command(["17"], 1), SystemExit)
+        self.assertEqual(failure.value.code, 1)
+
+    def test_runAsModule(self):
+        """
+        C{python -m primed.clientcmd} is the command too.
+        """
+        import os
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, "-m", "primed.clientcmd", "--port", "x"],
+            cwd=root, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stdout), (2, ""))
+        self.assertEqual(done.stderr.splitlines()[0], "primed-client: --port: not a number: 'x'")
+
     def test_defaultSignals(self):
         """
         SIGINT and SIGTERM kill the command, as they kill C{cat}.
