@@ -381,6 +381,20 @@ class StdinReaderTests(unittest.TestCase):
         )
         self.assertEqual(self.reader.partialHigh, 10)
 
+    def test_lineAtTheLimitAfterALongOne(self):
+        """
+        An over-long line leaves nothing counted against the next one: a
+        line of exactly MAX_LINE bytes after it, over several chunks, is a
+        line.
+        """
+        # Chunks: 1234 5678 9012 3456 7\n12 3456 7890 \n
+        lines, ended, failed = self.read(
+            b"12345678901234567\n1234567890\n", chunk=4, maxLine=10
+        )
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(lines, [b"123456789012" + ellipsis, b"1234567890"])
+        self.assertIs(type(lines[1]), bytes)
+
     def test_longLineInOneChunk(self):
         lines, ended, failed = self.read(b"1234567890123\n5\n", chunk=100, maxLine=10)
         self.assertEqual(lines, [b"1234567890123" + "\N{HORIZONTAL ELLIPSIS}".encode(), b"5"])
@@ -528,6 +542,14 @@ class OutputErrorTests(unittest.TestCase):
         output.flush()
         output.write(b"18", Verdict.NOT_PRIME)
         self.assertEqual((stream.written, self.broke), ([b"17\tprime\n"], [True]))
+
+    def test_noOnBroken(self):
+        """
+        Nobody told (no C{onBroken} set): the output breaks all the same.
+        """
+        output = clientio.Output(self.Failing(BrokenPipeError()), False)
+        output.write(b"17", Verdict.PRIME)
+        self.assertTrue(output.broken)
 
     def test_pointedAtDevNull(self):
         """
