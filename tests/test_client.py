@@ -319,6 +319,76 @@ class PrimedClientTests(unittest.TestCase):
         self.assertIsInstance(error, PrimedConnectionLost)
         self.assertEqual(len(self.endpoint.attempts), 1)
 
+    def test_closeClosesTheConnection(self):
+        """
+        L{PrimedClient.close} closes a live connection, and what was
+        unanswered fails saying the client was closed.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        self.client.close()
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(self.client.protocol)
+        [(name, error)] = self.got
+        self.assertEqual((type(error), str(error)), (PrimedConnectionLost, "the client was closed"))
+        self.ask(3)
+        self.assertEqual(str(self.got[1][1]), "the client was closed")
+
+    def test_closeWhileConnecting(self):
+        """
+        Closing while a connection is being made cancels the attempt.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.client.close()
+        self.failureResultOf(d, defer.CancelledError)
+        self.clock.advance(20)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_connectTimeout(self):
+        """
+        A connection attempt that never completes (an endpoint with no
+        timeout of its own, a TLS handshake that stalls) fails a second
+        after the timeout.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.clock.advance(10.999)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        self.failureResultOf(d, defer.TimeoutError)
+
+    def test_reconnectionsCounted(self):
+        protocol, transport = self.connected(retries=1)
+        for number in range(3):
+            self.ask(number)
+            lose(protocol, transport)
+            self.clock.advance(0)
+            protocol, transport = self.endpoint.succeed()
+            protocol.dataReceived(b"F\n")
+        self.assertEqual(self.client.reconnections, 3)
+
+    def test_answerForgetsTheLoss(self):
+        """
+        Once answered, a loss is forgotten: giving up later names the loss
+        that started the failed attempts, not an earlier one.
+        """
+        protocol, transport = self.connected(retries=1)
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        protocol, transport = self.endpoint.succeed()
+        protocol.dataReceived(b"T\n")
+        self.ask(3, 4)
+        protocol.connectionLost(Failure(ConnectionRefusedError("second loss")))
+        self.clock.advance(0)
+        self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.assertEqual(
+            str(self.got[1][1]),
+            "connection lost before 2 answers arrived (Connection was refused by other side:"
+            " second loss.); then 1 reconnection attempts failed (Connection refused)",
+        )
+
     def test_check(self):
         protocol, transport = self.connected()
         d = self.client.check(17)
