@@ -334,6 +334,19 @@ class PrimedClientTests(unittest.TestCase):
         self.ask(3)
         self.assertEqual(str(self.got[1][1]), "the client was closed")
 
+    def test_requestConnects(self):
+        """
+        A client never told to L{connect <PrimedClient.connect>} connects
+        for its first request.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        self.ask(17)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"17\n")
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got, [("17", Verdict.PRIME)])
+        self.assertEqual(self.client.reconnections, 0)
+
     def test_closeWhileConnecting(self):
         """
         Closing while a connection is being made cancels the attempt.
