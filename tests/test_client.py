@@ -347,6 +347,52 @@ class PrimedClientTests(unittest.TestCase):
         self.assertEqual(self.got, [("17", Verdict.PRIME)])
         self.assertEqual(self.client.reconnections, 0)
 
+    def test_oneAttemptAtATime(self):
+        """
+        Requests made while a new connection is being made, or waited for,
+        start no other attempt; close cancels the one under way.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.ask(3, 4)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        attempt = self.endpoint.attempts[-1][1]
+        self.assertFalse(attempt.called)
+        self.client.close()
+        self.assertTrue(attempt.called)  # cancelled
+
+    def test_afterGivingUp(self):
+        """
+        Once the retries are spent and the unanswered requests failed, the
+        next request makes a connection of its own.
+        """
+        protocol, transport = self.connected(retries=1)
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.assertIsInstance(self.got[0][1], PrimedConnectionLost)
+        self.ask(3)
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"3\n")
+
+    def test_attemptCancelledElsewhere(self):
+        """
+        An attempt cancelled by something other than L{PrimedClient.close}
+        is a failed attempt like any other: retried.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.endpoint.fail(defer.CancelledError())
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        self.assertEqual(self.got, [])
+
     def test_closeWhileConnecting(self):
         """
         Closing while a connection is being made cancels the attempt.
