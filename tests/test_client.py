@@ -378,6 +378,13 @@ class PrimedClientTests(unittest.TestCase):
         self.assertEqual(len(self.endpoint.attempts), 3)
         protocol, transport = self.endpoint.succeed()
         self.assertEqual(transport.value(), b"3\n")
+        # The retries start afresh: this loss is retried too.
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 4)
+        protocol, transport = self.endpoint.succeed()
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got[1:], [("3", Verdict.PRIME)])
 
     def test_attemptCancelledElsewhere(self):
         """
