@@ -180,6 +180,7 @@ class PrimedClientTests(unittest.TestCase):
             protocol.dataReceived(b"F\n")
         self.assertEqual(len(self.got), 5)
         self.assertEqual({v for _, v in self.got}, {Verdict.NOT_PRIME})
+        self.assertEqual(self.client.reconnections, 5)
 
     def test_lostAgainWithoutAnswer(self):
         """
@@ -423,16 +424,6 @@ class PrimedClientTests(unittest.TestCase):
         self.assertNoResult(d)
         self.clock.advance(0.001)
         self.failureResultOf(d, defer.TimeoutError)
-
-    def test_reconnectionsCounted(self):
-        protocol, transport = self.connected(retries=1)
-        for number in range(3):
-            self.ask(number)
-            lose(protocol, transport)
-            self.clock.advance(0)
-            protocol, transport = self.endpoint.succeed()
-            protocol.dataReceived(b"F\n")
-        self.assertEqual(self.client.reconnections, 3)
 
     def test_answerForgetsTheLoss(self):
         """

@@ -1,6 +1,7 @@
 """
-The C{primed-client} command (L{primed.clientcmd}) without a network: option
-parsing, the run over a fake UDP reactor.
+The C{primed-client} command (L{primed.clientcmd}): option parsing, the run
+over a fake UDP reactor, and over TCP and TLS against a primed service in
+this process on loopback.
 """
 
 from twisted.internet import defer
@@ -8,6 +9,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from fakes import FakeUDPReactor
+from support import CertificatesMixin
 from primed import client, clientcmd
 from primed.clientcmd import Options
 
@@ -554,27 +556,12 @@ class RunCommandTests(unittest.TestCase):
         )
 
 
-class RunOverTCPTests(unittest.TestCase):
+class RunOverTCPTests(CertificatesMixin, unittest.TestCase):
     """
     L{clientcmd.run} over TCP and TLS against a real primed service in this
     process, on loopback: what it prints, what it says when it cannot, and
     its exit status.
     """
-
-    @classmethod
-    def setUpClass(cls):
-        import tempfile
-
-        from support import makeCertificates
-
-        cls.directory = tempfile.mkdtemp(prefix="primed-clientcmd-run-")
-        cls.paths = makeCertificates(cls.directory)
-
-    @classmethod
-    def tearDownClass(cls):
-        import shutil
-
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
     def setUp(self):
         from twisted.internet import reactor

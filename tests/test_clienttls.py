@@ -5,12 +5,13 @@ TLS against a real primed service in this process.
 
 from twisted.trial import unittest
 
+from support import CertificatesMixin
 from primed import client, clienttls
 from primed.client import PrimedClientProtocol
 from primed.wire import Verdict
 
 
-class TLSTests(unittest.TestCase):
+class TLSTests(CertificatesMixin, unittest.TestCase):
     """
     L{client.connect} over TLS against a real primed service in this
     process, its certificate made by C{openssl}: ready only once the
@@ -20,19 +21,8 @@ class TLSTests(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        import tempfile
-
-        from support import makeCertificates
-
-        cls.directory = tempfile.mkdtemp(prefix="primed-client-tls-")
-        cls.paths = makeCertificates(cls.directory)
+        super().setUpClass()
         cls.trustRoots = cls.paths["trust"]
-
-    @classmethod
-    def tearDownClass(cls):
-        import shutil
-
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
     def setUp(self):
         from twisted.internet import reactor
