@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import List, Optional, Tuple
 
@@ -436,3 +437,20 @@ def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",
             if not chunk:
                 return b"".join(chunks), "close_notify"
             chunks.append(chunk)
+
+
+class CertificatesMixin:
+    """
+    For a test case that needs L{makeCertificates}' files: made once for the
+    class in a directory of its own (C{cls.directory}), removed after it;
+    C{cls.paths} as L{makeCertificates} returns them.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="primed-certificates-")
+        cls.paths = makeCertificates(cls.directory)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.directory, ignore_errors=True)
