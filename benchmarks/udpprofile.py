@@ -108,7 +108,7 @@ def measure(server, args, requests, warmup=1.0, before=None, after=None):
 
 
 #: System calls counted with C{--syscalls}, and failed reads (EAGAIN).
-_CALLS = ["recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait", "epoll_pwait",
+_CALLS = ["recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait", "epoll_pwait", "brk", "mmap", "munmap", "madvise",
           "epoll_ctl", "ioctl", "read", "write", "futex"]
 
 
@@ -116,6 +116,7 @@ def _perf(server):
     argv = ["perf", "stat", "-x", ",", "-p", str(server.pids[0])]
     for call in _CALLS:
         argv += ["-e", f"syscalls:sys_enter_{call}"]
+    argv += ["-e", "raw_syscalls:sys_enter"]
     argv += ["-e", "syscalls:sys_exit_recvfrom", "--filter", "ret == -11"]
     argv += ["-e", "syscalls:sys_exit_recvmsg", "--filter", "ret == -11"]
     out = tempfile.NamedTemporaryFile(suffix=".perf", delete=False)
@@ -135,6 +136,7 @@ def _perfDone(started):
             parts = line.strip().split(",")
             if len(parts) > 2 and parts[0].isdigit():
                 name = parts[2].split(":")[1].replace("sys_enter_", "")
+                name = "all" if name == "sys_enter" else name
                 name = name.replace("sys_exit_", "EAGAIN ")
                 counts[name] = int(parts[0])
     os.unlink(path)
@@ -150,24 +152,33 @@ def main(argv=None):
     parser.add_argument("--syscalls", action="store_true")
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--primed-arg", action="append", default=[])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per server, interleaved (A B B A ...); the leanest is shown")
+    parser.add_argument("--baseline-python",
+                        help="server 'base': the primed installed for this interpreter")
     parser.add_argument("--keep", help="with --callgrind: copy callgrind's dump here")
     args = parser.parse_args(argv)
     requests = makeRequests()
     rows = []
-    for name in args.servers.split(","):
-        if args.callgrind:
-            rows.append((name, callgrind(name, args, requests)))
-            continue
-        server = _start(name, args)
+    names = args.servers.split(",")
+    if args.callgrind:
+        rows = [(name, callgrind(name, args, requests)) for name in names]
+    else:
+        servers = {name: _start(name, args) for name in names}
         try:
-            before = after = None
-            if args.syscalls:
-                before, after = (lambda: _perf(server)), _perfDone
-            # A first run warms the server up; the second is reported.
-            measure(server, argparse.Namespace(**{**vars(args), "duration": 1.0}), requests)
-            rows.append((name, measure(server, args, requests, before=before, after=after)))
+            runs = {name: [] for name in names}
+            for i in range(args.repeat):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    server = servers[name]
+                    before = after = None
+                    if args.syscalls:
+                        before, after = (lambda: _perf(server)), _perfDone
+                    runs[name].append(measure(server, args, requests, before=before, after=after))
+            rows = [(name, min(runs[name], key=lambda r: r["user"] + r["sys"]))
+                    for name in names]
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
     for name, row in rows:
         line = f"{name:8s} {row['requests'] / args.duration:9,.0f} req/s"
         if "instructions" in row:
@@ -188,6 +199,9 @@ def main(argv=None):
 def _start(name, args, wrap=None):
     if name == "primed":
         server = _servers.startPrimed(extra=args.primed_arg, python=wrap)
+    elif name == "base":
+        server = _servers.startPrimed(extra=args.primed_arg, python=args.baseline_python,
+                                      name="base")
     elif name == "ceiling":
         server = _servers.startCeiling()
     else:

@@ -115,6 +115,18 @@ class ReadDatagramsTests(SynchronousTestCase):
         self.port.doRead()
         self.assertEqual(self.replies(2), [b"T\n", b"F\n"])
         self.assertEqual(delivered, [b"-7", b"%d" % BIG_PRIME])
+        self.assertEqual({type(data) for data in delivered}, {bytes})
+
+    def test_cutDatagramAnsweredE(self):
+        """
+        A datagram longer than the port's read is cut by the kernel and
+        answered C{E}, even when what is left is digits; a long one that
+        fits is read whole.
+        """
+        size = self.port.maxPacketSize
+        self.queue([b"0" * (size + 100) + b"17", b"0" * 4000 + b"17\n"])
+        self.port.doRead()
+        self.assertEqual(self.replies(2), [b"E\n", b"T\n"])
 
     def test_inlineDigitsBound(self):
         """
@@ -207,7 +219,7 @@ class ReadDatagramsTests(SynchronousTestCase):
         real = self.port.socket
 
         class Refusing:
-            recvfrom = real.recvfrom
+            recvfrom_into = real.recvfrom_into
 
             def sendto(self, data, addr):
                 if data == b"T\n":
@@ -233,11 +245,11 @@ class ReadDatagramsTests(SynchronousTestCase):
         class Failing:
             sendto = real.sendto
 
-            def recvfrom(self, size):
+            def recvfrom_into(self, buffer):
                 if calls:
                     raise OSError(9, "bad file descriptor")
-                calls.append(size)
-                return real.recvfrom(size)
+                calls.append(buffer)
+                return real.recvfrom_into(buffer)
 
         self.port.socket = Failing()
         self.addCleanup(setattr, self.port, "socket", real)
