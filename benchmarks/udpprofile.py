@@ -88,7 +88,9 @@ def measure(server, args, requests, warmup=1.0, before=None, after=None):
     time.sleep(max(0.0, startAt - time.monotonic()))
     extra = before() if before else None
     t0 = _times(server.pids)
+    cpu = server.cpuSeconds()
     time.sleep(max(0.0, endAt - time.monotonic()))
+    cpu = server.cpuSeconds() - cpu
     t1 = _times(server.pids)
     found = after(extra) if after else None
     result = ours.recv()
@@ -98,6 +100,7 @@ def measure(server, args, requests, warmup=1.0, before=None, after=None):
     n = result["completed"]
     return {
         "requests": n,
+        "cpu": cpu / n * 1e6,
         "user": (t1[0] - t0[0]) / n * 1e6,
         "sys": (t1[1] - t0[1]) / n * 1e6,
         "faults": (t1[2] - t0[2]) / n,
@@ -174,7 +177,7 @@ def main(argv=None):
                     if args.syscalls:
                         before, after = (lambda: _perf(server)), _perfDone
                     runs[name].append(measure(server, args, requests, before=before, after=after))
-            rows = [(name, min(runs[name], key=lambda r: r["user"] + r["sys"]))
+            rows = [(name, min(runs[name], key=lambda r: r["cpu"]))
                     for name in names]
         finally:
             for server in servers.values():
@@ -184,7 +187,7 @@ def main(argv=None):
         if "instructions" in row:
             line += f"  {row['instructions'] / 1000:6.1f}k instructions/req"
         else:
-            line += (f"  user {row['user']:5.2f}  sys {row['sys']:5.2f}  us/req;"
+            line += (f"  cpu {row['cpu']:5.2f} (user {row['user']:5.2f}  sys {row['sys']:5.2f}) us/req;"
                      f"  per request: faults {row['faults']:.3f}, sleeps {row['sleeps']:.3f},"
                      f" preempted {row['preempted']:.3f}")
         if row.get("extra"):
@@ -204,6 +207,12 @@ def _start(name, args, wrap=None):
                                       name="base")
     elif name == "ceiling":
         server = _servers.startCeiling()
+    elif name == "floor":
+        server = _servers.Server(name)
+        proc, log = server._spawn([sys.executable, os.path.join(_servers.PEERS_DIR, "floorudp.py"),
+                                   "--host", _servers.HOST])
+        [m] = server._waitFor(proc, log, [re.compile(rb"floorudp tcp=0 udp=(\d+)")])
+        server.udpPort = int(m.group(1))
     else:
         server = _servers.startPeer(name)
     return server
@@ -232,6 +241,13 @@ def callgrind(name, args, requests):
                                    "--udp-port", "0"])
         [m] = server._waitFor(proc, log, [_servers._PEER], timeout=120)
         server.tcpPort, server.udpPort = int(m.group(1)), int(m.group(2))
+    elif name == "floor":
+        server = _servers.Server(name)
+        proc, log = server._spawn([wrapper, os.path.join(_servers.PEERS_DIR, "floorudp.py"),
+                                   "--host", _servers.HOST])
+        [m] = server._waitFor(proc, log, [re.compile(rb"floorudp tcp=0 udp=(\d+)")],
+                              timeout=120)
+        server.udpPort = int(m.group(1))
     else:
         argv = [wrapper, os.path.join(_servers.PEERS_DIR, "aiopeer.py")]
         if name == "uvloop":
