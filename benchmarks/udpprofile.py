@@ -1,24 +1,32 @@
 """
 Where a UDP request's CPU goes, server by server: user against system time,
-system calls per request, and user-space instructions per request.
+context switches, system calls and user-space instructions per request.
 
-    python benchmarks/udpprofile.py [--servers primed,c,uvloop]
+    python benchmarks/udpprofile.py [--servers primed,c,uvloop] [--repeat 3]
         [--duration 5] [--sockets 10] [--depth 5] [--syscalls] [--callgrind]
+        [--baseline-python OTHER-VENV/bin/python] [--keep PREFIX]
 
-Each server gets C{load.py}'s scenario (d) load (C{--sockets} connected UDP
-sockets, C{--depth} datagrams in flight on each) from one generator process,
-one after another, and the table gives per answered request:
+Servers: C{primed}, C{base} (the primed of C{--baseline-python}), the peers
+C{c}, C{uvloop}, C{asyncio}, C{ceiling}, and C{floor}
+(C{peers/floorudp.py}: Python's two socket calls per datagram and nothing
+else).  Each gets C{load.py}'s scenario (d) load (C{--sockets} connected UDP
+sockets, C{--depth} datagrams in flight on each) from one generator
+process, runs interleaved (A B B A ...), the leanest of C{--repeat} shown,
+per answered request:
 
-* C{user}, C{sys}: microseconds of user and system CPU
-  (C{/proc/PID/stat}, 10 ms ticks: use runs of several seconds);
+* C{cpu}: microseconds of server CPU (the scheduler's nanosecond counts);
+  C{user}, C{sys}: its split (C{/proc/PID/task/*/stat}, 10 ms ticks, so
+  noisy); page faults, sleeps (voluntary context switches) and
+  preemptions (involuntary ones);
 * with C{--syscalls}: system calls per request, counted by C{perf stat} on
   the kernel's tracepoints (no slowdown, unlike strace), with the reads
   that failed with C{EAGAIN};
 * with C{--callgrind}: user-space instructions per request, the server run
   under C{valgrind --tool=callgrind} (zeroed once the load is up, dumped
-  after the window).  Steady on a shared machine, where times are not;
-  valgrind slows the server about 50x, so its queue is always full and
-  per-event costs are spread over more datagrams than at full speed.
+  after the window; C{--keep} copies the dump for C{callgrind_annotate}).
+  Steady on a shared machine, where times are not.  Under valgrind the
+  server is the bottleneck and finds its queue full on every read event,
+  as (d) does at full speed.
 """
 
 import argparse
@@ -111,8 +119,8 @@ def measure(server, args, requests, warmup=1.0, before=None, after=None):
 
 
 #: System calls counted with C{--syscalls}, and failed reads (EAGAIN).
-_CALLS = ["recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait", "epoll_pwait", "brk", "mmap", "munmap", "madvise",
-          "epoll_ctl", "ioctl", "read", "write", "futex"]
+_CALLS = ["recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait", "epoll_pwait",
+          "epoll_ctl", "ioctl", "read", "write", "futex", "brk", "mmap", "munmap", "madvise"]
 
 
 def _perf(server):
