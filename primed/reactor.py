@@ -81,6 +81,9 @@ class DatagramPort(udp.Port):
     #: a datagram is queued.  Made on the first read event.
     peek = None
 
+    #: The protocol's C{readDatagrams}, or C{None}; looked up with L{peek}.
+    _reader = None
+
     def doRead(self):
         """
         Called when my socket is ready for reading: deliver datagrams while

@@ -140,13 +140,13 @@ class PrimeDatagramProtocol(DatagramProtocol):
         most are a short run of digits (a trailing C{\\n} optional) checked
         inline.  Those are answered here, in one frame: no call into
         L{datagramReceived} and L{_reply}, none of their per-datagram checks
-        and attribute loads: 14% of primed's instructions per UDP
-        request (C{benchmarks/README.rst}).  Anything else, empty, signed, padded, over-long or too
-        big to check inline, goes to L{datagramReceived} through the port,
-        as if the port had read it.  Datagrams are read into one buffer of
-        the port's C{maxPacketSize}, kept between events: C{recvfrom} would
-        allocate that much (8 KiB or more, from C{malloc}) per datagram and
-        shrink it, a thousand instructions.
+        and attribute loads, 14% of primed's instructions per UDP request
+        (C{benchmarks/README.rst}).  Anything else (empty, signed, padded,
+        over-long, too big to check inline) goes to L{datagramReceived}
+        through the port, as if the port had read it.  Datagrams are read
+        into one buffer of the port's C{maxPacketSize}, kept between
+        events: C{recvfrom} would allocate that much (8 KiB or more, from
+        C{malloc}) per datagram and shrink it, a thousand instructions.
 
         @return: C{False} (the port's own loop then reads) while verbose
             logging or after L{drain}: replies are logged in L{_reply}, and
