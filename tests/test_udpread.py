@@ -104,6 +104,25 @@ class ReadDatagramsTests(SynchronousTestCase):
         total = {k: once[k] + first[k] + firstThree[k] for k in once}
         self.assertEqual(self.protocol.counters.snapshot(), total)
 
+    def test_smallMaxDigits(self):
+        """
+        With C{--max-digits} below the inline bound, longer digit strings
+        are left to C{datagramReceived}, which refuses them (leading zeros
+        do not count).
+        """
+        self.stop(self.port)
+        protocol = self.listen(PrimeDatagramProtocol(
+            makeChecker(SynchronousPool()), None, maxDigits=10,
+        ))
+        self.assertEqual(protocol._inlineDigits, 10)
+        datagrams = [b"1000000007", b"10000000019\n", b"00001000000007", b"9" * 11]
+        self.queue(datagrams)
+        self.port.doRead()
+        expected, counts = self.reference(datagrams, maxDigits=10)
+        self.assertEqual(expected, [b"T\n", b"E\n", b"T\n", b"E\n"])
+        self.assertEqual(self.replies(4), expected)
+        self.assertEqual(protocol.counters.snapshot(), counts)
+
     def test_answeredInline(self):
         """
         Digits go no further than the loop: C{datagramReceived} is not called
