@@ -1,0 +1,88 @@
+"""
+The two reads a busy primed connection sees most, answered on short paths.
+
+Clients either ask one number per round trip (telnet, nc, health checks, a
+client waiting for each answer) or pipeline many (C{primed-client}, bulk
+jobs); either way, nearly every read holds only complete lines of small
+numbers, and the connection has nothing buffered, held, pending or paused.
+For those reads L{FastReads.dataReceived} gives each line the verdict the
+general path (L{primed.tcp.PrimeLineProtocol._process}) would, with less
+work per line:
+
+  - a line of at most L{wire.inlineDigitsLimit} ASCII digits needs one
+    check, C{isdigit} and a length, to know it is a request, that its value
+    is C{int(line)} and that it is small enough to check inline; 0 and 1
+    need no branch of their own (the engine says they are not prime);
+  - the counters are bumped once per read, from the verdicts
+    (C{out.count(PRIME_REPLY)}), not once per line;
+  - the idle clock is read once per read, and the replies leave in one
+    write.
+
+A read of one line, the shape of every request in the one-at-a-time case,
+is not even split.  Anything else, or the first line of a read that is not
+of that form, and everything after it, goes through the general path, which
+handles the rest of the grammar, big numbers for the pool, limits,
+backpressure and C{--verbose}.  Measured with C{benchmarks/callgrind.py}
+(see C{benchmarks/README.rst}).
+"""
+
+from primed.wire import NOT_PRIME_REPLY, PRIME_REPLY
+
+
+class FastReads:
+    """
+    A mixin for L{primed.tcp.PrimeLineProtocol}: its C{dataReceived}.
+
+    Relies on the protocol's state (C{_buffer}, C{_discarding}, C{_pending},
+    C{_held}, C{_paused}), its per-connection constants (C{_fastDigits},
+    C{_isPrime}, C{_seconds}, C{_write}, C{counters}) and two methods:
+    C{_framedDataReceived}, the general framing, and C{_process}, the
+    general answering of complete lines.
+    """
+
+    def dataReceived(self, data: bytes):
+        if data[-1:] != b"\n" or (
+            self._buffer or self._discarding or self._pending or self._held
+            or self._paused or self.factory.verbose
+        ):
+            self._framedDataReceived(data)
+            return
+        # Only complete lines, and nothing owed, held or paused.
+        self._activeAt = self._seconds()
+        end = len(data) - 1
+        if data.find(b"\n") == end:
+            # One line: no split, no list.
+            line = data[:end]
+            if line.isdigit() and end <= self._fastDigits:
+                counters = self.counters
+                if self._isPrime(int(line)):
+                    counters.tcpPrime += 1
+                    self._write(PRIME_REPLY)
+                else:
+                    counters.tcpNotPrime += 1
+                    self._write(NOT_PRIME_REPLY)
+            else:
+                self._process([line])
+            return
+        lines = data.split(b"\n")
+        lines.pop()  # the empty tail after the last newline
+        fastDigits = self._fastDigits
+        isPrime = self._isPrime
+        out = []
+        answer = out.append
+        for line in lines:
+            if line.isdigit() and len(line) <= fastDigits:
+                answer(PRIME_REPLY if isPrime(int(line)) else NOT_PRIME_REPLY)
+            else:
+                break
+        if out:
+            primes = out.count(PRIME_REPLY)
+            counters = self.counters
+            counters.tcpPrime += primes
+            counters.tcpNotPrime += len(out) - primes
+            if len(out) == len(lines):
+                self._write(b"".join(out))
+                return
+            del lines[: len(out)]
+        # The rest, after the replies so far, still in one write.
+        self._process(lines, out)
