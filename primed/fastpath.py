@@ -32,13 +32,16 @@ def streamWriter(transport) -> Callable[[bytes], None]:
     send = transport.socket.send
 
     def writeNow(data: bytes) -> None:
-        if (
-            transport.dataBuffer
-            or transport._tempDataLen
-            or transport.disconnecting
-            or transport._writeDisconnected
-            or not transport.connected
-        ):
+        # Only the order of the bytes needs checking.  The connection's state
+        # needs none (it was three more attribute reads per reply): after
+        # loseConnection, Twisted too sends what is written before it closes
+        # (with an empty buffer it closes on its next turn, so the bytes are
+        # in the kernel first either way); once the connection is lost its
+        # socket is closed, so send fails and Twisted's write drops the data,
+        # as it does for any write after the end.  (loseWriteConnection,
+        # which Twisted honours by dropping later writes, is never used with
+        # this writer: primed does not half-close.)
+        if transport.dataBuffer or transport._tempDataLen:
             write(data)
             return
         try:

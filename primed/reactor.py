@@ -154,8 +154,12 @@ class PrimedReactor(EPollReactor):
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue  # removed by an earlier event of this batch
-                if event != EPOLLIN or selectable.fileno() == -1:
+                if event != EPOLLIN or (
+                    type(selectable) is not Server and selectable.fileno() == -1
+                ):
                     # Anything unusual: Twisted's own dispatch, unchanged.
+                    # (A Server's fileno() is -1 only once its connection
+                    # is lost, and then it is no longer in selectables.)
                     log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
                     continue
                 try:
