@@ -154,29 +154,29 @@ class PrimedReactor(EPollReactor):
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue  # removed by an earlier event of this batch
-                if event != EPOLLIN or (
-                    type(selectable) is not Server and selectable.fileno() == -1
-                ):
+                server = type(selectable) is Server
+                if event != EPOLLIN or (not server and selectable.fileno() == -1):
                     # Anything unusual: Twisted's own dispatch, unchanged.
                     # (A Server's fileno() is -1 only once its connection
                     # is lost, and then it is no longer in selectables.)
                     log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
                     continue
                 try:
-                    if type(selectable) is Server:
+                    if server:
                         # tcp.Connection.doRead and _dataReceived, inline:
                         # three Python calls fewer on the hottest path.
                         logContext["system"] = selectable.logstr
                         try:
                             data = selectable.socket.recv(selectable.bufferSize)
                         except OSError as se:
-                            why = None if se.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                            if se.args[0] == EWOULDBLOCK:
+                                continue
+                            why = CONNECTION_LOST
                         else:
                             if data:
                                 selectable.protocol.dataReceived(data)
-                                why = None
-                            else:
-                                why = CONNECTION_DONE
+                                continue
+                            why = CONNECTION_DONE
                     else:
                         logContext["system"] = selectable.logPrefix()
                         why = selectable.doRead()

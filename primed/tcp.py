@@ -79,6 +79,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._lost = False
         self._draining = False
         self._processing = 0
+        self._clear = False  # see FastReads._checkClear
 
     # Connection life.
 
@@ -99,6 +100,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
         factory.connected(self)
+        self._checkClear()
 
     def connectionLost(self, reason):
         """
@@ -206,6 +208,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             self._held.append(line)
         else:
             self._process([line])
+        self._checkClear()
 
     def _process(self, lines: List[bytes], out: Optional[List[bytes]] = None) -> None:
         """
@@ -329,6 +332,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
             self._unpause(PAUSED_BY_INFLIGHT)
         self._finishIfDone()
+        self._checkClear()
 
     def _poolHasRoom(self) -> None:
         self._unpause(PAUSED_BY_POOL)
@@ -339,6 +343,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if not self._paused and not self._closing and not self._lost:
             self.transport.pauseProducing()
         self._paused.add(reason)
+        self._clear = False
 
     def _unpause(self, reason: str) -> None:
         if reason not in self._paused:
@@ -349,6 +354,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if not (self._paused or self._readClosed or self._closing or self._lost):
             self.transport.resumeProducing()
         self._finishIfDone()
+        self._checkClear()
 
     def pauseProducing(self):
         """

@@ -34,18 +34,16 @@ class FastReads:
     A mixin for L{primed.tcp.PrimeLineProtocol}: its C{dataReceived}.
 
     Relies on the protocol's state (C{_buffer}, C{_discarding}, C{_pending},
-    C{_held}, C{_paused}), its per-connection constants (C{_fastDigits},
+    C{_held}, C{_paused}, summed up in C{_clear}), its per-connection constants (C{_fastDigits},
     C{_isPrime}, C{_seconds}, C{_write}, C{counters}) and two methods:
     C{_framedDataReceived}, the general framing, and C{_process}, the
     general answering of complete lines.
     """
 
     def dataReceived(self, data: bytes):
-        if not data or data[-1] != 10 or (  # 10: b"\n"; an index, not a slice
-            self._buffer or self._discarding or self._pending or self._held
-            or self._paused or self.factory.verbose
-        ):
+        if not self._clear or not data or data[-1] != 10:  # 10: b"\n"
             self._framedDataReceived(data)
+            self._checkClear()
             return
         # Only complete lines, and nothing owed, held or paused.
         self._activeAt = self._seconds()
@@ -64,6 +62,7 @@ class FastReads:
                     self._write(NOT_PRIME_REPLY)
             else:
                 self._process([line])
+                self._checkClear()
             return
         lines = data.split(b"\n")
         lines.pop()  # the empty tail after the last newline
@@ -87,3 +86,19 @@ class FastReads:
             del lines[: len(out)]
         # The rest, after the replies so far, still in one write.
         self._process(lines, out)
+        self._checkClear()
+
+    def _checkClear(self) -> None:
+        """
+        Note whether the short paths may take the next read: nothing
+        buffered, being discarded, owed, held or paused, and no
+        C{--verbose}.  One flag instead of six reads per read; the protocol
+        calls this wherever one of them may have become empty, and sets
+        C{_clear} to C{False} wherever one may have become non-empty
+        (L{_pause}); a missed call here only sends reads down the general
+        path.
+        """
+        self._clear = not (
+            self._buffer or self._discarding or self._pending or self._held
+            or self._paused or self.factory.verbose
+        )

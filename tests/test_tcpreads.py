@@ -174,6 +174,58 @@ class PipelinedTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"T\nT\nF\nT\n")
 
 
+class ClearFlagTests(unittest.TestCase):
+    """
+    The short paths are taken only when nothing is owed: every way a reply
+    can become owed turns them off until it is written.
+    """
+
+    def test_afterLineReceived(self):
+        """
+        L{LineReceiver}'s C{lineReceived}, called directly, counts too.
+        """
+        pool = HandDrivenPool()
+        factory = harness(pool=pool)
+        protocol, transport = connect(factory)
+        protocol.lineReceived(b"%d" % BIG_PRIME)
+        protocol.dataReceived(b"5\n")
+        protocol.dataReceived(b"6\n7\n")
+        self.assertEqual(transport.value(), b"")
+        pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nF\nT\n")
+
+    def test_afterPartialLine(self):
+        factory = harness()
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"1")
+        protocol.dataReceived(b"3\n")
+        protocol.dataReceived(b"2")
+        protocol.dataReceived(b"9\n31\n")
+        self.assertEqual(transport.value(), b"T\nT\nT\n")
+
+    def test_backAfterAnswers(self):
+        """
+        Once the owed replies are written, the short paths are taken again.
+        """
+        pool = HandDrivenPool()
+        factory = harness(pool=pool)
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        self.assertFalse(protocol._clear)
+        pool.run()
+        self.assertTrue(protocol._clear)
+        protocol.dataReceived(b"5\n")
+        self.assertEqual(transport.value(), b"T\nT\n")
+
+    def test_pausedByTheTransport(self):
+        factory = harness()
+        protocol, transport = connect(factory)
+        protocol.pauseProducing()
+        self.assertFalse(protocol._clear)
+        protocol.resumeProducing()
+        self.assertTrue(protocol._clear)
+
+
 _LINES = st.one_of(
     st.integers(0, 10**30).map(lambda n: b"%d" % n),
     st.integers(0, 60).map(lambda n: b"1" + b"0" * n),  # around the digits limit
