@@ -16,8 +16,8 @@ event mask.
 
 Here the common event, readable and nothing else, goes straight to
 C{doRead} (for an accepted TCP connection, L{tcp.Server}, its five lines
-are inlined: C{recv}, then C{protocol.dataReceived}, or the connection's
-end), and the logging context is one frame per poll whose C{system}
+are inlined: a C{read} of its descriptor, then C{protocol.dataReceived},
+or the connection's end), and the logging context is one frame per poll whose C{system}
 is set to each descriptor's prefix in turn: a legacy log call sees what it
 would under Twisted's reactor (Twisted's own reactor tests check this, and
 run against this reactor in C{tests/test_reactor.py}).  Every other event
@@ -29,6 +29,7 @@ default reactor.
 """
 
 import errno
+import os
 import select
 import socket
 import sys
@@ -145,6 +146,7 @@ class PrimedReactor(EPollReactor):
         if not events:
             return
         selectables = self._selectables
+        read = os.read
         contexts = context.theContextTracker.currentContext().contexts
         frame = contexts[-1].copy()
         logContext = frame[log.ILogContext] = dict(frame.get(log.ILogContext) or {})
@@ -167,7 +169,9 @@ class PrimedReactor(EPollReactor):
                         # three Python calls fewer on the hottest path.
                         logContext["system"] = selectable.logstr
                         try:
-                            data = selectable.socket.recv(selectable.bufferSize)
+                            # os.read, not socket.recv: the same system
+                            # call, 500 instructions fewer around it.
+                            data = read(fd, selectable.bufferSize)
                         except OSError as se:
                             if se.args[0] == EWOULDBLOCK:
                                 continue

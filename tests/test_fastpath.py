@@ -104,6 +104,25 @@ class StreamWriterTests(unittest.TestCase):
         self.peer.settimeout(0.5)
         self.assertEqual(self.peer.recv(16), b"")  # closed, nothing sent
 
+    def test_descriptorReusedAfterConnectionLost(self):
+        """
+        The writer sends to its connection's descriptor only while the
+        connection is up: once it is lost, the number may be another
+        connection's, which must get nothing.
+        """
+        fd = self.ours.fileno()
+        self.transport.protocol.connectionLost = lambda reason: None
+        self.transport.connectionLost(Failure(ConnectionDone()))
+        other, otherPeer = socket.socketpair()
+        self.addCleanup(other.close)
+        self.addCleanup(otherPeer.close)
+        if other.fileno() != fd:
+            other, otherPeer = otherPeer, other
+        self.assertEqual(other.fileno(), fd)  # the lowest free number
+        self.write(b"T\n")
+        otherPeer.setblocking(False)
+        self.assertRaises(BlockingIOError, otherPeer.recv, 16)
+
     def test_otherTransports(self):
         transport = StringTransport()
         self.assertEqual(streamWriter(transport), transport.write)
