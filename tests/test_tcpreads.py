@@ -47,6 +47,22 @@ def counted(factory):
     return [snapshot[name] for name in COUNTED]
 
 
+def assertQueuedBehindBigNumber(testCase, askBig):
+    """
+    After C{askBig(protocol)} hands a big prime to the pool, one-line and
+    pipelined reads of small numbers are answered after it, in order.
+    """
+    pool = HandDrivenPool()
+    factory = harness(pool=pool)
+    protocol, transport = connect(factory)
+    askBig(protocol)
+    protocol.dataReceived(b"5\n6\n")
+    protocol.dataReceived(b"7\n")
+    testCase.assertEqual(transport.value(), b"")
+    pool.run()
+    testCase.assertEqual(transport.value(), b"T\nT\nF\nT\n")
+
+
 class OneLineTests(unittest.TestCase):
     """
     A read holding one complete line.
@@ -163,15 +179,8 @@ class PipelinedTests(unittest.TestCase):
         """
         Lines read while a big number's answer is pending queue behind it.
         """
-        pool = HandDrivenPool()
-        factory = harness(pool=pool)
-        protocol, transport = connect(factory)
-        protocol.dataReceived(b"%d\n" % BIG_PRIME)
-        protocol.dataReceived(b"5\n6\n")
-        protocol.dataReceived(b"7\n")
-        self.assertEqual(transport.value(), b"")
-        pool.run()
-        self.assertEqual(transport.value(), b"T\nT\nF\nT\n")
+        assertQueuedBehindBigNumber(
+            self, lambda protocol: protocol.dataReceived(b"%d\n" % BIG_PRIME))
 
 
 class ClearFlagTests(unittest.TestCase):
@@ -184,15 +193,8 @@ class ClearFlagTests(unittest.TestCase):
         """
         L{LineReceiver}'s C{lineReceived}, called directly, counts too.
         """
-        pool = HandDrivenPool()
-        factory = harness(pool=pool)
-        protocol, transport = connect(factory)
-        protocol.lineReceived(b"%d" % BIG_PRIME)
-        protocol.dataReceived(b"5\n")
-        protocol.dataReceived(b"6\n7\n")
-        self.assertEqual(transport.value(), b"")
-        pool.run()
-        self.assertEqual(transport.value(), b"T\nT\nF\nT\n")
+        assertQueuedBehindBigNumber(
+            self, lambda protocol: protocol.lineReceived(b"%d" % BIG_PRIME))
 
     def test_afterPartialLine(self):
         factory = harness()
