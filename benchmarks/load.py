@@ -487,7 +487,8 @@ def main(argv=None):
     )
     parser.add_argument(
         "--baseline-python",
-        help="with --metrics: also run the primed installed for this interpreter",
+        help="also run the primed installed for this interpreter (with --metrics, or "
+        "as 'baseline' next to --against's peers: another commit's cpu ratio)",
     )
     args = parser.parse_args(argv)
     against = list(PEERS) if args.against == "all" else args.against.split(",")
@@ -536,6 +537,9 @@ def main(argv=None):
                     if problems:
                         raise RuntimeError(f"{name} does not do primed's job:\n"
                                            + "\n".join(problems))
+        if args.baseline_python and against != ["ceiling"]:
+            servers.append(_servers.startPrimed(
+                extra=args.primed_arg, python=args.baseline_python, name="baseline"))
         log(", ".join(f"{s.name} on {s.tcpPort}/{s.udpPort}" for s in servers))
         table = measure(servers, scenarios, requests, args, log)
         output["main"] = table

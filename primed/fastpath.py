@@ -16,6 +16,7 @@ L{twisted.internet.udp.Port} that have been stable for many years, and fall
 back to the plain transport for anything else (TLS, StringTransport, …).
 """
 
+import os
 from typing import Callable
 
 from twisted.internet import tcp, udp
@@ -29,20 +30,30 @@ def streamWriter(transport) -> Callable[[bytes], None]:
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return transport.write
     write = transport.write
-    send = transport.socket.send
+    # os.write on the descriptor, not socket.send: the same system call for a
+    # connected socket, with about 550 fewer instructions of argument
+    # handling around it (callgrind).  The descriptor is only used while
+    # the transport is connected: once the connection is lost its number may
+    # belong to another connection.
+    fd = transport.fileno()
+    send = os.write
 
     def writeNow(data: bytes) -> None:
-        if (
-            transport.dataBuffer
-            or transport._tempDataLen
-            or transport.disconnecting
-            or transport._writeDisconnected
-            or not transport.connected
-        ):
+        # The order of the bytes, and that the descriptor is still this
+        # connection's, need checking; nothing else does (it was two more
+        # attribute reads per reply): after loseConnection, Twisted too sends
+        # what is written before it closes (with an empty buffer it closes on
+        # its next turn, so the bytes are in the kernel first either way);
+        # once the connection is lost (C{connected} is false from before its
+        # socket is closed), Twisted's write drops the data, as it does for
+        # any write after the end.  (loseWriteConnection, after which Twisted
+        # drops writes, is never used with this writer: primed does not
+        # half-close.)
+        if transport.dataBuffer or transport._tempDataLen or not transport.connected:
             write(data)
             return
         try:
-            sent = send(data)
+            sent = send(fd, data)
         except OSError:
             # EAGAIN, or a dead peer: Twisted's own write finds out and
             # reports it the usual way.

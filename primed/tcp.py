@@ -25,7 +25,7 @@ Three things shape it beyond a plain L{LineReceiver}:
 """
 
 from collections import deque
-from typing import Deque, List, Set
+from typing import Deque, List, Optional, Set
 
 from twisted.internet import interfaces
 from twisted.logger import Logger
@@ -36,6 +36,7 @@ from zope.interface import implementer
 from primed import wire
 from primed.checker import CheckAbandoned
 from primed.fastpath import streamWriter
+from primed.tcpreads import FastReads
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
@@ -53,7 +54,7 @@ _HOLDING = frozenset([PAUSED_BY_INFLIGHT, PAUSED_BY_POOL])
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
-class PrimeLineProtocol(LineReceiver, TimeoutMixin):
+class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     """
     One TCP connection: requests in, one reply per request out, in order.
 
@@ -78,6 +79,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self._lost = False
         self._draining = False
         self._processing = 0
+        self._clear = False  # see FastReads._checkClear
 
     # Connection life.
 
@@ -93,10 +95,12 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         self._activeAt = self._seconds()
         self._inlineMaxBits = self.checker.inlineMaxBits
         self._plainDigits = wire.plainDigitsLimit(factory.maxDigits)
+        self._fastDigits = wire.inlineDigitsLimit(factory.maxDigits, self._inlineMaxBits)
         self._isPrime = self.checker.checkInline
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.idleTimeout or None)
         factory.connected(self)
+        self._checkClear()
 
     def connectionLost(self, reason):
         """
@@ -161,44 +165,11 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
 
     # Framing.
 
-    def dataReceived(self, data: bytes):
-        if (
-            data[-1:] == b"\n"
-            and not (self._buffer or self._discarding or self._pending or self._held
-                     or self._paused)
-            and data.find(b"\n") == len(data) - 1
-        ):
-            # The common case, one complete request and nothing owed or
-            # held: answered without the list handling of _process.
-            self._activeAt = self._seconds()
-            line = data[:-1]
-            if line.isdigit() and len(line) <= self._plainDigits:
-                number = int(line)
-            else:
-                number = parseRequest(line, self.maxDigits)
-            counters = self.counters
-            if number is None:
-                reply = INVALID_REPLY
-                counters.tcpInvalid += 1
-                if len(line) > self.MAX_LENGTH:
-                    counters.linesTooLong += 1
-            elif number < 2:
-                reply = NOT_PRIME_REPLY
-                counters.tcpNotPrime += 1
-            elif number.bit_length() <= self._inlineMaxBits:
-                if self._isPrime(number):
-                    reply = PRIME_REPLY
-                    counters.tcpPrime += 1
-                else:
-                    reply = NOT_PRIME_REPLY
-                    counters.tcpNotPrime += 1
-            else:
-                self._process([line])
-                return
-            if self.factory.verbose:
-                self._logVerdict(line, reply)
-            self._write(reply)
-            return
+    def _framedDataReceived(self, data: bytes):
+        """
+        Any read: L{FastReads.dataReceived} passes on what its short paths
+        do not take.
+        """
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:
@@ -237,12 +208,15 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
             self._held.append(line)
         else:
             self._process([line])
+        self._checkClear()
 
-    def _process(self, lines: List[bytes]) -> None:
+    def _process(self, lines: List[bytes], out: Optional[List[bytes]] = None) -> None:
         """
         Answer C{lines} in order; everything answerable at once leaves in one
-        write.  Stops, keeping the rest in C{_held}, when a big number cannot
-        be handed to the pool yet or too many replies are pending.
+        write, after C{out}, replies to earlier lines of the same read not
+        written yet (already counted).  Stops, keeping the rest in C{_held},
+        when a big number cannot be handed to the pool yet or too many
+        replies are pending.
         """
         self._processing += 1
         checker = self.checker
@@ -253,7 +227,8 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         verbose = self.factory.verbose
         counters = self.counters
         plainDigits = self._plainDigits
-        out = []
+        if out is None:
+            out = []
         for index, line in enumerate(lines):
             if line.isdigit() and len(line) <= plainDigits:
                 number = int(line)  # parseRequest's first step, inline
@@ -357,6 +332,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
             self._unpause(PAUSED_BY_INFLIGHT)
         self._finishIfDone()
+        self._checkClear()
 
     def _poolHasRoom(self) -> None:
         self._unpause(PAUSED_BY_POOL)
@@ -367,6 +343,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         if not self._paused and not self._closing and not self._lost:
             self.transport.pauseProducing()
         self._paused.add(reason)
+        self._clear = False
 
     def _unpause(self, reason: str) -> None:
         if reason not in self._paused:
@@ -377,6 +354,7 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         if not (self._paused or self._readClosed or self._closing or self._lost):
             self.transport.resumeProducing()
         self._finishIfDone()
+        self._checkClear()
 
     def pauseProducing(self):
         """

@@ -89,6 +89,29 @@ def plainDigitsLimit(maxDigits: int) -> int:
     return min(maxDigits, _INT_STR_DIGITS)
 
 
+def inlineDigitsLimit(maxDigits: int, inlineMaxBits: int) -> int:
+    """
+    A line of nothing but ASCII digits at most this long is a request whose
+    value, C{int(line)}, has at most C{inlineMaxBits} bits: it can be
+    checked inline at once, with no bound to look at but this one (0 and 1
+    included: the engine says they are not prime, which is their verdict).
+    The largest C{d} with C{10**d <= 2**inlineMaxBits}, within
+    L{plainDigitsLimit}.
+    """
+    plain = plainDigitsLimit(maxDigits)
+    if inlineMaxBits < 4:
+        return 0
+    if inlineMaxBits >= 4 * plain:  # 10**plain < 16**plain
+        return plain
+    limit = 1 << inlineMaxBits
+    digits = min(plain + 1, int(inlineMaxBits * 0.30103))  # log10(2), about
+    while 10**digits > limit:
+        digits -= 1
+    while digits < plain and 10 ** (digits + 1) <= limit:
+        digits += 1
+    return min(digits, plain)
+
+
 def parseRequest(line: bytes, maxDigits: int = DEFAULT_MAX_DIGITS) -> Optional[int]:
     """
     Parse one request line (without its C{\\n}; a trailing C{\\r} is allowed).

@@ -5,8 +5,10 @@ Tests for L{primed.fastpath}, on real sockets driven without a reactor.
 import socket
 
 from twisted.internet import tcp, udp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from fakes import FakeDatagramTransport
@@ -70,10 +72,56 @@ class StreamWriterTests(unittest.TestCase):
         self.assertTrue(0 < len(buffered) < len(data))
         self.assertTrue(data.endswith(buffered))
 
-    def test_afterLoseConnectionUsesTwisted(self):
-        self.transport.disconnecting = True
+    def test_afterLoseConnectionSentBeforeTheClose(self):
+        """
+        Written after C{loseConnection}, with nothing buffered: sent, and
+        the connection closes after it, as Twisted's own write would do.
+        """
+        self.transport.loseConnection()
         self.write(b"T\n")
-        self.assertEqual(self.transport._tempDataBuffer, [b"T\n"])
+        self.assertEqual(self.peer.recv(16), b"T\n")
+        self.assertEqual(self.fds.writers, {self.transport})  # the close is due
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_afterLoseConnectionBehindBufferedData(self):
+        self.transport.write(b"F\n")
+        self.transport.loseConnection()
+        self.write(b"T\n")
+        self.assertEqual(self.transport._tempDataBuffer, [b"F\n", b"T\n"])
+
+    def test_afterConnectionLostDropped(self):
+        """
+        Once the connection is lost, a write sends nothing and raises
+        nothing: the socket is closed, and Twisted's write drops the data.
+        """
+        lost = []
+        self.transport.protocol.connectionLost = lost.append
+        self.transport.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(lost), 1)
+        self.write(b"T\n")
+        self.assertEqual(self.transport._tempDataBuffer, [])
+        self.assertEqual(self.fds.writers, set())
+        self.peer.settimeout(0.5)
+        self.assertEqual(self.peer.recv(16), b"")  # closed, nothing sent
+
+    def test_descriptorReusedAfterConnectionLost(self):
+        """
+        The writer sends to its connection's descriptor only while the
+        connection is up: once it is lost, the number may be another
+        connection's, which must get nothing.
+        """
+        fd = self.ours.fileno()
+        self.transport.protocol.connectionLost = lambda reason: None
+        self.transport.connectionLost(Failure(ConnectionDone()))
+        other, otherPeer = socket.socketpair()
+        self.addCleanup(other.close)
+        self.addCleanup(otherPeer.close)
+        if other.fileno() != fd:
+            other, otherPeer = otherPeer, other
+        self.assertEqual(other.fileno(), fd)  # the lowest free number
+        self.write(b"T\n")
+        otherPeer.setblocking(False)
+        self.assertRaises(BlockingIOError, otherPeer.recv, 16)
 
     def test_otherTransports(self):
         transport = StringTransport()

@@ -188,3 +188,66 @@ class DaemonReactorTests(TestCase):
         out = subprocess.run(twistdCommand() + ["--help-reactors"], capture_output=True,
                              text=True, timeout=60).stdout
         self.assertIn("primed", out)
+
+
+class _Selectable:
+    """
+    A readable descriptor that notes the logging context it is read in.
+    """
+
+    def __init__(self, prefix, seen):
+        self.prefix = prefix
+        self.seen = seen
+
+    def fileno(self):
+        return 99
+
+    def logPrefix(self):
+        return self.prefix
+
+    def doRead(self):
+        from twisted.python import context, log
+
+        logContext = context.get(log.ILogContext)
+        self.seen.append((logContext["system"], context.get("primed-test-key")))
+
+
+class LogContextTests(SynchronousTestCase):
+    """
+    Legacy log calls made while a descriptor handles its event see its
+    C{logPrefix()} as C{system}, as under Twisted's reactor; the frame
+    carrying it is kept from one poll to the next, and built again when the
+    context below it changed.
+    """
+
+    def setUp(self):
+        from twisted.python import context
+
+        self.reactor = PrimedReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.seen = []
+        self.events = []
+        self.reactor._poller = type("Poller", (), {"poll": lambda _, t, n: self.events})()
+        self.reactor._selectables = {5: _Selectable("first", self.seen),
+                                     6: _Selectable("second", self.seen)}
+        self.addCleanup(context.defaultContextDict.pop, "primed-test-key", None)
+
+    def test_systemPerDescriptor(self):
+        from twisted.python import context, log
+
+        self.events = [(5, select.EPOLLIN), (6, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.events = [(6, select.EPOLLIN), (5, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.assertEqual([s for s, _ in self.seen], ["first", "second", "second", "first"])
+        self.assertEqual(context.get(log.ILogContext)["system"], "-")  # popped
+
+    def test_contextBelowChanged(self):
+        from twisted.python import context
+
+        self.events = [(5, select.EPOLLIN)]
+        context.setDefault("primed-test-key", "before")
+        self.reactor.doPoll(0)
+        context.setDefault("primed-test-key", "changed between polls")
+        self.reactor.doPoll(0)
+        self.assertEqual(self.seen, [("first", "before"), ("first", "changed between polls")])

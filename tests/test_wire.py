@@ -119,3 +119,28 @@ class ReplyTests(unittest.TestCase):
             self.assertIs(Verdict.fromReply(verdict.value.encode() + b"\r\n"), verdict)
         for bad in [b"X\n", b"TX\n", b"\xff\n", b""]:
             self.assertRaises(ValueError, Verdict.fromReply, bad)
+
+
+class DigitsLimitTests(unittest.TestCase):
+    def test_plain(self):
+        self.assertEqual(wire.plainDigitsLimit(20), 20)
+        self.assertEqual(wire.plainDigitsLimit(10**6), 4300)
+
+    @given(st.integers(0, 2000), st.integers(1, 5000))
+    def test_inline(self, bits, maxDigits):
+        """
+        Every number of C{inlineDigitsLimit} digits has at most C{bits}
+        bits, and one digit more could have more; never above the plain
+        limit.
+        """
+        digits = wire.inlineDigitsLimit(maxDigits, bits)
+        self.assertLessEqual(digits, wire.plainDigitsLimit(maxDigits))
+        self.assertLessEqual((10**digits - 1).bit_length(), bits)
+        if digits < wire.plainDigitsLimit(maxDigits):
+            self.assertGreater((10 ** (digits + 1) - 1).bit_length(), bits)
+
+    def test_inlineDefaults(self):
+        self.assertEqual(wire.inlineDigitsLimit(4300, 192), 57)
+        self.assertEqual(wire.inlineDigitsLimit(20, 192), 20)
+        self.assertEqual(wire.inlineDigitsLimit(4300, 64), 19)
+        self.assertEqual(wire.inlineDigitsLimit(4300, 0), 0)
