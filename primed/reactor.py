@@ -243,12 +243,27 @@ class PrimedReactor(EPollReactor):
                     # read-side close).
                     why = sys.exc_info()[1]
                     log.err()
-                    self._disconnectSelectable(selectable, why, False)
+                    self._disconnect(selectable, why, False)
                     continue
                 if why:
-                    self._disconnectSelectable(selectable, why, True)
+                    self._disconnect(selectable, why, True)
         finally:
             contexts.pop()
+
+    def _disconnect(self, selectable, why, isRead):
+        """
+        L{_disconnectSelectable}, with what it raises (a protocol's
+        C{connectionLost} may) logged and the batch going on, as under
+        L{EPollReactor}, where C{log.callWithLogger} wraps the whole event:
+        otherwise the error would end this poll's batch and reach the main
+        loop as a critical "Unexpected error in main loop".
+        """
+        try:
+            self._disconnectSelectable(selectable, why, isRead)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err()
 
     doIteration = doPoll
 

@@ -251,3 +251,34 @@ class LogContextTests(SynchronousTestCase):
         context.setDefault("primed-test-key", "changed between polls")
         self.reactor.doPoll(0)
         self.assertEqual(self.seen, [("first", "before"), ("first", "changed between polls")])
+
+
+class _Broken(_Selectable):
+    """
+    A descriptor whose read fails and whose C{connectionLost} fails too.
+    """
+
+    def doRead(self):
+        raise ValueError("read failed")
+
+    def connectionLost(self, reason):
+        raise RuntimeError("connectionLost failed")
+
+
+class DisconnectErrorTests(SynchronousTestCase):
+    """
+    An error raised while a descriptor is disconnected is logged and the
+    rest of the poll's events are still handled, as under Twisted's reactor
+    (where C{log.callWithLogger} wraps each event), instead of escaping to
+    the main loop as a critical error.
+    """
+
+    setUp = LogContextTests.setUp
+
+    def test_connectionLostRaises(self):
+        self.reactor._selectables[5] = _Broken("broken", self.seen)
+        self.events = [(5, select.EPOLLIN), (6, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.assertEqual([s for s, _ in self.seen], ["second"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
