@@ -146,6 +146,22 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"E\nT\nE\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [2, 2, 1])
 
+    def test_lineTooLongFromTheLimitOn(self):
+        """
+        A line of exactly the length limit is a request (here an invalid
+        one), not too long; one byte more is.  Each counts, whether the
+        read held it alone or with other lines.
+        """
+        limit = 400 + 64  # maxLineLength(maxDigits=400)
+        atLimit, overLimit = b" " * (limit - 1) + b"x", b"1" * (limit + 1)
+        protocol, transport = connect(self.factory)
+        for read in [atLimit + b"\n", overLimit + b"\n", overLimit + b"\n"]:
+            protocol.dataReceived(read)
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [2, 3])
+        protocol.dataReceived(b"7\n" + atLimit + b"\n" + overLimit + b"\n" + overLimit + b"\n")
+        self.assertEqual(transport.value(), b"E\n" * 3 + b"T\n" + b"E\n" * 3)
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [4, 6])
+
     def test_connections(self):
         """
         Accepted and refused connections are counted; open ones are the
@@ -160,11 +176,13 @@ class TCPCountTests(unittest.TestCase):
 
     def test_idleClosed(self):
         protocol, transport = connect(self.factory)
+        other, otherTransport = connect(self.factory)
         self.reactor.advance(29)
         self.assertEqual(self.count("tcpIdleClosed"), [0])
         self.reactor.advance(1)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.count("tcpIdleClosed"), [1])
+        self.assertTrue(otherTransport.disconnecting)
+        self.assertEqual(self.count("tcpIdleClosed"), [2])
 
     def test_waitingForAnswerIsNotIdle(self):
         protocol, transport = connect(self.factory)
