@@ -165,15 +165,17 @@ class FramingTests(unittest.TestCase):
         batches = []
         process = self.protocol._process
         self.protocol._process = lambda lines: (batches.append(lines), process(lines))
-        for read in [b"17\n", b"18\n", b"xy\n", b"-3\n", b" 13\r\n"]:
+        largestInline = b"%d" % (2**INLINE_MAX_BITS - 1)  # not prime
+        for read in [b"17\n", b"18\n", b"xy\n", b"-3\n", b" 13\r\n", largestInline + b"\n"]:
             self.protocol.dataReceived(read)
-        self.assertEqual(self.transport.value(), b"T\nF\nE\nF\nT\n")
+        self.assertEqual(self.transport.value(), b"T\nF\nE\nF\nT\nF\n")
         self.assertEqual(batches, [])
+        self.transport.clear()
         self.protocol.dataReceived(b"19\n23\n")
         self.protocol.dataReceived(b"29")
         self.protocol.dataReceived(b"\n")
         self.assertEqual(batches, [[b"19", b"23"], [b"29"]])
-        self.assertEqual(self.transport.value(), b"T\nF\nE\nF\nT\nT\nT\nT\n")
+        self.assertEqual(self.transport.value(), b"T\nT\nT\n")
 
     def test_lineOfExactlyTheLimitIsKept(self):
         """
