@@ -83,11 +83,11 @@ class TCPCountTests(unittest.TestCase):
         like any other.
         """
         protocol, transport = connect(self.factory)
-        for request in [b"2\n", b"4\n", b"-7\n", b"x\n", b"17\n", b"9" * 500 + b"\n"]:
+        for request in [b"2\n", b"4\n", b"-7\n", b"x\n", b"17\n", b"9" * 500 + b"\n", b"9\n"]:
             protocol.dataReceived(request)
-        self.assertEqual(transport.value(), b"T\nF\nF\nE\nT\nE\n")
+        self.assertEqual(transport.value(), b"T\nF\nF\nE\nT\nE\nF\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid", "linesTooLong"),
-                         [2, 2, 2, 1])
+                         [2, 3, 2, 1])
 
     def test_poolVerdictsCountedWhenAnswered(self):
         """
@@ -131,6 +131,9 @@ class TCPCountTests(unittest.TestCase):
         protocol.dataReceived(b"1" * 1000 + b"\n7\n")
         self.assertEqual(transport.value(), b"E\nT\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [1, 1, 1])
+        protocol.dataReceived(b"1" * 1000)
+        protocol.dataReceived(b"\n")
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [2, 2])
 
     def test_lineTooLongWhateverTheReads(self):
         """
