@@ -72,9 +72,9 @@ class TCPCountTests(unittest.TestCase):
 
     def test_verdicts(self):
         protocol, transport = connect(self.factory)
-        protocol.dataReceived(b"2\n3\n4\n-7\n0\nx\n\n17\r\n")
-        self.assertEqual(transport.value(), b"T\nT\nF\nF\nF\nE\nE\nT\n")
-        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [3, 3, 2])
+        protocol.dataReceived(b"2\n3\n4\n-7\n0\nx\n\n17\r\n9\n")
+        self.assertEqual(transport.value(), b"T\nT\nF\nF\nF\nE\nE\nT\nF\n")
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [3, 4, 2])
 
     def test_oneRequestPerRead(self):
         """

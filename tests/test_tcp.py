@@ -195,6 +195,9 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS - 1))
         self.assertEqual(self.transport.value(), b"F\n")
         self.assertEqual(self.harness.pool.work, [])
+        self.protocol.dataReceived(b"5\n%d\n" % (2**INLINE_MAX_BITS - 1))  # a batch
+        self.assertEqual(self.transport.value(), b"F\nT\nF\n")
+        self.assertEqual(self.harness.pool.work, [])
         self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS + 1))
         self.assertEqual(len(self.harness.pool.work), 1)
 
