@@ -102,6 +102,9 @@ class TCPCountTests(unittest.TestCase):
         self.pool.run()
         self.assertEqual(transport.value(), b"T\nF\nT\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 1])
+        protocol.dataReceived(b"%d\n" % BIG_COMPOSITE)
+        self.pool.run()
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 2])
 
     def test_goneBeforeVerdictNotCounted(self):
         """
