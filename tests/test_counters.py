@@ -121,12 +121,12 @@ class TCPCountTests(unittest.TestCase):
 
     def test_failedCheckCountsInvalid(self):
         protocol, transport = connect(self.factory)
-        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.dataReceived(b"x\n%d\n" % BIG_PRIME)
         onResult, f, args, kwargs = self.pool.work.pop()
         onResult(False, RuntimeError("boom"))
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(transport.value(), b"E\n")
-        self.assertEqual(self.count("tcpInvalid"), [1])
+        self.assertEqual(transport.value(), b"E\nE\n")
+        self.assertEqual(self.count("tcpInvalid"), [2])
 
     def test_lineTooLong(self):
         protocol, transport = connect(self.factory)
