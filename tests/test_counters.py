@@ -223,6 +223,15 @@ class UDPCountTests(unittest.TestCase):
         self.assertEqual(self.count("linesTooLong"), [1])
         self.assertEqual(len(self.transport.written), 6)
 
+    def test_eachCounts(self):
+        """
+        Every datagram adds one to its own count.
+        """
+        for datagram in [b"", b"", b"x", b"y", b"4", b"9", b"1" * 1000, b"1" * 1000]:
+            self.protocol.datagramReceived(datagram, ADDR)
+        self.assertEqual(self.count("udpIgnored", "udpInvalid", "udpNotPrime", "linesTooLong"),
+                         [2, 4, 2, 2])
+
     def test_ignoredAndDropped(self):
         self.protocol.datagramReceived(b"", ADDR)
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
