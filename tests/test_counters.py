@@ -232,6 +232,21 @@ class UDPCountTests(unittest.TestCase):
         self.assertEqual(self.count("udpIgnored", "udpInvalid", "udpNotPrime", "linesTooLong"),
                          [2, 4, 2, 2])
 
+    def test_poolVerdictsCountEach(self):
+        for number in [BIG_PRIME, BIG_COMPOSITE, BIG_PRIME, BIG_COMPOSITE]:
+            self.protocol.datagramReceived(b"%d" % number, ADDR)
+            self.pool.run()
+        self.assertEqual(self.count("udpPrime", "udpNotPrime"), [2, 2])
+
+    def test_failedCheckCountsInvalid(self):
+        self.protocol.datagramReceived(b"x", ADDR)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        onResult, f, args, kwargs = self.pool.work.pop()
+        onResult(False, RuntimeError("boom"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual([data for data, addr in self.transport.written], [b"E\n", b"E\n"])
+        self.assertEqual(self.count("udpInvalid", "udpPrime"), [2, 0])
+
     def test_ignoredAndDropped(self):
         self.protocol.datagramReceived(b"", ADDR)
         self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
