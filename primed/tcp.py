@@ -255,6 +255,12 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
         plainDigits = self._plainDigits
         out = []
         for index, line in enumerate(lines):
+            if pending and len(pending) >= self.maxInflight:
+                # Before the line is parsed: a held line is counted and
+                # logged once, when it is processed again.  (--max-inflight
+                # is at least 1, so an empty queue is never full.)
+                self._hold(lines, index, PAUSED_BY_INFLIGHT)
+                break
             if line.isdigit() and len(line) <= plainDigits:
                 number = int(line)  # parseRequest's first step, inline
             else:
@@ -275,9 +281,6 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
                     reply = NOT_PRIME_REPLY
                     counters.tcpNotPrime += 1
             else:
-                if len(pending) >= self.maxInflight:
-                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
-                    break
                 if not checker.hasRoom():
                     self._hold(lines, index, PAUSED_BY_POOL)
                     checker.notifyRoom(self._poolHasRoom)
@@ -293,9 +296,6 @@ class PrimeLineProtocol(LineReceiver, TimeoutMixin):
                 )
                 continue
             if pending:
-                if len(pending) >= self.maxInflight:
-                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
-                    break  # logged when processed again
                 pending.append([reply])
             else:
                 out.append(reply)

@@ -106,6 +106,26 @@ class TCPCountTests(unittest.TestCase):
         self.pool.run()
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 2])
 
+    def test_heldLinesCountOnce(self):
+        """
+        Lines held back by C{--max-inflight} count once, when answered, not
+        also when they were first read and held.
+        """
+        factory = makeFactory(self.checker, self.reactor, maxDigits=400, maxInflight=1)
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"%d\n5\n4\nx\n%s\n" % (BIG_PRIME, b"1" * 500))
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nF\nE\nE\n")
+        self.assertEqual(
+            [factory.counters.snapshot()[name]
+             for name in ("tcpPrime", "tcpNotPrime", "tcpInvalid", "linesTooLong")],
+            [2, 1, 2, 1],
+        )
+        protocol.dataReceived(b"%d\n9\n" % BIG_PRIME)
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nF\nE\nE\nT\nF\n")
+        self.assertEqual(factory.counters.snapshot()["tcpNotPrime"], 2)
+
     def test_goneBeforeVerdictNotCounted(self):
         """
         A big number whose client closed the connection before its verdict
