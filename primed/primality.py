@@ -73,6 +73,7 @@ _FLINT_13_BASES_LIMIT = 179817 << 64
 
 _TWO_64 = 1 << 64
 _FMPZ_TWO_64 = _fmpz(_TWO_64)
+_FMPZ_ZERO = _fmpz(0)
 
 _FIRST_13_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
 _PRODUCT_OF_FIRST_13_PRIMES = gmpy2.primorial(41)
@@ -105,12 +106,15 @@ def is_prime(n: int) -> bool:
     """
     if n < _FLINT_13_BASES_LIMIT:
         try:
+            # An int added to an fmpz is converted without calling the fmpz
+            # type (a Cython class: a call through tp_call with an argument
+            # tuple), and makes one fmpz instead of two: 0.1-0.2 us less.
             if n >> 63 == 1:
                 # python-flint converts ints in [2**63, 2**64) on a slow
                 # path (0.42 us, against 0.1 us below 2**63): build it from
                 # a small one instead, same value, half the cost.
-                return (_fmpz(n - _TWO_64) + _FMPZ_TWO_64).is_prime() == 1
-            return _fmpz(n).is_prime() == 1
+                return (_FMPZ_TWO_64 + (n - _TWO_64)).is_prime() == 1
+            return (_FMPZ_ZERO + n).is_prime() == 1
         except TypeError:
             # Another integer type, such as gmpy2.mpz: FLINT wants int.
             return is_prime(operator.index(n))

@@ -51,7 +51,8 @@ _LONGEST_TIMEOUT = 2147483
 class DatagramPort(udp.Port):
     """
     A UDP port that learns whether another datagram is waiting without
-    provoking C{EAGAIN}, as long as few are waiting.
+    provoking C{EAGAIN}, as long as few are waiting, and that lets its
+    protocol run the read loop.
 
     L{udp.Port.doRead} reads until C{recvfrom} fails with C{EAGAIN}: in
     Python that failure is an exception, 1.5 us of CPU here, paid on every
@@ -62,23 +63,40 @@ class DatagramPort(udp.Port):
     the queue is long and the read goes on until C{EAGAIN}, as Twisted's
     does, whose one exception is then cheaper than more peeks.  Everything
     else, errors included, is L{udp.Port}'s.
+
+    A protocol with a C{readDatagrams(port)} method may run the loop itself
+    (on an unconnected socket; it returns false to leave this event to the
+    port): a method call and the port's per-datagram checks cost as much as
+    primed's answer to a small request, and a server under load finds a
+    dozen or more datagrams queued per event.  Such a reader keeps this
+    loop's rules, with the parts it needs here: L{peek}, L{PEEKS},
+    C{maxThroughput}, L{readFailed}, and L{deliverDatagram} for any
+    datagram it leaves to C{datagramReceived}.
     """
 
     #: Datagrams read with a peek after each before draining to EAGAIN.
     PEEKS = 4
 
-    _pending = None
+    #: C{peek(0, 1)}: a zero-timeout poll of this socket alone, truthy when
+    #: a datagram is queued.  Made on the first read event.
+    peek = None
+
+    #: The protocol's C{readDatagrams}, or C{None}; looked up with L{peek}.
+    _reader = None
 
     def doRead(self):
         """
         Called when my socket is ready for reading: deliver datagrams while
         more are waiting, up to C{maxThroughput} bytes.
         """
-        waiting = self._pending
+        waiting = self.peek
         if waiting is None:
             self._pendingSet = select.epoll()
             self._pendingSet.register(self.fileno(), select.EPOLLIN)
-            waiting = self._pending = self._pendingSet.poll
+            waiting = self.peek = self._pendingSet.poll
+            self._reader = getattr(self.protocol, "readDatagrams", None)
+        if self._reader is not None and not self._connectedAddr and self._reader(self):
+            return
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
         datagramReceived = self.protocol.datagramReceived
@@ -89,14 +107,8 @@ class DatagramPort(udp.Port):
             try:
                 data, addr = recvfrom(size)
             except OSError as se:
-                no = se.args[0]
-                if no in udp._sockErrReadIgnore:
-                    return
-                if no in udp._sockErrReadRefuse:
-                    if self._connectedAddr:
-                        self.protocol.connectionRefused()
-                    return
-                raise
+                self.readFailed(se)
+                return
             read += len(data)
             if ipv6:
                 addr = addr[:2]
@@ -111,9 +123,38 @@ class DatagramPort(udp.Port):
                 if not waiting(0, 1):
                     return
 
+    def readFailed(self, error: OSError) -> None:
+        """
+        C{recvfrom} failed with C{error}, as L{udp.Port.doRead} handles it:
+        nothing left to read or a transient error, quietly; a refusal (an
+        ICMP error for an earlier send) told to a connected protocol;
+        anything else raised.
+        """
+        no = error.args[0]
+        if no in udp._sockErrReadIgnore:
+            return
+        if no in udp._sockErrReadRefuse:
+            if self._connectedAddr:
+                self.protocol.connectionRefused()
+            return
+        raise error
+
+    def deliverDatagram(self, data: bytes, addr) -> None:
+        """
+        Hand one datagram read by a C{readDatagrams} loop to the protocol's
+        C{datagramReceived}, as this port's own loop would: an IPv6 source
+        cut to (host, port), an exception logged, not raised.
+        """
+        if self.addressFamily == socket.AF_INET6:
+            addr = addr[:2]
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except BaseException:
+            log.err()
+
     def connectionLost(self, reason=None):
-        if self._pending is not None:
-            self._pending = None
+        if self.peek is not None:
+            self.peek = None
             self._pendingSet.close()
         udp.Port.connectionLost(self, reason)
 

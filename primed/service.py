@@ -197,16 +197,15 @@ class PrimedService(service.Service):
             for description, endpoint in self.tcpEndpoints:
                 port = self._listenTCP(description, endpoint)
                 self.tcpPorts.append(port)
-                kind = "TLS" if _tlsContext(endpoint) is not None else "TCP"
+                inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ssl: is TLS too
+                kind = "TLS" if _tlsContext(inner) is not None else "TCP"
                 served.append((kind, self._describe(port.getHost(), description)))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)
                 self.udpPorts.append(port)
                 served.append(("UDP", self._describe(port.getHost(), repr(address))))
         except (CannotListenError, OSError, ValueError) as e:
-            for port in self.tcpPorts + self.udpPorts:
-                port.stopListening()
-            self.tcpPorts, self.udpPorts = [], []
+            self._stopListening()
             if isinstance(e, CannotListenError):  # its own text ends in "."
                 where = e.port if e.interface is None else f"{e.interface}:{e.port}"
                 raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
@@ -218,7 +217,15 @@ class PrimedService(service.Service):
             self.privilegedStartService()
         service.Service.startService(self)
         if self.ownsPool:
-            self.threadpool.start()
+            try:
+                self.threadpool.start()
+            except RuntimeError as e:
+                # More threads than the process may start (TasksMax=, an
+                # address space limit): as for a port, one line and exit 1.
+                # The workers already started are daemon threads, and the
+                # pool cannot be stopped cleanly after a failed start.
+                self._stopListening()
+                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}")
         for transport, address in self._served:
             self._log.info("Listening for {transport} on {address}",
                            transport=transport, address=address)
@@ -237,6 +244,14 @@ class PrimedService(service.Service):
         )
         self.listening.callback(list(self._served))
 
+    def _stopListening(self) -> None:
+        """
+        Close every listener bound so far: a start that fails leaves none.
+        """
+        for port in self.tcpPorts + self.udpPorts:
+            port.stopListening()
+        self.tcpPorts, self.udpPorts = [], []
+
     def _listenTCP(self, description: str, endpoint):
         factory = self.factory
         proxyEndpoint = None
@@ -244,6 +259,7 @@ class PrimedService(service.Service):
             proxyEndpoint, endpoint = endpoint, endpoint.wrapped
         tlsContext = _tlsContext(endpoint)
         if tlsContext is not None:
+            _buildTLSContext(description, tlsContext)
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
             # that drops the answers owed to a client that half-closes.
             from primed.tls import HalfCloseableTLSFactory
@@ -406,6 +422,24 @@ def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
         raise ValueError(
             f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
         )
+
+
+def _buildTLSContext(description: str, tlsContext) -> None:
+    """
+    Build an C{ssl:} listener's OpenSSL context now, not at its first
+    connection.  Its callbacks (ALPN, which Twisted always sets) are cffi
+    closures, which need memory both writable and executable: where the
+    process may not map any (systemd's C{MemoryDenyWriteExecute=yes}),
+    every connection would fail with tracebacks; this stops the start with
+    one line instead.
+    """
+    try:
+        tlsContext.getContext()
+    except MemoryError:
+        raise CannotListenError(
+            None, description,
+            "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
+            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
 
 
 def _tlsContext(endpoint):

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import proxy, sdnotify, signals, wire
+from primed import fdlimit, proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
@@ -240,6 +240,11 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    connections, option = config["max-connections"], f"--max-connections {config['max-connections']}"
+    if config["metrics"] is not None:
+        connections += config["metrics-max-connections"]
+        option += f" and --metrics-max-connections {config['metrics-max-connections']}"
+    fdlimit.ensureOpenFiles(connections, option)
     primed = PrimedService(
         reactor,
         tcpEndpoints=[

@@ -165,7 +165,15 @@ class PrimedUDPClient:
         )
         interface = "::" if isIPv6Address(address) else ""
         port = self._reactor.listenUDP(0, asking, interface=interface)
-        port.connect(address, self.port)
+        try:
+            port.connect(address, self.port)
+        except BaseException:
+            # Not sendable (broadcast, a link-local address without its
+            # zone): the error is the answer.  Close the socket as a done
+            # request, or closing it would fail asking.deferred, held by
+            # nobody, with PrimedRefused.
+            asking._stop()
+            raise
         asking.send()
         return asking.deferred
 

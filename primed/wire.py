@@ -148,5 +148,15 @@ def encodeRequest(number) -> bytes:
     has is dropped: stripping more (Unicode spaces, say) would let a client
     send something other than what it was given.
     """
-    text = str(number).rstrip("\r\n")
+    try:
+        text = str(number)
+    except ValueError:
+        if not isinstance(number, int):
+            raise
+        # More digits than CPython's int/str limit: GMP writes them, for a
+        # server whose --max-digits is larger.
+        import gmpy2
+
+        text = gmpy2.mpz(number).digits(10)
+    text = text.rstrip("\r\n")
     return text.encode("utf-8", "surrogateescape") + b"\n"

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import List, Optional, Tuple
 
@@ -62,8 +63,9 @@ class Daemon:
     """
 
     def __init__(self, *args: str, env=None, pass_fds=(), startTimeout: float = 20.0,
-                 runner: str = "twistd", runnerArgs=()):
+                 runner: str = "twistd", runnerArgs=(), preexec_fn=None):
         self.args = args
+        self.preexec_fn = preexec_fn
         self.runnerArgs = runnerArgs
         self.env = env
         self.pass_fds = pass_fds
@@ -95,7 +97,7 @@ class Daemon:
         )
         self.process = subprocess.Popen(
             argv,
-            preexec_fn=_defaultStopSignals,
+            preexec_fn=self._preexec,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -109,6 +111,11 @@ class Daemon:
         except BaseException:
             self.stop(check=False)
             raise
+
+    def _preexec(self) -> None:
+        _defaultStopSignals()
+        if self.preexec_fn is not None:
+            self.preexec_fn()
 
     def _readLog(self) -> None:
         chunk = self.process.stdout.read()
@@ -430,3 +437,20 @@ def askTLS(port: int, payload: bytes, caFile: str, stop: str = "close_notify",
             if not chunk:
                 return b"".join(chunks), "close_notify"
             chunks.append(chunk)
+
+
+class CertificatesMixin:
+    """
+    For a test case that needs L{makeCertificates}' files: made once for the
+    class in a directory of its own (C{cls.directory}), removed after it;
+    C{cls.paths} as L{makeCertificates} returns them.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="primed-certificates-")
+        cls.paths = makeCertificates(cls.directory)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.directory, ignore_errors=True)

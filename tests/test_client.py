@@ -180,6 +180,7 @@ class PrimedClientTests(unittest.TestCase):
             protocol.dataReceived(b"F\n")
         self.assertEqual(len(self.got), 5)
         self.assertEqual({v for _, v in self.got}, {Verdict.NOT_PRIME})
+        self.assertEqual(self.client.reconnections, 5)
 
     def test_lostAgainWithoutAnswer(self):
         """
@@ -318,6 +319,132 @@ class PrimedClientTests(unittest.TestCase):
         [(name, error)] = self.got
         self.assertIsInstance(error, PrimedConnectionLost)
         self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_closeClosesTheConnection(self):
+        """
+        L{PrimedClient.close} closes a live connection, and what was
+        unanswered fails saying the client was closed.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        self.client.close()
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(self.client.protocol)
+        [(name, error)] = self.got
+        self.assertEqual((type(error), str(error)), (PrimedConnectionLost, "the client was closed"))
+        self.ask(3)
+        self.assertEqual(str(self.got[1][1]), "the client was closed")
+
+    def test_requestConnects(self):
+        """
+        A client never told to L{connect <PrimedClient.connect>} connects
+        for its first request.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        self.ask(17)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"17\n")
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got, [("17", Verdict.PRIME)])
+        self.assertEqual(self.client.reconnections, 0)
+
+    def test_oneAttemptAtATime(self):
+        """
+        Requests made while a new connection is being made, or waited for,
+        start no other attempt; close cancels the one under way.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.ask(3, 4)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        attempt = self.endpoint.attempts[-1][1]
+        self.assertFalse(attempt.called)
+        self.client.close()
+        self.assertTrue(attempt.called)  # cancelled
+
+    def test_afterGivingUp(self):
+        """
+        Once the retries are spent and the unanswered requests failed, the
+        next request makes a connection of its own.
+        """
+        protocol, transport = self.connected(retries=1)
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.assertIsInstance(self.got[0][1], PrimedConnectionLost)
+        self.ask(3)
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        protocol, transport = self.endpoint.succeed()
+        self.assertEqual(transport.value(), b"3\n")
+        # The retries start afresh: this loss is retried too.
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 4)
+        protocol, transport = self.endpoint.succeed()
+        protocol.dataReceived(b"T\n")
+        self.assertEqual(self.got[1:], [("3", Verdict.PRIME)])
+
+    def test_attemptCancelledElsewhere(self):
+        """
+        An attempt cancelled by something other than L{PrimedClient.close}
+        is a failed attempt like any other: retried.
+        """
+        protocol, transport = self.connected()
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.endpoint.fail(defer.CancelledError())
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        self.assertEqual(self.got, [])
+
+    def test_closeWhileConnecting(self):
+        """
+        Closing while a connection is being made cancels the attempt.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.client.close()
+        self.failureResultOf(d, defer.CancelledError)
+        self.clock.advance(20)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_connectTimeout(self):
+        """
+        A connection attempt that never completes (an endpoint with no
+        timeout of its own, a TLS handshake that stalls) fails a second
+        after the timeout.
+        """
+        self.client = PrimedClient(self.clock, self.endpoint, 10.0, 3)
+        d = self.client.connect()
+        self.clock.advance(10.999)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        self.failureResultOf(d, defer.TimeoutError)
+
+    def test_answerForgetsTheLoss(self):
+        """
+        Once answered, a loss is forgotten: giving up later names the loss
+        that started the failed attempts, not an earlier one.
+        """
+        protocol, transport = self.connected(retries=1)
+        self.ask(2)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        protocol, transport = self.endpoint.succeed()
+        protocol.dataReceived(b"T\n")
+        self.ask(3, 4)
+        protocol.connectionLost(Failure(ConnectionRefusedError("second loss")))
+        self.clock.advance(0)
+        self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.assertEqual(
+            str(self.got[1][1]),
+            "connection lost before 2 answers arrived (Connection was refused by other side:"
+            " second loss.); then 1 reconnection attempts failed (Connection refused)",
+        )
 
     def test_check(self):
         protocol, transport = self.connected()

@@ -387,6 +387,14 @@ class FailureTests(unittest.TestCase):
         result = primedClient("--udp", "--port", port, "--timeout", "30", "17")
         self.assertOneLineError(result, f"127.0.0.1:{port}", "unreachable")
 
+    def test_udpUnsendable(self):
+        """
+        An address no datagram may go to (broadcast, without SO_BROADCAST):
+        one line, and no "Unhandled error in Deferred" after it.
+        """
+        result = primedClient("--udp", "--host", "255.255.255.255", "--port", 9, "17", "18")
+        self.assertOneLineError(result, "255.255.255.255:9", "Permission denied")
+
     def test_udpTimeoutWithRetries(self):
         """
         A UDP socket that receives but never answers: each attempt waits

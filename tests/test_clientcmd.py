@@ -1,6 +1,7 @@
 """
-The C{primed-client} command (L{primed.clientcmd}) without a network: option
-parsing, the run over a fake UDP reactor.
+The C{primed-client} command (L{primed.clientcmd}): option parsing, the run
+over a fake UDP reactor, and over TCP and TLS against a primed service in
+this process on loopback.
 """
 
 from twisted.internet import defer
@@ -8,6 +9,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from fakes import FakeUDPReactor
+from support import CertificatesMixin
 from primed import client, clientcmd
 from primed.clientcmd import Options
 
@@ -25,6 +27,13 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["timeout"], client.DEFAULT_TCP_TIMEOUT)
         self.assertEqual(options["numbers"], ["17"])
         self.assertEqual(options.where(), "127.0.0.1:8809")
+
+    def test_numbersBeforeParsing(self):
+        """
+        Options not parsed yet already hold an empty list of numbers (a
+        caller building them by hand reads standard input).
+        """
+        self.assertEqual(Options()["numbers"], [])
 
     def test_udpDefaults(self):
         options = self.parse("--udp")
@@ -227,6 +236,233 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(str(error).startswith("--endpoint 'nonsense:1': "), str(error))
 
 
+class MoreOptionsTests(unittest.TestCase):
+    """
+    The options' rarer answers: C{--version}, and the reasons an endpoint,
+    a CA file or a server name is refused.
+    """
+
+    def parse(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def refused(self, *argv):
+        return str(self.assertRaises(usage.UsageError, self.parse, *argv))
+
+    def version(self, installed):
+        """
+        C{--version}'s exit status and output, primed's version being
+        C{installed} (L{None}: not installed).
+
+        Only primed's version is faked, and only while the option runs:
+        pytest itself asks for others' versions when it reports a failure
+        (a fake refusing those made a failing test pass).
+        """
+        import io
+        import sys
+        from importlib import metadata
+
+        real = metadata.version
+
+        def version(name):
+            if name != "primed":
+                return real(name)
+            if installed is None:
+                raise metadata.PackageNotFoundError(name)
+            return installed
+
+        out = io.StringIO()
+        stdout = sys.stdout
+        metadata.version, sys.stdout = version, out
+        try:
+            with self.assertRaises(SystemExit) as caught:
+                self.parse("--version", "17")
+        finally:
+            metadata.version, sys.stdout = real, stdout
+        return caught.exception.code, out.getvalue()
+
+    def test_version(self):
+        """
+        C{--version}: the installed distribution's version, status 0.
+        """
+        self.assertEqual(self.version("9.8.7"), (0, "primed-client 9.8.7\n"))
+
+    def test_versionNotInstalled(self):
+        self.assertEqual(self.version(None), (0, "primed-client (not installed)\n"))
+
+    def test_endpointErrorWithoutText(self):
+        """
+        An endpoint parser's exception with no text is named by its type;
+        Twisted's unreadable C{trustRoots} directory, by what it means.
+        """
+        from twisted.internet import endpoints
+
+        def clientFromString(reactor, description):
+            raise KeyError()
+
+        self.patch(endpoints, "clientFromString", clientFromString)
+        self.assertEqual(self.refused("-e", "x:1"), "--endpoint 'x:1': KeyError")
+
+    def test_endpointUnlistableTrustRoots(self):
+        self.assertEqual(
+            self.refused("-e", "tls:localhost:1:trustRoots=/nonexistent"),
+            "--endpoint 'tls:localhost:1:trustRoots=/nonexistent': "
+            "trustRoots is not a directory that can be read",
+        )
+
+    def test_endpointErrorText(self):
+        self.assertEqual(
+            self.refused("-e", "tcp:localhost:1:timeout=x"),
+            "--endpoint 'tcp:localhost:1:timeout=x': invalid literal for int() with base 10: 'x'",
+        )
+
+    def test_caNotACertificate(self):
+        """
+        A C{--ca} file with a PEM block that is not a certificate is refused
+        with the reason, not a traceback.
+        """
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(suffix=".pem")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+        message = self.refused("--tls", "--ca", path)
+        self.assertTrue(message.startswith(f"--ca {path}: "), message)
+        self.assertGreater(len(message), len(f"--ca {path}: "))
+
+    def test_tlsWithoutPyOpenSSL(self):
+        """
+        C{--tls} without pyOpenSSL (Twisted's C{tls} extra) is a usage
+        error that says what is missing.
+        """
+        import sys
+
+        import twisted.internet
+        import twisted.internet.ssl  # imported, to be hidden
+
+        # In place: the import system holds the dict itself, and a
+        # submodule already imported is found as its package's attribute.
+        self.addCleanup(setattr, twisted.internet, "ssl", twisted.internet.ssl)
+        self.addCleanup(sys.modules.__setitem__, "twisted.internet.ssl",
+                        sys.modules["twisted.internet.ssl"])
+        del twisted.internet.ssl
+        sys.modules["twisted.internet.ssl"] = None
+        message = self.refused("--tls")
+        self.assertTrue(message.startswith("--tls needs pyOpenSSL: "), message)
+
+    def test_serverNameRefused(self):
+        self.assertEqual(
+            self.refused("--tls", "--server-name", "a..b"), "--server-name 'a..b': Empty Label"
+        )
+
+
+class MainTests(unittest.TestCase):
+    """
+    L{clientcmd.main}'s usage errors: one line and a hint on standard
+    error, status 2.
+    """
+
+    def test_usageError(self):
+        import io
+        import sys
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as caught:
+            clientcmd.main(["--port", "x"])
+        self.assertEqual(caught.exception.code, 2)
+        self.assertEqual(
+            err.getvalue(),
+            "primed-client: --port: not a number: 'x'\nTry 'primed-client --help'.\n",
+        )
+
+    def command(self, argv, status):
+        """
+        Run L{clientcmd.main}'s command as C{task.react} would, with
+        L{clientcmd.run} answering C{status}: return what C{run} was given,
+        and how the command ended.
+        """
+        import sys
+
+        from twisted.internet import task
+
+        calls, reacted, opened = [], [], []
+        self.patch(task, "react", reacted.append)
+
+        async def run(*args):
+            calls.append(args)
+            return status
+
+        self.patch(clientcmd, "run", run)
+
+        def open_(*args, **kwargs):
+            opened.append((args, kwargs))
+            return "the stdout stream"
+
+        clientcmd.open = open_  # found before the builtin
+        self.addCleanup(delattr, clientcmd, "open")
+        clientcmd.main(argv)
+        [command] = reacted
+        reactor = FakeUDPReactor()
+        reactor.callWhenRunning = lambda f, *a: self.whenRunning.append(f)
+        self.whenRunning = []
+        d = defer.ensureDeferred(command(reactor))
+        [(given, options, stdin, stdout, stderr)] = calls
+        self.assertIs(given, reactor)
+        self.assertEqual(options["numbers"], argv)
+        self.assertEqual((stdin, stdout, stderr), (0, "the stdout stream", sys.stderr))
+        [((fd, mode), kwargs)] = opened
+        self.assertEqual((fd, mode, kwargs["closefd"]), (1, "wb", False))
+        self.assertEqual(self.whenRunning, [clientcmd._defaultSignals])
+        return d
+
+    def test_commandSucceeds(self):
+        """
+        The console script reads numbers from descriptor 0 and writes
+        answers to descriptor 1 (without closing it); status 0 ends the
+        reactor quietly.
+        """
+        self.assertIsNone(self.successResultOf(self.command(["17"], 0)))
+
+    def test_commandFails(self):
+        failure = self.failureResultOf(self.command(["17"], 1), SystemExit)
+        self.assertEqual(failure.value.code, 1)
+
+    def test_runAsModule(self):
+        """
+        C{python -m primed.clientcmd} is the command too.
+        """
+        import os
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, "-m", "primed.clientcmd", "--port", "x"],
+            cwd=root, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stdout), (2, ""))
+        self.assertEqual(done.stderr.splitlines()[0], "primed-client: --port: not a number: 'x'")
+
+    def test_defaultSignals(self):
+        """
+        SIGINT and SIGTERM kill the command, as they kill C{cat}.
+        """
+        import signal
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+            signal.signal(number, signal.SIG_IGN)
+        clientcmd._defaultSignals()
+        self.assertEqual(
+            (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)),
+            (signal.SIG_DFL, signal.SIG_DFL),
+        )
+
+
 class RunCommandTests(unittest.TestCase):
     """
     L{clientcmd.run}, the command after option parsing, over the fake UDP
@@ -318,3 +554,213 @@ class RunCommandTests(unittest.TestCase):
             self.stderr.getvalue(),
             "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
         )
+
+
+class RunOverTCPTests(CertificatesMixin, unittest.TestCase):
+    """
+    L{clientcmd.run} over TCP and TLS against a real primed service in this
+    process, on loopback: what it prints, what it says when it cannot, and
+    its exit status.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from primed import tap
+
+        self.reactor = reactor
+        config = tap.Options()
+        config.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1",
+             "--listen", f"ssl:0:interface=127.0.0.1:privateKey={self.paths['key']}"
+             f":certKey={self.paths['cert']}", "--no-udp", "--threads", "1"]
+        )
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        ports = top.getServiceNamed("primed").tcpPorts
+        self.port, self.tlsPort = (p.getHost().port for p in ports)
+
+    async def run_(self, *argv, stdin=None, stdout=None):
+        import io
+
+        options = Options()
+        options.parseOptions(list(argv))
+        self.stdout = io.BytesIO() if stdout is None else stdout
+        self.stderr = io.StringIO()
+        return await clientcmd.run(self.reactor, options, stdin, self.stdout, self.stderr)
+
+    def freePort(self):
+        """
+        A loopback port nothing listens on (a refused connection).
+        """
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def pipe(self, data):
+        """
+        A descriptor to read C{data} from, as standard input.
+        """
+        import os
+
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        os.write(writeFd, data)
+        os.close(writeFd)
+        return readFd
+
+    async def test_numbers(self):
+        status = await self.run_("-p", str(self.port), "17", "18", "4j", "-5")
+        self.assertEqual((status, self.stderr.getvalue()), (0, ""))
+        self.assertEqual(
+            self.stdout.getvalue(), b"17\tprime\n18\tnot prime\n4j\tinvalid\n-5\tnot prime\n"
+        )
+
+    async def test_endpoint(self):
+        status = await self.run_("--raw", "-e", f"tcp:127.0.0.1:{self.port}", "17", "18")
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"T\nF\n"))
+
+    async def test_tls(self):
+        """
+        C{--tls} goes through TLS, verifying the server by C{--ca} and the
+        name: a server it cannot trust is a connection failure, said so.
+        """
+        status = await self.run_(
+            "--tls", "--ca", self.paths["ca"], "-H", "localhost", "-p", str(self.tlsPort), "17"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"17\tprime\n"))
+        status = await self.run_(
+            "--tls", "--ca", self.paths["other-ca"], "-p", str(self.tlsPort), "17"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"primed-client: cannot connect to 127.0.0.1:{self.tlsPort}: TLS: certificate"
+            " not trusted (unable to get local issuer certificate)\n",
+        )
+
+    async def test_caFileOfSeveral(self):
+        """
+        Every certificate in the C{--ca} file is trusted, not only the first.
+        """
+        import os
+
+        both = os.path.join(self.directory, "both.pem")
+        with open(both, "wb") as f:
+            for name in ("other-ca", "ca"):
+                with open(self.paths[name], "rb") as ca:
+                    f.write(ca.read())
+        status = await self.run_(
+            "--tls", "--ca", both, "-H", "localhost", "-p", str(self.tlsPort), "18"
+        )
+        self.assertEqual((status, self.stdout.getvalue()), (0, b"18\tnot prime\n"))
+
+    async def test_stdin(self):
+        """
+        With no numbers on the command line, they are read from C{stdin},
+        a line each.
+        """
+        status = await self.run_("-p", str(self.port), stdin=self.pipe(b"17\r\n4j\n\n18"))
+        self.assertEqual((status, self.stderr.getvalue()), (0, ""))
+        self.assertEqual(
+            self.stdout.getvalue(), b"17\tprime\n4j\tinvalid\n\tinvalid\n18\tnot prime\n"
+        )
+
+    async def test_stdinUnreadable(self):
+        """
+        Standard input that cannot be read (a directory): status 1, and why.
+        """
+        import os
+
+        fd = os.open(self.directory, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        status = await self.run_("-p", str(self.port), stdin=fd)
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: cannot read standard input: Is a directory\n",
+        )
+
+    async def test_refused(self):
+        port = self.freePort()
+        status = await self.run_("-p", str(port), "17")
+        self.assertEqual((status, self.stdout.getvalue()), (1, b""))
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"primed-client: cannot connect to 127.0.0.1:{port}: Connection refused\n",
+        )
+
+    async def test_refusedIPv6Where(self):
+        port = self.freePort()
+        status = await self.run_("-H", "::1", "-p", str(port), "17")
+        self.assertEqual(status, 1)
+        self.assertTrue(
+            self.stderr.getvalue().startswith(f"primed-client: cannot connect to [::1]:{port}: "),
+            self.stderr.getvalue(),
+        )
+
+    async def test_outputFull(self):
+        """
+        Standard output that cannot be written (a full disk): status 1, and
+        why on standard error.
+        """
+        import errno
+
+        class Full:
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def flush(self):
+                pass
+
+            def fileno(self):
+                raise ValueError("no descriptor")
+
+        status = await self.run_("-p", str(self.port), "17", "18", stdout=Full())
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "primed-client: cannot write standard output: No space left on device\n",
+        )
+
+    async def test_readerGone(self):
+        """
+        A reader gone away (C{| head}): status 1, quietly.
+        """
+
+        class Gone:
+            def write(self, data):
+                raise BrokenPipeError()
+
+            def flush(self):
+                pass
+
+            def fileno(self):
+                raise ValueError("no descriptor")
+
+        status = await self.run_("-p", str(self.port), "17", "18", stdout=Gone())
+        self.assertEqual((status, self.stderr.getvalue()), (1, ""))
+
+    async def test_closesTheConnection(self):
+        """
+        The connection is closed once the run is over: the server sees it
+        go.
+        """
+        from primed.client import PrimedClient
+
+        made = []
+        original = PrimedClient.connect
+
+        def connect(client):
+            made.append(client)
+            return original(client)
+
+        self.patch(PrimedClient, "connect", connect)
+        status = await self.run_("-p", str(self.port), "17")
+        self.assertEqual(status, 0)
+        [client] = made
+        self.assertIsNone(client.protocol)
+        self.assertTrue(client._closed)

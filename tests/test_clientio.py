@@ -381,6 +381,20 @@ class StdinReaderTests(unittest.TestCase):
         )
         self.assertEqual(self.reader.partialHigh, 10)
 
+    def test_lineAtTheLimitAfterALongOne(self):
+        """
+        An over-long line leaves nothing counted against the next one: a
+        line of exactly MAX_LINE bytes after it, over several chunks, is a
+        line.
+        """
+        # Chunks: 1234 5678 9012 3456 7\n12 3456 7890 \n
+        lines, ended, failed = self.read(
+            b"12345678901234567\n1234567890\n", chunk=4, maxLine=10
+        )
+        ellipsis = "\N{HORIZONTAL ELLIPSIS}".encode()
+        self.assertEqual(lines, [b"123456789012" + ellipsis, b"1234567890"])
+        self.assertIs(type(lines[1]), bytes)
+
     def test_longLineInOneChunk(self):
         lines, ended, failed = self.read(b"1234567890123\n5\n", chunk=100, maxLine=10)
         self.assertEqual(lines, [b"1234567890123" + "\N{HORIZONTAL ELLIPSIS}".encode(), b"5"])
@@ -451,3 +465,106 @@ class OutputTests(unittest.TestCase):
 
     def test_plain(self):
         self.assertEqual(self.written(raw=False), b"17\tprime\n18\tnot prime\n4j\tinvalid\n")
+
+
+class OutputErrorTests(unittest.TestCase):
+    """
+    L{clientio.Output} when standard output fails: broken once, quietly
+    for a reader gone away, with the error for anything else; pointed at
+    C{/dev/null} so the interpreter's own flush at exit cannot fail again.
+    """
+
+    class Failing:
+        """
+        A stream whose writes, or flushes, raise C{error}.
+        """
+
+        def __init__(self, error, on="write"):
+            self.error = error
+            self.on = on
+            self.written = []
+
+        def write(self, data):
+            if self.on == "write":
+                raise self.error
+            self.written.append(data)
+
+        def flush(self):
+            if self.on == "flush":
+                raise self.error
+
+        def fileno(self):
+            raise ValueError("no descriptor")
+
+    def output(self, stream, raw=False):
+        output = clientio.Output(stream, raw)
+        self.broke = []
+        output.onBroken = lambda: self.broke.append(output.broken)
+        return output
+
+    def test_fullDisk(self):
+        import errno
+
+        error = OSError(errno.ENOSPC, "No space left on device")
+        stream = self.Failing(error)
+        output = self.output(stream)
+        self.assertEqual((output.broken, output.error), (False, None))
+        output.write(b"17", Verdict.PRIME)
+        self.assertEqual((output.broken, output.error, self.broke), (True, error, [True]))
+        stream.on = None
+        output.write(b"18", Verdict.NOT_PRIME)
+        output.flush()
+        self.assertEqual((stream.written, self.broke), ([], [True]))
+
+    def test_fullDiskRaw(self):
+        import errno
+
+        output = self.output(self.Failing(OSError(errno.ENOSPC, "full")), raw=True)
+        output.write(b"17", Verdict.PRIME)
+        self.assertTrue(output.broken)
+        self.assertEqual(output.error.errno, errno.ENOSPC)
+
+    def test_readerGone(self):
+        output = self.output(self.Failing(BrokenPipeError()))
+        output.write(b"17", Verdict.PRIME)
+        self.assertEqual((output.broken, output.error, self.broke), (True, None, [True]))
+
+    def test_flushFails(self):
+        import errno
+
+        stream = self.Failing(OSError(errno.EIO, "I/O error"), on="flush")
+        output = self.output(stream)
+        output.write(b"17", Verdict.PRIME)
+        self.assertEqual(stream.written, [b"17\tprime\n"])
+        output.flush()
+        self.assertEqual((output.broken, output.error.errno, self.broke), (True, errno.EIO, [True]))
+        stream.on = None
+        output.flush()
+        output.write(b"18", Verdict.NOT_PRIME)
+        self.assertEqual((stream.written, self.broke), ([b"17\tprime\n"], [True]))
+
+    def test_noOnBroken(self):
+        """
+        Nobody told (no C{onBroken} set): the output breaks all the same.
+        """
+        output = clientio.Output(self.Failing(BrokenPipeError()), False)
+        output.write(b"17", Verdict.PRIME)
+        self.assertTrue(output.broken)
+
+    def test_pointedAtDevNull(self):
+        """
+        On a real descriptor (a pipe whose reader is gone), the descriptor
+        then points at C{/dev/null}, still open.
+        """
+        readFd, writeFd = os.pipe()
+        os.close(readFd)
+        stream = os.fdopen(writeFd, "wb", buffering=0)
+        self.addCleanup(stream.close)
+        output = self.output(stream)
+        before = len(os.listdir("/proc/self/fd"))
+        output.write(b"17", Verdict.PRIME)
+        self.assertEqual((output.broken, output.error), (True, None))
+        self.assertEqual(os.readlink(f"/proc/self/fd/{writeFd}"), os.devnull)
+        stream.write(b"more")  # /dev/null takes anything
+        # The descriptor opened to /dev/null was closed once copied.
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)

@@ -276,6 +276,35 @@ class LifecycleTests(unittest.TestCase):
                 self.assertNotIn("..", output)
 
 
+    def test_tooManyThreads(self):
+        """
+        C{--threads} beyond what the process may start (here an address
+        space limit; under systemd, C{TasksMax=}) ends the start with one
+        line and exit status 1, not a traceback.
+        """
+        import resource
+
+        def limitAddressSpace():
+            # 1000 threads of 8 MiB stacks (glibc's default: RLIMIT_STACK,
+            # set here so a small "ulimit -s" cannot make them fit) cannot
+            # fit in 1 GiB.
+            stack = 8 << 20
+            hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+            if hard != resource.RLIM_INFINITY:
+                stack = min(stack, hard)
+            resource.setrlimit(resource.RLIMIT_STACK, (stack, hard))
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+        result = subprocess.run(
+            twistdCommand() + ["-n", "--pidfile=", "primed", "--no-udp", "--threads", "1000",
+                               "--listen", "tcp:0:interface=127.0.0.1"],
+            capture_output=True, timeout=120, preexec_fn=limitAddressSpace)
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn("primed: cannot start 1000 check threads: can't start new thread\n",
+                      output)
+        self.assertNotIn("Traceback", output)
+
 class VerboseTests(unittest.TestCase):
     def test_oneLinePerRequest(self):
         """

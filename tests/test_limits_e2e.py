@@ -232,6 +232,43 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(any("Connection limit of 3 reached" in line for line in d.log))
 
 
+class OpenFileLimitTests(unittest.TestCase):
+    def test_softLimitRaisedForMaxConnections(self):
+        """
+        Started with a soft open-file limit below C{--max-connections} (a
+        shell's is often 1024, under the default 1024 connections plus
+        primed's own descriptors), primed raises it up to the hard limit:
+        every allowed connection is served, the next meets the documented
+        limit (closed at once, counted, logged once), and none fails in
+        C{accept()}, which Twisted answers with a log line per
+        connection.
+        """
+        import resource
+
+        def lowSoftLimit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (40, 4096))
+
+        with Daemon(*_TCP_ONLY, "--max-connections", "60", preexec_fn=lowSoftLimit) as d:
+            address = ("127.0.0.1", d.tcpPort)
+            held = []
+            try:
+                for _ in range(60):
+                    s = socket.create_connection(address, timeout=10)
+                    held.append(s)
+                    s.sendall(b"13\n")
+                    self.assertEqual(readReplies(s, 1, 10), b"T\n")
+                with socket.create_connection(address, timeout=10) as extra:
+                    closed, received = waitClosed(extra)
+                    self.assertEqual((closed, received), (True, b""))
+                d.waitForLog("Connection limit of 60 reached")
+            finally:
+                for s in held:
+                    s.close()
+        log = "\n".join(d.log)
+        self.assertIn("Raised the open-file limit from 40 to 124 (--max-connections 60)", log)
+        self.assertNotIn("EMFILE", log)
+
+
 class IdleTimeoutTests(SharedDaemonTestCase):
     """
     C{--idle-timeout 1}, one pool thread so that big checks take turns.

@@ -16,7 +16,7 @@ import time
 from twisted.trial import unittest
 
 from support import (
-    SEED_REPLIES, SEED_VALUES, Daemon, ask, askTLS, askUDP, makeCertificates,
+    SEED_REPLIES, SEED_VALUES, Daemon, ask, askTLS, askUDP, makeCertificates, twistdCommand,
 )
 from test_client_cli import expectedLines, primedClient
 
@@ -181,6 +181,64 @@ class TLSTests(unittest.TestCase):
         [line] = result.stderr.decode().splitlines()
         self.assertTrue(line.startswith(
             f"primed-client: cannot connect to 127.0.0.1:{self.daemon.tcpPort}: TLS"), line)
+
+
+def _denyWriteExecute() -> None:
+    """
+    In the child, before exec: refuse memory both writable and executable,
+    as systemd's C{MemoryDenyWriteExecute=yes} (the units') does, with the
+    kernel's own switch (C{PR_SET_MDWE}, Linux 6.3).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+def _kernelDeniesWriteExecute() -> bool:
+    """
+    Whether this kernel has C{PR_SET_MDWE} (Linux 6.3 and later).
+    """
+    import ctypes
+
+    PR_GET_MDWE = 66
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
+
+
+class TLSWithoutWriteExecuteTests(unittest.TestCase):
+    def setUp(self):
+        if not _kernelDeniesWriteExecute():
+            # A kernel before 6.3 cannot deny W+X memory without systemd's
+            # seccomp filter; test_service.StartTests.test_tlsWithoutWriteExecute
+            # covers the refusal on any kernel.
+            raise unittest.SkipTest("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+
+    def test_refusedAtStart(self):
+        """
+        Under C{MemoryDenyWriteExecute}, pyOpenSSL cannot make the callbacks
+        every TLS context needs: primed does not start, with one line saying
+        so, rather than serving a port whose every connection fails with
+        tracebacks (it used to).  Plain listeners are unaffected.
+        """
+        directory = tempfile.mkdtemp(prefix="primed-tls-mdwe-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = makeCertificates(directory)
+        tls = f"ssl:0:privateKey={paths['key']}:certKey={paths['cert']}:interface=127.0.0.1"
+        command = twistdCommand() + ["-n", "--pidfile=", "primed", "--no-udp",
+                                     "--listen", "tcp:0:interface=127.0.0.1"]
+        result = subprocess.run(command + ["--listen", tls], capture_output=True, timeout=60,
+                                preexec_fn=_denyWriteExecute)
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"primed: cannot listen on {tls}: TLS needs memory both writable and "
+                      "executable (pyOpenSSL's callbacks), which this process may not map; "
+                      "under systemd, set MemoryDenyWriteExecute=no\n", output)
+        self.assertNotIn("Traceback", output)
+        with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp",
+                    preexec_fn=_denyWriteExecute) as d:
+            self.assertEqual(ask(d.tcpPort, SEED_INPUT), b"".join(SEED_REPLIES))
 
 
 class IPv6AndUnixTests(unittest.TestCase):

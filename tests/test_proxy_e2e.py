@@ -92,8 +92,8 @@ class TLSTests(unittest.TestCase):
         with Daemon("--listen", f"haproxy:ssl:0:interface=127.0.0.1:privateKey={paths['key']}"
                     f":certKey={paths['cert']}", "--no-udp", "--verbose") as daemon:
             for stop in ("fin", "close_notify"):
-                reply, _ = askTLS(daemon.tcpPort, b"17\n18", paths["ca"], stop=stop, prefix=V1)
+                reply, _ = askTLS(daemon.tlsPort, b"17\n18", paths["ca"], stop=stop, prefix=V1)
                 self.assertEqual(reply, b"T\nF\n")
             daemon.waitForLog("203.0.113.5:40123 asked b'18': F")
-            reply, _ = askTLS(daemon.tcpPort, b"17\n", paths["ca"], prefix=V2_LOCAL)
+            reply, _ = askTLS(daemon.tlsPort, b"17\n", paths["ca"], prefix=V2_LOCAL)
             self.assertEqual(reply, b"T\n")

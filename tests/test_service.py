@@ -461,6 +461,52 @@ class StartTests(unittest.TestCase):
         self.assertFalse(any(thread.is_alive() for thread in threads))
         self.assertIn("Stopped", self.logged())
 
+    def test_cannotStartThreads(self):
+        """
+        A pool that cannot start its threads (a task or memory limit, a huge
+        C{--threads}) stops the daemon with one line, as a port that cannot
+        bind does, after closing the listeners already bound; no traceback.
+        """
+        bound = RecordingPort()
+        self.patch(self.reactor, "listenTCP", lambda *a, **k: bound)
+        service = self.make([self.tcp()], threadpool=None)
+
+        def start():
+            raise RuntimeError("can't start new thread")
+
+        self.patch(service.threadpool, "start", start)
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertEqual(str(error), "primed: cannot start 3 check threads: can't start new thread")
+        self.assertEqual(bound.calls, ["stopListening"])
+        self.assertEqual((service.tcpPorts, service.udpPorts), ([], []))
+        self.assertNotIn("Limits:", self.logged())
+
+    def test_tlsWithoutWriteExecute(self):
+        """
+        An C{ssl:} listener whose OpenSSL context cannot be built for want
+        of writable and executable memory (cffi's callbacks, under
+        C{MemoryDenyWriteExecute=yes}) stops the start with one line naming
+        the listener and the systemd setting, and binds nothing.
+        """
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.ssl import CertificateOptions
+
+        options = CertificateOptions()
+
+        def getContext():
+            raise MemoryError("Cannot allocate write+execute memory for ffi.callback()")
+
+        options.getContext = getContext
+        endpoint = SSL4ServerEndpoint(self.reactor, 8443, options)
+        service = self.make([("ssl:8443", endpoint)])
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            "primed: cannot listen on ssl:8443: TLS needs memory both writable and "
+            "executable (pyOpenSSL's callbacks), which this process may not map; "
+            "under systemd, set MemoryDenyWriteExecute=no")
+        self.assertEqual(self.reactor.tcpServers, [])
+
     def test_tls(self):
         """
         An C{ssl:} listener is bound by primed itself, its factory wrapped
@@ -723,6 +769,8 @@ class ProxyListenerTests(unittest.TestCase):
             "haproxy:ssl:8443", SSL4ServerEndpoint(self.reactor, 8443, CertificateOptions()))
         self.assertIsInstance(inner, HalfCloseableTLSFactory)
         self.assertIs(inner.wrappedFactory, service.factory)
+        # Reported (log, READY status, listening) as TLS, as without haproxy:.
+        self.assertEqual([kind for kind, _ in service._served], ["TLS"])
 
     def test_reusePort(self):
         service, inner = self.serve(

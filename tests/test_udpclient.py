@@ -147,6 +147,37 @@ class UDPTests(unittest.TestCase):
         self.assertTrue(self.reactor.ports[0].stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_connectFails(self):
+        """
+        An address the socket cannot be connected to (broadcast: EACCES; a
+        link-local IPv6 address without its zone: EINVAL) fails the request
+        with that error, and closes the socket quietly: closing it used to
+        fail the request's other Deferred with PrimedRefused, which nobody
+        held ("Unhandled error in Deferred" after primed-client's one line).
+        """
+        import errno
+        import gc
+
+        listen = FakeUDPReactor.listenUDP.__get__(self.reactor)
+
+        def listenUDP(*args, **kwargs):
+            port = listen(*args, **kwargs)
+
+            def connect(host, port_):
+                raise PermissionError(errno.EACCES, "Permission denied")
+
+            port.connect = connect
+            return port
+
+        self.reactor.listenUDP = listenUDP
+        d = self.client.check(17)
+        self.failureResultOf(d, PermissionError)
+        [port] = self.reactor.ports
+        self.assertTrue(port.stopped)
+        self.assertEqual((port.written, self.reactor.getDelayedCalls()), ([], []))
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def _wrapListen(self, write):
         listen = FakeUDPReactor.listenUDP.__get__(self.reactor)
 

@@ -80,6 +80,17 @@ class ParseRequestTests(unittest.TestCase):
         """
         self.assertEqual(wire.encodeRequest("17\udcff"), b"17\xff\n")
 
+    def test_encodeBeyondIntStrLimit(self):
+        """
+        An int with more digits than CPython converts to text by default
+        (4300) is still sent, in full: a server with a larger
+        C{--max-digits} checks it.  (C{str()} raised ValueError.)
+        """
+        number = -(10**5000 + 7)
+        line = wire.encodeRequest(number)
+        self.assertEqual(line, b"-1" + b"0" * 4999 + b"7\n")
+        self.assertEqual(parseRequest(line[:-1], 6000), number)
+
     @given(st.integers())
     def test_roundTrip(self, number):
         self.assertEqual(parseRequest(wire.encodeRequest(number)[:-1]), number)

@@ -1,0 +1,92 @@
+"""
+L{primed.clientbase}: the defaults both clients document, the request line,
+and the few words an error is reported in.
+"""
+
+import errno
+
+from twisted.internet import defer, error
+from twisted.trial import unittest
+
+from primed import clientbase
+from primed.clientbase import _request, describeError
+
+
+class DefaultsTests(unittest.TestCase):
+    """
+    The defaults README.rst and C{primed-client --help} document.
+    """
+
+    def test_server(self):
+        self.assertEqual(
+            (clientbase.DEFAULT_HOST, clientbase.DEFAULT_TCP_PORT, clientbase.DEFAULT_UDP_PORT),
+            ("127.0.0.1", 8809, 8808),
+        )
+
+    def test_timeoutsAndRetries(self):
+        self.assertEqual(
+            (
+                clientbase.DEFAULT_TCP_TIMEOUT,
+                clientbase.DEFAULT_UDP_TIMEOUT,
+                clientbase.DEFAULT_RETRIES,
+            ),
+            (10.0, 1.0, 3),
+        )
+
+
+class RequestTests(unittest.TestCase):
+    """
+    L{_request} makes exactly one line, and refuses text that would make
+    two (the TCP replies would no longer match the requests).
+    """
+
+    def test_oneLine(self):
+        self.assertEqual(_request(17), b"17\n")
+        self.assertEqual(_request("17\n"), b"17\n")
+        self.assertEqual(_request(""), b"\n")
+
+    def test_twoLines(self):
+        for text in ("1\n2", "\n17", "1\r\n2\n"):
+            with self.assertRaises(ValueError) as caught:
+                _request(text)
+            self.assertEqual(str(caught.exception), f"{text!r} is not one line")
+
+
+class DescribeErrorTests(unittest.TestCase):
+    """
+    L{describeError} says what went wrong in a few words.
+    """
+
+    def test_timeout(self):
+        self.assertEqual(describeError(defer.TimeoutError()), "timed out")
+
+    def test_connectErrno(self):
+        """
+        A connection error carrying an errno is named by the system's text
+        for it, not Twisted's longer one.
+        """
+        e = error.ConnectionRefusedError(osError=errno.ECONNREFUSED)
+        self.assertEqual(describeError(e), "Connection refused")
+
+    def test_connectErrorText(self):
+        """
+        A connection error whose C{osError} is text (or missing) is its own
+        text.
+        """
+        e = error.ConnectError(osError="no route")
+        self.assertEqual(describeError(e), str(e).strip())
+        self.assertIn("no route", describeError(e))
+
+    def test_ownText(self):
+        """
+        Any other exception is its own text, stripped (an exception without
+        an C{osError} attribute included).
+        """
+        self.assertEqual(describeError(ValueError("  bad number \n")), "bad number")
+
+    def test_noText(self):
+        """
+        An exception with no text is named by its type.
+        """
+        self.assertEqual(describeError(ValueError()), "ValueError")
+        self.assertEqual(describeError(ValueError("  ")), "ValueError")
