@@ -230,6 +230,12 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if out is None:
             out = []
         for index, line in enumerate(lines):
+            if pending and len(pending) >= self.maxInflight:
+                # Before the line is parsed: a held line is counted and
+                # logged once, when it is processed again.  (--max-inflight
+                # is at least 1, so an empty queue is never full.)
+                self._hold(lines, index, PAUSED_BY_INFLIGHT)
+                break
             if line.isdigit() and len(line) <= plainDigits:
                 number = int(line)  # parseRequest's first step, inline
             else:
@@ -250,9 +256,6 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                     reply = NOT_PRIME_REPLY
                     counters.tcpNotPrime += 1
             else:
-                if len(pending) >= self.maxInflight:
-                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
-                    break
                 if not checker.hasRoom():
                     self._hold(lines, index, PAUSED_BY_POOL)
                     checker.notifyRoom(self._poolHasRoom)
@@ -268,9 +271,6 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                 )
                 continue
             if pending:
-                if len(pending) >= self.maxInflight:
-                    self._hold(lines, index, PAUSED_BY_INFLIGHT)
-                    break  # logged when processed again
                 pending.append([reply])
             else:
                 out.append(reply)

@@ -43,12 +43,13 @@ SKIP = "not FuzzTests and not test_orderWithBigAndSmall"
 #: of times an unmutated run on a loaded machine.
 HANG = 60
 
-#: test_tap checks the documented defaults, which live in these modules.
+#: test_tap checks the documented defaults, which live in these modules;
+#: test_counters checks what the TCP and UDP protocols count.
 MODULES = {
     "wire": ["tests/test_wire.py", "tests/test_udp.py"],
-    "tcp": ["tests/test_tcp.py", "tests/test_tap.py"],
-    "tcpfactory": ["tests/test_tcp.py", "tests/test_tap.py"],
-    "udp": ["tests/test_udp.py"],
+    "tcp": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
+    "tcpfactory": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
+    "udp": ["tests/test_udp.py", "tests/test_udpread.py", "tests/test_counters.py"],
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],
     "client": ["tests/test_client.py"],

@@ -90,6 +90,19 @@ class PrimeCheckerTests(unittest.TestCase):
         self.failureResultOf(d, ValueError)
         self.assertEqual(self.checker.queued, 0)
 
+    def test_checkTimeIsTheCheckDuration(self):
+        """
+        C{checkTimes} records how long the check ran: the clock after it
+        minus the clock before it (a fake clock here, read twice).
+        """
+        from primed import checker as checkerModule
+
+        readings = iter([1000.0, 1000.25])
+        self.patch(checkerModule, "perf_counter", lambda: next(readings))
+        self.checker.submit(BIG_PRIME)
+        self.pool.run()
+        self.assertEqual(self.checker.checkTimes.cumulative()[1], 0.25)
+
     def test_abandonSkipsChecksNotStarted(self):
         """
         After L{PrimeChecker.abandon} (a stop past its deadline), checks still

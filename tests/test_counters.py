@@ -72,9 +72,9 @@ class TCPCountTests(unittest.TestCase):
 
     def test_verdicts(self):
         protocol, transport = connect(self.factory)
-        protocol.dataReceived(b"2\n3\n4\n-7\n0\nx\n\n17\r\n")
-        self.assertEqual(transport.value(), b"T\nT\nF\nF\nF\nE\nE\nT\n")
-        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [3, 3, 2])
+        protocol.dataReceived(b"2\n3\n4\n-7\n0\nx\n\n17\r\n9\n")
+        self.assertEqual(transport.value(), b"T\nT\nF\nF\nF\nE\nE\nT\nF\n")
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid"), [3, 4, 2])
 
     def test_oneRequestPerRead(self):
         """
@@ -83,11 +83,11 @@ class TCPCountTests(unittest.TestCase):
         like any other.
         """
         protocol, transport = connect(self.factory)
-        for request in [b"2\n", b"4\n", b"-7\n", b"x\n", b"17\n", b"9" * 500 + b"\n"]:
+        for request in [b"2\n", b"4\n", b"-7\n", b"x\n", b"17\n", b"9" * 500 + b"\n", b"9\n"]:
             protocol.dataReceived(request)
-        self.assertEqual(transport.value(), b"T\nF\nF\nE\nT\nE\n")
+        self.assertEqual(transport.value(), b"T\nF\nF\nE\nT\nE\nF\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime", "tcpInvalid", "linesTooLong"),
-                         [2, 2, 2, 1])
+                         [2, 3, 2, 1])
 
     def test_poolVerdictsCountedWhenAnswered(self):
         """
@@ -102,6 +102,29 @@ class TCPCountTests(unittest.TestCase):
         self.pool.run()
         self.assertEqual(transport.value(), b"T\nF\nT\n")
         self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 1])
+        protocol.dataReceived(b"%d\n" % BIG_COMPOSITE)
+        self.pool.run()
+        self.assertEqual(self.count("tcpPrime", "tcpNotPrime"), [2, 2])
+
+    def test_heldLinesCountOnce(self):
+        """
+        Lines held back by C{--max-inflight} count once, when answered, not
+        also when they were first read and held.
+        """
+        factory = makeFactory(self.checker, self.reactor, maxDigits=400, maxInflight=1)
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"%d\n5\n4\nx\n%s\n" % (BIG_PRIME, b"1" * 500))
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nF\nE\nE\n")
+        self.assertEqual(
+            [factory.counters.snapshot()[name]
+             for name in ("tcpPrime", "tcpNotPrime", "tcpInvalid", "linesTooLong")],
+            [2, 1, 2, 1],
+        )
+        protocol.dataReceived(b"%d\n9\n" % BIG_PRIME)
+        self.pool.run()
+        self.assertEqual(transport.value(), b"T\nT\nF\nE\nE\nT\nF\n")
+        self.assertEqual(factory.counters.snapshot()["tcpNotPrime"], 2)
 
     def test_goneBeforeVerdictNotCounted(self):
         """
@@ -118,12 +141,12 @@ class TCPCountTests(unittest.TestCase):
 
     def test_failedCheckCountsInvalid(self):
         protocol, transport = connect(self.factory)
-        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        protocol.dataReceived(b"x\n%d\n" % BIG_PRIME)
         onResult, f, args, kwargs = self.pool.work.pop()
         onResult(False, RuntimeError("boom"))
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(transport.value(), b"E\n")
-        self.assertEqual(self.count("tcpInvalid"), [1])
+        self.assertEqual(transport.value(), b"E\nE\n")
+        self.assertEqual(self.count("tcpInvalid"), [2])
 
     def test_lineTooLong(self):
         protocol, transport = connect(self.factory)
@@ -131,6 +154,9 @@ class TCPCountTests(unittest.TestCase):
         protocol.dataReceived(b"1" * 1000 + b"\n7\n")
         self.assertEqual(transport.value(), b"E\nT\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [1, 1, 1])
+        protocol.dataReceived(b"1" * 1000)
+        protocol.dataReceived(b"\n")
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [2, 2])
 
     def test_lineTooLongWhateverTheReads(self):
         """
@@ -146,6 +172,22 @@ class TCPCountTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"E\nT\nE\n")
         self.assertEqual(self.count("linesTooLong", "tcpInvalid", "tcpPrime"), [2, 2, 1])
 
+    def test_lineTooLongFromTheLimitOn(self):
+        """
+        A line of exactly the length limit is a request (here an invalid
+        one), not too long; one byte more is.  Each counts, whether the
+        read held it alone or with other lines.
+        """
+        limit = 400 + 64  # maxLineLength(maxDigits=400)
+        atLimit, overLimit = b" " * (limit - 1) + b"x", b"1" * (limit + 1)
+        protocol, transport = connect(self.factory)
+        for read in [atLimit + b"\n", overLimit + b"\n", overLimit + b"\n"]:
+            protocol.dataReceived(read)
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [2, 3])
+        protocol.dataReceived(b"7\n" + atLimit + b"\n" + overLimit + b"\n" + overLimit + b"\n")
+        self.assertEqual(transport.value(), b"E\n" * 3 + b"T\n" + b"E\n" * 3)
+        self.assertEqual(self.count("linesTooLong", "tcpInvalid"), [4, 6])
+
     def test_connections(self):
         """
         Accepted and refused connections are counted; open ones are the
@@ -160,11 +202,13 @@ class TCPCountTests(unittest.TestCase):
 
     def test_idleClosed(self):
         protocol, transport = connect(self.factory)
+        other, otherTransport = connect(self.factory)
         self.reactor.advance(29)
         self.assertEqual(self.count("tcpIdleClosed"), [0])
         self.reactor.advance(1)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.count("tcpIdleClosed"), [1])
+        self.assertTrue(otherTransport.disconnecting)
+        self.assertEqual(self.count("tcpIdleClosed"), [2])
 
     def test_waitingForAnswerIsNotIdle(self):
         protocol, transport = connect(self.factory)
@@ -198,6 +242,30 @@ class UDPCountTests(unittest.TestCase):
         self.assertEqual(self.count("udpPrime", "udpNotPrime", "udpInvalid"), [2, 2, 2])
         self.assertEqual(self.count("linesTooLong"), [1])
         self.assertEqual(len(self.transport.written), 6)
+
+    def test_eachCounts(self):
+        """
+        Every datagram adds one to its own count.
+        """
+        for datagram in [b"", b"", b"x", b"y", b"4", b"9", b"1" * 1000, b"1" * 1000]:
+            self.protocol.datagramReceived(datagram, ADDR)
+        self.assertEqual(self.count("udpIgnored", "udpInvalid", "udpNotPrime", "linesTooLong"),
+                         [2, 4, 2, 2])
+
+    def test_poolVerdictsCountEach(self):
+        for number in [BIG_PRIME, BIG_COMPOSITE, BIG_PRIME, BIG_COMPOSITE]:
+            self.protocol.datagramReceived(b"%d" % number, ADDR)
+            self.pool.run()
+        self.assertEqual(self.count("udpPrime", "udpNotPrime"), [2, 2])
+
+    def test_failedCheckCountsInvalid(self):
+        self.protocol.datagramReceived(b"x", ADDR)
+        self.protocol.datagramReceived(b"%d" % BIG_PRIME, ADDR)
+        onResult, f, args, kwargs = self.pool.work.pop()
+        onResult(False, RuntimeError("boom"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual([data for data, addr in self.transport.written], [b"E\n", b"E\n"])
+        self.assertEqual(self.count("udpInvalid", "udpPrime"), [2, 0])
 
     def test_ignoredAndDropped(self):
         self.protocol.datagramReceived(b"", ADDR)

@@ -82,6 +82,16 @@ class DownTests(unittest.TestCase):
         with netns.Network({"stray": 9}) as net:
             stray = subprocess.Popen(net.command("stray", ["sleep", "600"]))
             names = list(net.created)
+            # Leave only once it is in its namespace: "ip netns exec" enters
+            # it after Popen returns, and one that entered after the network
+            # was left would run on (seen under load).
+            namespace = net.namespace("stray")
+            for _ in range(200):
+                pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True,
+                                      text=True, timeout=20).stdout.split()
+                if str(stray.pid) in pids:
+                    break
+                time.sleep(0.05)
         try:
             stray.wait(10)
             listed = subprocess.run(["ip", "netns", "list"], capture_output=True,

@@ -156,6 +156,27 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"99\n15\n")
         self.assertEqual(self.transport.value(), b"E\nF\nE\nF\n")
 
+    def test_oneLineReadSkipsTheBatchPath(self):
+        """
+        A read holding exactly one request, with nothing owed, held or
+        buffered, is answered without L{_process}'s list handling (the
+        commonest read, as the module says); any other read goes through it.
+        """
+        batches = []
+        process = self.protocol._process
+        self.protocol._process = lambda lines: (batches.append(lines), process(lines))
+        largestInline = b"%d" % (2**INLINE_MAX_BITS - 1)  # not prime
+        for read in [b"17\n", b"18\n", b"xy\n", b"-3\n", b" 13\r\n", largestInline + b"\n"]:
+            self.protocol.dataReceived(read)
+        self.assertEqual(self.transport.value(), b"T\nF\nE\nF\nT\nF\n")
+        self.assertEqual(batches, [])
+        self.transport.clear()
+        self.protocol.dataReceived(b"19\n23\n")
+        self.protocol.dataReceived(b"29")
+        self.protocol.dataReceived(b"\n")
+        self.assertEqual(batches, [[b"19", b"23"], [b"29"]])
+        self.assertEqual(self.transport.value(), b"T\nT\nT\n")
+
     def test_lineOfExactlyTheLimitIsKept(self):
         """
         A line of exactly the length limit is still a request.
@@ -173,6 +194,9 @@ class FramingTests(unittest.TestCase):
         """
         self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS - 1))
         self.assertEqual(self.transport.value(), b"F\n")
+        self.assertEqual(self.harness.pool.work, [])
+        self.protocol.dataReceived(b"5\n%d\n" % (2**INLINE_MAX_BITS - 1))  # a batch
+        self.assertEqual(self.transport.value(), b"F\nT\nF\n")
         self.assertEqual(self.harness.pool.work, [])
         self.protocol.dataReceived(b"%d\n" % (2**INLINE_MAX_BITS + 1))
         self.assertEqual(len(self.harness.pool.work), 1)

@@ -10,7 +10,7 @@ from fakes import (
     FakeDatagramTransport, HandDrivenPool, SynchronousPool, makeChecker, makeDatagramProtocol,
 )
 from primed import wire
-from primed.primality import is_prime
+from primed.primality import INLINE_MAX_BITS, is_prime
 from primed.udp import MAX_DATAGRAM, PrimeDatagramProtocol, receiveBufferSize
 
 ADDR = ("127.0.0.1", 40000)
@@ -89,6 +89,17 @@ class DatagramTests(unittest.TestCase):
         self.assertEqual(self.transport.written, [])
         self.pool.run()
         self.assertEqual(self.replies(), [b"T\n"])
+
+    def test_inlineUpToInlineMaxBits(self):
+        """
+        Numbers of up to C{INLINE_MAX_BITS} bits are answered at once, in the
+        reactor thread; one bit more goes to the pool.
+        """
+        self.protocol.datagramReceived(b"%d" % (2**INLINE_MAX_BITS - 1), ADDR)
+        self.assertEqual(self.replies(), [b"F\n"])
+        self.assertEqual(self.pool.work, [])
+        self.protocol.datagramReceived(b"%d" % (2**INLINE_MAX_BITS + 1), ADDR)
+        self.assertEqual(len(self.pool.work), 1)
 
     def test_poolFullDrops(self):
         for _ in range(5):

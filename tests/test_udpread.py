@@ -216,6 +216,60 @@ class ReadDatagramsTests(SynchronousTestCase):
         self.port.doRead()
         self.assertEqual(self.replies(2), [b"T\n"] * 2)
 
+    def test_maxThroughputReachedExactly(self):
+        """
+        Reading exactly C{maxThroughput} bytes ends the event too.
+        """
+        self.port.maxThroughput = 22
+        self.queue([b"1000000007\n"] * 3)  # 11 bytes each
+        self.port.doRead()
+        self.assertEqual(self.replies(2), [b"T\n"] * 2)
+        self.noMoreReplies()
+
+    def test_peeksThenDrains(self):
+        """
+        After each of the first L{DatagramPort.PEEKS} datagrams of an event
+        the loop peeks (timeout 0): a short queue ends without a failed read;
+        a longer one is then drained to C{EAGAIN}.
+        """
+        self.queue([b"7"])
+        self.port.doRead()  # makes the port's peek
+        self.replies(1)
+        peeks, failures = [], []
+        peek, readFailed = self.port.peek, self.port.readFailed
+        self.port.peek = lambda *args: (peeks.append(args), peek(*args))[1]
+        self.port.readFailed = lambda error: (failures.append(error), readFailed(error))
+        self.queue([b"11", b"13"])
+        self.port.doRead()
+        self.assertEqual(self.replies(2), [b"T\n"] * 2)
+        self.assertEqual(([timeout for timeout, _ in peeks], failures), ([0, 0], []))
+        del peeks[:]
+        count = DatagramPort.PEEKS * 3
+        self.queue([b"17"] * count)
+        self.port.doRead()
+        self.assertEqual(self.replies(count), [b"T\n"] * count)
+        self.assertEqual([timeout for timeout, _ in peeks], [0] * DatagramPort.PEEKS)
+        self.assertEqual([type(error) for error in failures], [BlockingIOError])
+
+    def test_bufferKeptBetweenEvents(self):
+        """
+        Datagrams are read into one buffer of the port's C{maxPacketSize},
+        kept from one read event to the next, and made again if that size
+        changes.
+        """
+        self.queue([b"7"])
+        self.port.doRead()
+        buffer = self.protocol._buffer
+        self.assertEqual(len(buffer), self.port.maxPacketSize)
+        self.queue([b"8"])
+        self.port.doRead()
+        self.assertIs(self.protocol._buffer, buffer)
+        self.port.maxPacketSize = 16384
+        self.queue([b"9" * 9000])
+        self.port.doRead()
+        self.assertEqual(len(self.protocol._buffer), 16384)
+        self.assertEqual(self.replies(3), [b"T\n", b"F\n", b"E\n"])
+
     def test_manyQueued(self):
         """
         Past L{DatagramPort.PEEKS} datagrams the loop drains to C{EAGAIN},
