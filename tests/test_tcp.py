@@ -156,26 +156,32 @@ class FramingTests(unittest.TestCase):
         self.protocol.dataReceived(b"99\n15\n")
         self.assertEqual(self.transport.value(), b"E\nF\nE\nF\n")
 
-    def test_oneLineReadSkipsTheBatchPath(self):
+    def test_shortReadsSkipTheBatchPath(self):
         """
-        A read holding exactly one request, with nothing owed, held or
-        buffered, is answered without L{_process}'s list handling (the
-        commonest read, as the module says); any other read goes through it.
+        A read of complete lines of plain digits, each short enough to be
+        checked inline (L{wire.inlineDigitsLimit}), with nothing owed, held or
+        buffered, is answered without L{_process} (the commonest reads, one
+        line or pipelined: L{primed.tcpreads}); any other line goes through
+        it, alone, and so does a line completed across reads.
         """
         batches = []
         process = self.protocol._process
-        self.protocol._process = lambda lines: (batches.append(lines), process(lines))
-        largestInline = b"%d" % (2**INLINE_MAX_BITS - 1)  # not prime
-        for read in [b"17\n", b"18\n", b"xy\n", b"-3\n", b" 13\r\n", largestInline + b"\n"]:
+        self.protocol._process = lambda lines, *rest: (batches.append(list(lines)),
+                                                       process(lines, *rest))
+        fast = wire.inlineDigitsLimit(wire.DEFAULT_MAX_DIGITS, INLINE_MAX_BITS)
+        shortest = b"9" * fast  # not prime, and the longest that skips
+        largestInline = b"%d" % (2**INLINE_MAX_BITS - 1)  # not prime, longer
+        for read in [b"17\n", b"18\n", shortest + b"\n", b"19\n23\n", b"xy\n", b"-3\n",
+                     b" 13\r\n", largestInline + b"\n"]:
             self.protocol.dataReceived(read)
-        self.assertEqual(self.transport.value(), b"T\nF\nE\nF\nT\nF\n")
-        self.assertEqual(batches, [])
+        self.assertEqual(self.transport.value(), b"T\nF\nF\nT\nT\nE\nF\nT\nF\n")
+        self.assertEqual(batches, [[b"xy"], [b"-3"], [b" 13\r"], [largestInline]])
+        del batches[:]
         self.transport.clear()
-        self.protocol.dataReceived(b"19\n23\n")
         self.protocol.dataReceived(b"29")
         self.protocol.dataReceived(b"\n")
-        self.assertEqual(batches, [[b"19", b"23"], [b"29"]])
-        self.assertEqual(self.transport.value(), b"T\nT\nT\n")
+        self.assertEqual(batches, [[b"29"]])
+        self.assertEqual(self.transport.value(), b"T\n")
 
     def test_lineOfExactlyTheLimitIsKept(self):
         """
