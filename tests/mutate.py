@@ -47,7 +47,9 @@ HANG = 60
 #: test_counters checks what the TCP and UDP protocols count.
 MODULES = {
     "wire": ["tests/test_wire.py", "tests/test_udp.py"],
-    "tcp": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
+    "tcp": ["tests/test_tcp.py", "tests/test_tcpreads.py", "tests/test_counters.py",
+            "tests/test_tap.py"],
+    "tcpreads": ["tests/test_tcpreads.py", "tests/test_tcp.py", "tests/test_counters.py"],
     "tcpfactory": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
     "udp": ["tests/test_udp.py", "tests/test_udpread.py", "tests/test_counters.py"],
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
