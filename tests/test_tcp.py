@@ -171,10 +171,10 @@ class FramingTests(unittest.TestCase):
         fast = wire.inlineDigitsLimit(wire.DEFAULT_MAX_DIGITS, INLINE_MAX_BITS)
         shortest = b"9" * fast  # not prime, and the longest that skips
         largestInline = b"%d" % (2**INLINE_MAX_BITS - 1)  # not prime, longer
-        for read in [b"17\n", b"18\n", shortest + b"\n", b"19\n23\n", b"xy\n", b"-3\n",
-                     b" 13\r\n", largestInline + b"\n"]:
+        for read in [b"17\n", b"18\n", shortest + b"\n", b"19\n" + shortest + b"\n23\n",
+                     b"xy\n", b"-3\n", b" 13\r\n", largestInline + b"\n"]:
             self.protocol.dataReceived(read)
-        self.assertEqual(self.transport.value(), b"T\nF\nF\nT\nT\nE\nF\nT\nF\n")
+        self.assertEqual(self.transport.value(), b"T\nF\nF\nT\nF\nT\nE\nF\nT\nF\n")
         self.assertEqual(batches, [[b"xy"], [b"-3"], [b" 13\r"], [largestInline]])
         del batches[:]
         self.transport.clear()
