@@ -74,6 +74,18 @@ class FramingTests(unittest.TestCase):
             self.protocol.dataReceived(b"%s\n" % str(value).encode())
             self.assertEqual(self.transport.value(), reply)
 
+    def test_smallestNumbersOnTheGeneralPath(self):
+        """
+        0 to 4 get their verdicts on the general path (L{_process}) too, not
+        only on the short paths of L{primed.tcpreads}: a line completed
+        across reads, lines after one the short paths do not take, a signed
+        or padded line.  (2 is the smallest prime: a bound of C{<= 2} for
+        "not prime" would answer it F.)
+        """
+        for read in [b"2", b"\n", b"x\n2\n3\n1\n0\n4\n", b"+2\n", b" 3\r\n"]:
+            self.protocol.dataReceived(read)
+        self.assertEqual(self.transport.value(), b"T\nE\nT\nT\nF\nF\nF\nT\nT\n")
+
     @settings(max_examples=300, deadline=None)
     @given(st.one_of(
         st.integers(min_value=-10, max_value=2**200).map(lambda n: b"%d" % n),
