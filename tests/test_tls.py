@@ -5,9 +5,7 @@ service in this process, on an ephemeral loopback port, with a certificate
 made by C{openssl}; the client is Python's C{ssl} module in a thread.
 """
 
-import shutil
 import socket
-import tempfile
 
 from twisted.internet import protocol, threads
 from twisted.internet.testing import StringTransport
@@ -16,22 +14,11 @@ from twisted.trial import unittest
 from primed import client, tap
 from primed.tls import HalfCloseableTLSFactory, HalfCloseableTLSProtocol
 from primed.wire import Verdict
-from support import SEED_REPLIES, SEED_VALUES, askTLS, makeCertificates
+from support import SEED_REPLIES, SEED_VALUES, CertificatesMixin, askTLS
 
 # A Mersenne prime of 1332 digits: checked in the service's pool, so its
 # answer is still owed when the client stops sending.
 BIG_PRIME = 2**4423 - 1
-
-
-class CertificatesMixin:
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="primed-tls-test-")
-        cls.paths = makeCertificates(cls.directory)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
 
 class HalfCloseTests(CertificatesMixin, unittest.TestCase):
