@@ -48,6 +48,31 @@ __all__ = ["PrimedReactor", "DatagramPort", "install"]
 #: L{ReactorBase.timeout}'s cap: epoll_wait takes an int of milliseconds.
 _LONGEST_TIMEOUT = 2147483
 
+#: What a TCP connection reads per event while its reads are short.  A
+#: bytes object of this size comes from CPython's small-object allocator
+#: (requests up to 512 bytes, the object's header included); a read of
+#: Twisted's C{bufferSize} (64 KiB) is a C{malloc} of 64 KiB and a
+#: C{realloc} down to what arrived, whose freed remainder makes glibc
+#: consolidate its heap: 950 instructions per read against about 200 here,
+#: a twentieth of all primed spends on a one-request read (callgrind).
+SMALL_READ = 448
+
+
+def _adaptReadSize(connection, size: int, got: int) -> None:
+    """
+    Choose C{connection}'s next read size from its last read, which asked
+    for C{size} bytes and got C{got}: a read that filled L{SMALL_READ} means
+    more is flowing (a bulk client), so read Twisted's C{bufferSize} again,
+    one system call per 64 KiB as before; a short read means the client is
+    not streaming, so read small.  The size is the connection's
+    C{bufferSize} attribute, which L{tcp.Connection.doRead} reads too, so
+    events that take Twisted's own path read the same.
+    """
+    if got == size:
+        connection.bufferSize = type(connection).bufferSize
+    elif got < SMALL_READ:
+        connection.bufferSize = SMALL_READ
+
 
 class DatagramPort(udp.Port):
     """
@@ -222,16 +247,19 @@ class PrimedReactor(EPollReactor):
                         # tcp.Connection.doRead and _dataReceived, inline:
                         # three Python calls fewer on the hottest path.
                         logContext["system"] = selectable.logstr
+                        size = selectable.bufferSize
                         try:
                             # os.read, not socket.recv: the same system
                             # call, 500 instructions fewer around it.
-                            data = read(fd, selectable.bufferSize)
+                            data = read(fd, size)
                         except OSError as se:
                             if se.args[0] == EWOULDBLOCK:
                                 continue
                             why = CONNECTION_LOST
                         else:
                             if data:
+                                if size != SMALL_READ or len(data) == size:
+                                    _adaptReadSize(selectable, size, len(data))
                                 selectable.protocol.dataReceived(data)
                                 continue
                             why = CONNECTION_DONE

@@ -10,6 +10,7 @@ import select
 import socket
 import subprocess
 import sys
+import time
 
 from twisted.internet.test import (
     test_core,
@@ -18,10 +19,11 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.tcp import Server
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primed.reactor import DatagramPort, PrimedReactor
+from primed.reactor import SMALL_READ, DatagramPort, PrimedReactor
 
 from support import Daemon, ask, askUDP, readAll, twistdCommand
 
@@ -282,3 +284,84 @@ class DisconnectErrorTests(SynchronousTestCase):
         self.assertEqual([s for s, _ in self.seen], ["second"])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Reads(Protocol):
+    """
+    Notes the size of every read it is given.
+    """
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+        self.reads = []
+
+    def dataReceived(self, data):
+        self.reads.append(len(data))
+
+
+class ReadSizeTests(SynchronousTestCase):
+    """
+    An accepted TCP connection reads L{SMALL_READ} bytes per event while its
+    reads are short (one small allocation instead of a 64 KiB one), and
+    Twisted's C{bufferSize} again once a read fills that: a bulk client still
+    gets one system call per 64 KiB.  Real sockets, a real poller, the
+    reactor's own dispatch (C{doPoll}), not run.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        factory = Factory.forProtocol(_Reads)
+        factory.connections = []
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(self._close, port)
+        self._pollUntil(lambda: factory.connections)
+        [self.protocol] = factory.connections
+
+    def _close(self, port):
+        self.client.close()
+        for selectable in self.reactor.removeAll():
+            selectable.socket.close()
+        self.reactor._poller.close()
+
+    def _pollUntil(self, condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "nothing arrived")
+            self.reactor.doPoll(0.1)
+
+    def _send(self, size, reads):
+        """
+        Send C{size} bytes, as much at once as the socket takes, polling
+        until they all arrived: return the sizes of the reads they came in
+        (at most C{reads} of them).
+        """
+        before = len(self.protocol.reads)
+        left = memoryview(b"7" * size)
+        self.client.setblocking(False)
+        deadline = time.monotonic() + 10
+        while left or sum(self.protocol.reads[before:]) < size:
+            self.assertLess(time.monotonic(), deadline, "nothing arrived")
+            try:
+                while left:
+                    left = left[self.client.send(left):]
+            except BlockingIOError:
+                pass
+            self.reactor.doPoll(0.1)
+        got = self.protocol.reads[before:]
+        self.assertLessEqual(len(got), reads)
+        return got
+
+    def test_shortThenBulk(self):
+        # The first read is Twisted's size; a short one makes the next small.
+        self.assertEqual(self._send(10, 1), [10])
+        # 1 000 bytes arrive: one small read, then a full-size one.
+        self.assertEqual(self._send(1000, 2), [SMALL_READ, 1000 - SMALL_READ])
+        # Still full size: 200 000 bytes come in reads of more than
+        # SMALL_READ, as many as the socket's buffers hold at once.
+        got = self._send(200_000, 200_000 // SMALL_READ)
+        self.assertLessEqual(max(got), Server.bufferSize)
+        self.assertGreater(sum(got) / len(got), SMALL_READ)
+        # A short read again: small reads again.
+        self.assertEqual(self._send(5, 1), [5])
+        self.assertEqual(self._send(600, 2), [SMALL_READ, 600 - SMALL_READ])
