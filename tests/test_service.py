@@ -4,8 +4,10 @@ Tests for L{primed.service}: UDP addresses, and the order of a graceful stop
 """
 
 import os
+import socket
 
 from twisted.internet.endpoints import serverFromString
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect
@@ -808,3 +810,84 @@ class UDPAddressMessageTests(unittest.TestCase):
     def test_hostName(self):
         error = self.assertRaises(ValueError, UDPAddress.fromString, "localhost:8808")
         self.assertEqual(str(error), "expected an IP address as HOST, not 'localhost'")
+
+
+class NoDelayTests(unittest.TestCase):
+    """
+    Every TCP listener has Nagle's algorithm off, and so every connection
+    it accepts (a reply written while the previous one is unacknowledged
+    would otherwise wait up to a delayed ACK's 40 ms); a UNIX listener is
+    left alone, without the error Twisted logs when asked.  Real sockets on
+    a reactor that is not run.
+    """
+
+    def setUp(self):
+        from primed.reactor import PrimedReactor
+
+        self.reactor = PrimedReactor()
+        self.logged = _captureLog(self)
+        self.addCleanup(self._close)
+        self.clients = []
+
+    def _close(self):
+        from twisted.internet.error import ConnectionDone
+
+        for client in self.clients:
+            client.close()
+        for selectable in self.reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionDone()))
+        self.reactor._poller.close()
+
+    def _accepted(self, service, connect):
+        """
+        Connect with C{connect()}, get an answer, return the protocol that
+        answered.
+        """
+        client = connect()
+        self.clients.append(client)
+        client.sendall(b"17\n")
+        client.setblocking(False)
+        got = b""
+        for _ in range(100):
+            if got.endswith(b"\n"):
+                break
+            self.reactor.doPoll(0.1)
+            try:
+                got += client.recv(16)
+            except BlockingIOError:
+                pass
+        self.assertEqual(got, b"T\n")
+        [protocol] = service.factory.protocols
+        return protocol
+
+    def test_tcp(self):
+        service = PrimedService(
+            self.reactor,
+            [("tcp:0:interface=127.0.0.1",
+              serverFromString(self.reactor, "tcp:0:interface=127.0.0.1"))],
+            [], threads=1, threadpool=HandDrivenPool(),
+        )
+        service.privilegedStartService()
+        [port] = service.tcpPorts
+        self.assertEqual(port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        protocol = self._accepted(
+            service, lambda: socket.create_connection(("127.0.0.1", port.getHost().port))
+        )
+        self.assertTrue(protocol.transport.getTcpNoDelay())
+
+    def test_unix(self):
+        path = self.mktemp()
+        service = PrimedService(
+            self.reactor, [(f"unix:{path}", serverFromString(self.reactor, f"unix:{path}"))],
+            [], threads=1, threadpool=HandDrivenPool(),
+        )
+        service.privilegedStartService()
+
+        def connect():
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(path)
+            return client
+
+        self._accepted(service, connect)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e for e in self.logged() if "NODELAY" in e], [])
