@@ -195,6 +195,13 @@ class PrimedReactor(EPollReactor):
     #: context), kept from one poll to the next.
     _logFrame = None
 
+    #: When the last poll that found something ready returned, by
+    #: C{seconds()}: the time of every read that poll dispatches, for
+    #: protocols that note when they last heard from their peer (libuv's
+    #: loop time, C{uv_now}, is kept the same way).  One clock read per poll
+    #: instead of one per read: 60 ns, most of a 20-digit number's parsing.
+    polledAt = 0.0
+
     def doPoll(self, timeout):
         """
         Poll once and dispatch what is ready.
@@ -215,6 +222,7 @@ class PrimedReactor(EPollReactor):
             raise
         if not events:
             return
+        self.polledAt = self.seconds()
         selectables = self._selectables
         read = os.read
         contexts = context.theContextTracker.currentContext().contexts

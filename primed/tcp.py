@@ -36,7 +36,7 @@ from zope.interface import implementer
 from primed import wire
 from primed.checker import CheckAbandoned
 from primed.fastpath import streamWriter
-from primed.tcpreads import FastReads
+from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Replies that may be pending on one connection before it stops reading.
@@ -92,7 +92,8 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self.counters = factory.counters
         self._write = streamWriter(self.transport)
         self._seconds = factory.reactor.seconds
-        self._activeAt = self._seconds()
+        self._clock = readClock(factory.reactor)
+        self._activeAt = self._clock.polledAt
         self._inlineMaxBits = self.checker.inlineMaxBits
         self._plainDigits = wire.plainDigitsLimit(factory.maxDigits)
         self._fastDigits = wire.inlineDigitsLimit(factory.maxDigits, self._inlineMaxBits)
@@ -140,7 +141,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         instructions: a tenth of a one-request read), note the time; when
         the timer fires, L{timeoutConnection} re-arms it for what is left.
         """
-        self._activeAt = self._seconds()
+        self._activeAt = self._clock.polledAt
 
     def timeoutConnection(self):
         """

@@ -15,8 +15,9 @@ work per line:
     need no branch of their own (the engine says they are not prime);
   - the counters are bumped once per read, from the verdicts
     (C{out.count(PRIME_REPLY)}), not once per line;
-  - the idle clock is read once per read, and the replies leave in one
-    write.
+  - the time of the read, for the idle timeout, is the poll's
+    (L{readClock}): no clock read per read;
+  - the replies leave in one write.
 
 A read of one line, the shape of every request in the one-at-a-time case,
 is not even split.  Anything else, or the first line of a read that is not
@@ -29,13 +30,39 @@ backpressure and C{--verbose}.  Measured with C{benchmarks/callgrind.py}
 from primed.wire import NOT_PRIME_REPLY, PRIME_REPLY
 
 
+class _ReadNow:
+    """
+    The clock of a reactor that does not note when its poll returned
+    (Twisted's own, a test's L{Clock}): read it.
+    """
+
+    def __init__(self, reactor):
+        self.seconds = reactor.seconds
+
+    @property
+    def polledAt(self) -> float:
+        return self.seconds()
+
+
+def readClock(reactor):
+    """
+    Where a connection of C{reactor} reads the time of a read: its
+    C{polledAt} (L{primed.reactor.PrimedReactor} notes once per poll when
+    the poll returned, the time of every read it dispatches), or the clock
+    itself on any other reactor.  Either way C{readClock(r).polledAt}.
+    """
+    if isinstance(getattr(type(reactor), "polledAt", None), float):
+        return reactor
+    return _ReadNow(reactor)
+
+
 class FastReads:
     """
     A mixin for L{primed.tcp.PrimeLineProtocol}: its C{dataReceived}.
 
     Relies on the protocol's state (C{_buffer}, C{_discarding}, C{_pending},
     C{_held}, C{_paused}, summed up in C{_clear}), its per-connection constants (C{_fastDigits},
-    C{_isPrime}, C{_seconds}, C{_write}, C{counters}) and two methods:
+    C{_isPrime}, C{_clock}, C{_write}, C{counters}) and two methods:
     C{_framedDataReceived}, the general framing, and C{_process}, the
     general answering of complete lines.
     """
@@ -46,7 +73,7 @@ class FastReads:
             self._checkClear()
             return
         # Only complete lines, and nothing owed, held or paused.
-        self._activeAt = self._seconds()
+        self._activeAt = self._clock.polledAt
         line = data[:-1]
         if 10 not in line:
             # One line: no split, no list.  (C{in} with an int is a memchr;

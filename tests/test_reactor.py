@@ -255,6 +255,32 @@ class LogContextTests(SynchronousTestCase):
         self.assertEqual(self.seen, [("first", "before"), ("first", "changed between polls")])
 
 
+class PollTimeTests(SynchronousTestCase):
+    """
+    C{polledAt} is when the last poll that found something ready returned:
+    read once per such poll, after it.
+    """
+
+    setUp = LogContextTests.setUp
+
+    def test_polledAt(self):
+        now = [1.0]
+
+        def poll(timeout, size):
+            now[0] += 6  # the poll waited
+            return self.events
+
+        self.reactor._poller = type("Poller", (), {"poll": lambda _, t, n: poll(t, n)})()
+        self.reactor.seconds = lambda: now[0]
+        self.events = []
+        self.reactor.doPoll(0)
+        self.assertEqual(self.reactor.polledAt, 0.0)  # nothing ready
+        self.events = [(5, select.EPOLLIN), (6, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.assertEqual(self.reactor.polledAt, 13.0)
+        self.assertEqual(len(self.seen), 2)
+
+
 class _Broken(_Selectable):
     """
     A descriptor whose read fails and whose C{connectionLost} fails too.

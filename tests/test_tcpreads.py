@@ -256,3 +256,51 @@ class EquivalenceTests(unittest.TestCase):
                     protocol.dataReceived(chunk)
             results.append((transport.value(), counted(factory)))
         self.assertEqual(results[0], results[1])
+
+
+class PolledReactor(ThreadlessReactor):
+    """
+    A reactor that notes when its poll returned, as
+    L{primed.reactor.PrimedReactor} does.
+    """
+
+    polledAt = 0.0
+
+
+class PollTimeTests(unittest.TestCase):
+    """
+    On a reactor that notes when its poll returned, the time of a read (for
+    the idle timeout) is the poll's, not a clock read per read.
+    """
+
+    def _idleAfter(self, *reads):
+        reactor = PolledReactor()
+        factory = makeFactory(makeChecker(SynchronousPool(), reactor), reactor, idleTimeout=10)
+        protocol, transport = connect(factory)
+        reactor.advance(9)
+        reactor.polledAt = 5.0  # the poll that delivers the read returned at 5
+        for read in reads:
+            protocol.dataReceived(read)
+        self.assertEqual(transport.value(), b"T\n")
+        reactor.advance(5.5)  # 9.5 s after the poll
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)  # 10.5 s after it
+        self.assertTrue(transport.disconnecting)
+
+    def test_shortPath(self):
+        self._idleAfter(b"7\n")
+
+    def test_generalPath(self):
+        self._idleAfter(b"1", b"7\n")  # a line completed across reads
+
+    def test_otherReactors(self):
+        """
+        Any other reactor's clock is read.
+        """
+        from primed.tcpreads import readClock
+
+        reactor = ThreadlessReactor()
+        reactor.advance(3)
+        self.assertEqual(readClock(reactor).polledAt, 3)
+        polled = PolledReactor()
+        self.assertIs(readClock(polled), polled)
