@@ -57,21 +57,35 @@ _LONGEST_TIMEOUT = 2147483
 #: a twentieth of all primed spends on a one-request read (callgrind).
 SMALL_READ = 448
 
+#: What a TCP connection reads per event otherwise: Twisted's.
+_FULL_READ = Server.bufferSize
 
-def _adaptReadSize(connection, size: int, got: int) -> None:
+
+def _adaptReadSize(small: set, fd: int, size: int, got: int) -> None:
     """
-    Choose C{connection}'s next read size from its last read, which asked
-    for C{size} bytes and got C{got}: a read that filled L{SMALL_READ} means
-    more is flowing (a bulk client), so read Twisted's C{bufferSize} again,
+    Choose the next read size of the connection on C{fd} from its last read,
+    which asked for C{size} bytes and got C{got}: a read that filled its
+    size means more is flowing (a bulk client), so read L{_FULL_READ} again,
     one system call per 64 KiB as before; a short read means the client is
-    not streaming, so read small.  The size is the connection's
-    C{bufferSize} attribute, which L{tcp.Connection.doRead} reads too, so
-    events that take Twisted's own path read the same.
+    not streaming, so read small.  C{small} holds the descriptors that read
+    small.
+
+    Not the connection's C{bufferSize}: Twisted reads that as the limit of
+    its write buffer too (C{_isSendBufferFull}: past it, a streaming
+    producer is paused, and primed's connection stops reading), so setting
+    it to L{SMALL_READ} would pause a connection on 448 bytes of unsent
+    replies (a TLS connection, whose replies all pass through that buffer,
+    on a short read of 300 empty lines); and events that take
+    Twisted's own path (readable and writable at once, hang-ups) read
+    C{bufferSize}, which must not stay 448 for a client whose replies back
+    up.  A descriptor's entry may outlive its connection (only the fast
+    path's own ends remove it): the next connection on that number starts
+    small, and its first full read makes it read 64 KiB.
     """
     if got == size:
-        connection.bufferSize = type(connection).bufferSize
+        small.discard(fd)
     elif got < SMALL_READ:
-        connection.bufferSize = SMALL_READ
+        small.add(fd)
 
 
 class DatagramPort(udp.Port):
@@ -202,6 +216,12 @@ class PrimedReactor(EPollReactor):
     #: instead of one per read: 60 ns, most of a 20-digit number's parsing.
     polledAt = 0.0
 
+    def __init__(self):
+        EPollReactor.__init__(self)
+        #: The descriptors of TCP connections reading L{SMALL_READ} bytes
+        #: per event (L{_adaptReadSize}).
+        self._smallReads = set()
+
     def doPoll(self, timeout):
         """
         Poll once and dispatch what is ready.
@@ -225,6 +245,7 @@ class PrimedReactor(EPollReactor):
         self.polledAt = self.seconds()
         selectables = self._selectables
         read = os.read
+        small = self._smallReads
         contexts = context.theContextTracker.currentContext().contexts
         below = contexts[-1]
         cached = self._logFrame
@@ -255,7 +276,7 @@ class PrimedReactor(EPollReactor):
                         # tcp.Connection.doRead and _dataReceived, inline:
                         # three Python calls fewer on the hottest path.
                         logContext["system"] = selectable.logstr
-                        size = selectable.bufferSize
+                        size = SMALL_READ if fd in small else _FULL_READ
                         try:
                             # os.read, not socket.recv: the same system
                             # call, 500 instructions fewer around it.
@@ -267,10 +288,11 @@ class PrimedReactor(EPollReactor):
                         else:
                             if data:
                                 if size != SMALL_READ or len(data) == size:
-                                    _adaptReadSize(selectable, size, len(data))
+                                    _adaptReadSize(small, fd, size, len(data))
                                 selectable.protocol.dataReceived(data)
                                 continue
                             why = CONNECTION_DONE
+                        small.discard(fd)
                     else:
                         logContext["system"] = selectable.logPrefix()
                         why = selectable.doRead()

@@ -375,7 +375,7 @@ class ReadSizeTests(SynchronousTestCase):
                 pass
             self.reactor.doPoll(0.1)
         got = self.protocol.reads[before:]
-        self.assertLessEqual(len(got), reads)
+        self.assertLessEqual(len(got), reads, got)
         return got
 
     def test_shortThenBulk(self):
@@ -391,3 +391,44 @@ class ReadSizeTests(SynchronousTestCase):
         # A short read again: small reads again.
         self.assertEqual(self._send(5, 1), [5])
         self.assertEqual(self._send(600, 2), [SMALL_READ, 600 - SMALL_READ])
+
+    def test_writeBufferLimit(self):
+        """
+        Reading small does not shrink the transport's write buffer: Twisted
+        pauses a streaming producer (primed's connection stops reading) once
+        more than C{bufferSize} bytes wait to be sent, so that limit stays
+        Twisted's 64 KiB, not L{SMALL_READ}.
+        """
+        self.assertEqual(self._send(10, 1), [10])  # reads are small now
+
+        class Producer:
+            paused = False
+
+            def pauseProducing(self):
+                self.paused = True
+
+            def resumeProducing(self):
+                self.paused = False
+
+            def stopProducing(self):
+                pass
+
+        producer = Producer()
+        transport = self.protocol.transport
+        transport.registerProducer(producer, True)
+        transport.write(b"F\n" * 500)  # 1 000 bytes, buffered until writable
+        self.assertFalse(producer.paused)
+        transport.write(b"F\n" * Server.bufferSize)
+        self.assertTrue(producer.paused)
+
+    def test_twistedPathReadsFull(self):
+        """
+        A read event that takes Twisted's own dispatch (readable and
+        writable at once: the connection has replies waiting to be sent)
+        reads Twisted's C{bufferSize}, however small the fast path's last
+        reads were: a client whose replies back up is not read 448 bytes a
+        poll.
+        """
+        self.assertEqual(self._send(10, 1), [10])  # reads are small now
+        self.protocol.transport.startWriting()  # EPOLLIN|EPOLLOUT next
+        self.assertEqual(self._send(2000, 1), [2000])
