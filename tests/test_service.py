@@ -6,6 +6,7 @@ Tests for L{primed.service}: UDP addresses, and the order of a graceful stop
 import os
 import socket
 
+from twisted.internet import tcp
 from twisted.internet.endpoints import serverFromString
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -891,3 +892,90 @@ class NoDelayTests(unittest.TestCase):
         self._accepted(service, connect)
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual([e for e in self.logged() if "NODELAY" in e], [])
+
+
+class NoDelayKindsTests(NoDelayTests):
+    """
+    Every kind of TCP listener gets it, not only C{tcp:}: C{tcp6:},
+    C{ssl:}, C{haproxy:} in front of either, C{--reuseport}'s own socket and
+    an inherited one (what C{systemd:} adopts), each checked on the
+    listening socket and on a connection it accepted (raw TCP: no TLS
+    handshake or PROXY header is needed to be accepted).
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+
+        from support import makeCertificates
+
+        cls.directory = tempfile.mkdtemp(prefix="primed-nodelay-")
+        cls.paths = makeCertificates(cls.directory)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def _serve(self, description, reusePort=False, endpoint=None):
+        from primed.tap import _serverEndpoint
+
+        if endpoint is None:
+            endpoint = _serverEndpoint(self.reactor, description)
+        service = PrimedService(
+            self.reactor, [(description, endpoint)], [], threads=1,
+            threadpool=HandDrivenPool(), reusePort=reusePort,
+        )
+        service.privilegedStartService()
+        self.addCleanup(service._stopListening)
+        [port] = service.tcpPorts
+        self.assertEqual(port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        host = port.getHost()
+        client = socket.create_connection((host.host, host.port))
+        self.clients.append(client)
+        for _ in range(100):
+            if service.factory.protocols:
+                break
+            self.reactor.doPoll(0.1)
+        [protocol] = service.factory.protocols
+        transport = protocol.transport
+        while not isinstance(transport, tcp.Server):  # under TLS, PROXY layers
+            transport = transport.transport
+        accepted = transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        self.assertEqual(accepted, 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def _ssl(self, port="0", interface="127.0.0.1"):
+        return (f"ssl:{port}:interface={interface}:privateKey={self.paths['key']}"
+                f":certKey={self.paths['cert']}")
+
+    def test_tcp6(self):
+        self._serve("tcp6:0:interface=\\:\\:1")
+
+    def test_ssl(self):
+        self._serve(self._ssl())
+
+    def test_haproxyTCP(self):
+        self._serve("haproxy:tcp:0:interface=127.0.0.1")
+
+    def test_haproxySSL(self):
+        self._serve("haproxy:" + self._ssl())
+
+    def test_reusePort(self):
+        self._serve("tcp:0:interface=127.0.0.1", reusePort=True)
+        self._serve(self._ssl(), reusePort=True)
+
+    def test_inherited(self):
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        sock.setblocking(False)
+        fd = os.dup(sock.fileno())
+        sock.close()
+        self._serve(
+            "systemd:domain=INET:index=0",
+            endpoint=AdoptedStreamServerEndpoint(self.reactor, fd, socket.AF_INET),
+        )
