@@ -329,7 +329,11 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             ready.append(pending.popleft()[0])
         if ready:
             self._write(b"".join(ready))
-            self.resetTimeout()  # idle time counts from the last reply
+            # Idle time counts from the last reply.  Not resetTimeout: this
+            # is no read, and the poll time it would note may predate the
+            # reply (the pool's wake-up can be handled in a turn that did
+            # not poll, after a check that took minutes).
+            self._activeAt = self._seconds()
         if PAUSED_BY_INFLIGHT in self._paused and len(pending) < self.maxInflight:
             self._unpause(PAUSED_BY_INFLIGHT)
         self._finishIfDone()

@@ -304,3 +304,24 @@ class PollTimeTests(unittest.TestCase):
         self.assertEqual(readClock(reactor).polledAt, 3)
         polled = PolledReactor()
         self.assertIs(readClock(polled), polled)
+
+    def test_poolReply(self):
+        """
+        A reply from the pool is not a read: idle time counts from when it
+        was written, even when no poll returned between the pool's answer
+        and its handling (the worker's wake-up raced a reactor turn that
+        ran timers without polling), so C{polledAt} is still the request's.
+        """
+        reactor = PolledReactor()
+        pool = HandDrivenPool()
+        factory = makeFactory(makeChecker(pool, reactor), reactor, idleTimeout=300)
+        protocol, transport = connect(factory)
+        reactor.polledAt = 0.0  # the poll that delivers the request
+        protocol.dataReceived(b"%d\n" % BIG_PRIME)
+        reactor.pump([100] * 10)  # the check takes 1 000 s
+        pool.run()
+        self.assertEqual(transport.value(), b"T\n")
+        reactor.advance(299)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
