@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect
+from support import CertificatesMixin
 from primed.checker import CheckAbandoned
 from primed.service import PrimedService, UDPAddress
 
@@ -894,7 +895,7 @@ class NoDelayTests(unittest.TestCase):
         self.assertEqual([e for e in self.logged() if "NODELAY" in e], [])
 
 
-class NoDelayKindsTests(NoDelayTests):
+class NoDelayKindsTests(CertificatesMixin, NoDelayTests):
     """
     Every kind of TCP listener gets it, not only C{tcp:}: C{tcp6:},
     C{ssl:}, C{haproxy:} in front of either, C{--reuseport}'s own socket and
@@ -902,21 +903,6 @@ class NoDelayKindsTests(NoDelayTests):
     listening socket and on a connection it accepted (raw TCP: no TLS
     handshake or PROXY header is needed to be accepted).
     """
-
-    @classmethod
-    def setUpClass(cls):
-        import tempfile
-
-        from support import makeCertificates
-
-        cls.directory = tempfile.mkdtemp(prefix="primed-nodelay-")
-        cls.paths = makeCertificates(cls.directory)
-
-    @classmethod
-    def tearDownClass(cls):
-        import shutil
-
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
     def _serve(self, description, reusePort=False, endpoint=None):
         from primed.tap import _serverEndpoint
