@@ -61,31 +61,28 @@ SMALL_READ = 448
 _FULL_READ = Server.bufferSize
 
 
-def _adaptReadSize(small: set, fd: int, size: int, got: int) -> None:
+def _adaptReadSize(connection, size: int, got: int) -> None:
     """
-    Choose the next read size of the connection on C{fd} from its last read,
-    which asked for C{size} bytes and got C{got}: a read that filled its
-    size means more is flowing (a bulk client), so read L{_FULL_READ} again,
-    one system call per 64 KiB as before; a short read means the client is
-    not streaming, so read small.  C{small} holds the descriptors that read
-    small.
+    Choose C{connection}'s next read size from its last read, which asked
+    for C{size} bytes and got C{got}: a read that filled its size means
+    more is flowing (a bulk client), so read L{_FULL_READ} again, one system
+    call per 64 KiB as before; a short read means the client is not
+    streaming, so read small.
 
-    Not the connection's C{bufferSize}: Twisted reads that as the limit of
+    The size is the connection's C{primedReadSize} attribute (set on its
+    first read), not its C{bufferSize}: Twisted reads that as the limit of
     its write buffer too (C{_isSendBufferFull}: past it, a streaming
     producer is paused, and primed's connection stops reading), so setting
     it to L{SMALL_READ} would pause a connection on 448 bytes of unsent
     replies (a TLS connection, whose replies all pass through that buffer,
-    on a short read of 300 empty lines); and events that take
-    Twisted's own path (readable and writable at once, hang-ups) read
-    C{bufferSize}, which must not stay 448 for a client whose replies back
-    up.  A descriptor's entry may outlive its connection (only the fast
-    path's own ends remove it): the next connection on that number starts
-    small, and its first full read makes it read 64 KiB.
+    on a short read of 300 empty lines); and events that take Twisted's own
+    path (readable and writable at once, hang-ups) read C{bufferSize},
+    which must not stay 448 for a client whose replies back up.
     """
     if got == size:
-        small.discard(fd)
+        connection.primedReadSize = _FULL_READ
     elif got < SMALL_READ:
-        small.add(fd)
+        connection.primedReadSize = SMALL_READ
 
 
 class DatagramPort(udp.Port):
@@ -216,12 +213,6 @@ class PrimedReactor(EPollReactor):
     #: instead of one per read: 60 ns, most of a 20-digit number's parsing.
     polledAt = 0.0
 
-    def __init__(self):
-        EPollReactor.__init__(self)
-        #: The descriptors of TCP connections reading L{SMALL_READ} bytes
-        #: per event (L{_adaptReadSize}).
-        self._smallReads = set()
-
     def doPoll(self, timeout):
         """
         Poll once and dispatch what is ready.
@@ -245,7 +236,6 @@ class PrimedReactor(EPollReactor):
         self.polledAt = self.seconds()
         selectables = self._selectables
         read = os.read
-        small = self._smallReads
         contexts = context.theContextTracker.currentContext().contexts
         below = contexts[-1]
         cached = self._logFrame
@@ -276,7 +266,10 @@ class PrimedReactor(EPollReactor):
                         # tcp.Connection.doRead and _dataReceived, inline:
                         # three Python calls fewer on the hottest path.
                         logContext["system"] = selectable.logstr
-                        size = SMALL_READ if fd in small else _FULL_READ
+                        try:
+                            size = selectable.primedReadSize
+                        except AttributeError:  # its first read
+                            size = selectable.primedReadSize = _FULL_READ
                         try:
                             # os.read, not socket.recv: the same system
                             # call, 500 instructions fewer around it.
@@ -288,11 +281,10 @@ class PrimedReactor(EPollReactor):
                         else:
                             if data:
                                 if size != SMALL_READ or len(data) == size:
-                                    _adaptReadSize(small, fd, size, len(data))
+                                    _adaptReadSize(selectable, size, len(data))
                                 selectable.protocol.dataReceived(data)
                                 continue
                             why = CONNECTION_DONE
-                        small.discard(fd)
                     else:
                         logContext["system"] = selectable.logPrefix()
                         why = selectable.doRead()
