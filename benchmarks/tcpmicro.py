@@ -16,15 +16,14 @@ worst case for the poll's share; under load a poll returns several.
 C{--source} runs another checkout's C{primed} to compare versions.
 """
 
-import argparse
 import os
-import re
 import socket
-import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _micro  # noqa: E402
 
 
 def rounds(count, perRead, raw):
@@ -63,38 +62,9 @@ def rounds(count, perRead, raw):
             got += len(client.recv(4096))
 
 
-def _instructions(args, count):
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        if args.source:
-            env["PYTHONPATH"] = args.source
-        argv = [sys.executable, __file__, "--run", str(count), "--per-read", str(args.per_read)]
-        if args.raw:
-            argv.append("--raw")
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-            env=env, check=True, capture_output=True,
-        )
-        with open(out) as f:
-            return int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-read", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--source", help="a checkout whose primed/ to import")
-    parser.add_argument("--raw", action="store_true")
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.run is not None:
-        rounds(args.run, args.per_read, args.raw)
-        return 0
-    n = args.rounds
-    low, high = _instructions(args, n), _instructions(args, 3 * n)
-    print(f"{(high - low) / (2 * n):,.0f} instructions per round of {args.per_read} request(s)")
-    return 0
+    return _micro.main(__file__, __doc__, rounds, 1, 2000,
+                       lambda cost, perRead: f"{cost:,.0f} instructions per round of {perRead} request(s)")
 
 
 if __name__ == "__main__":
