@@ -36,8 +36,10 @@ ROOT = os.path.dirname(HERE)
 
 #: Module -> the unit tests run against each of its mutants.
 #: Too slow to run once per mutant: Hypothesis fuzzing (300 examples a test)
-#: and a client test that checks a few 4300-digit numbers for real.
-SKIP = "not FuzzTests and not test_orderWithBigAndSmall"
+#: and a client test that checks a few 4300-digit numbers for real.  And
+#: test_reactor's daemons: they run the installed package, never the mutant
+#: (seconds each, killing nothing).
+SKIP = "not FuzzTests and not test_orderWithBigAndSmall and not DaemonReactorTests"
 
 #: Seconds after which a mutant's test run counts as hung (killed): dozens
 #: of times an unmutated run on a loaded machine.
@@ -52,6 +54,7 @@ MODULES = {
     "tcpreads": ["tests/test_tcpreads.py", "tests/test_tcp.py", "tests/test_counters.py"],
     "tcpfactory": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
     "udp": ["tests/test_udp.py", "tests/test_udpread.py", "tests/test_counters.py"],
+    "reactor": ["tests/test_reactor.py", "tests/test_udpread.py"],
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],
     "client": ["tests/test_client.py"],

@@ -432,3 +432,91 @@ class ReadSizeTests(SynchronousTestCase):
         self.assertEqual(self._send(10, 1), [10])  # reads are small now
         self.protocol.transport.startWriting()  # EPOLLIN|EPOLLOUT next
         self.assertEqual(self._send(2000, 1), [2000])
+
+    def test_fullReadOfExactlySmallRead(self):
+        """
+        A full-size read that got exactly L{SMALL_READ} bytes is not short:
+        a small read would have been filled by them, and gone back to full
+        size.  Reads stay full size.
+        """
+        self.assertEqual(self._send(SMALL_READ, 1), [SMALL_READ])
+        self.assertEqual(self._send(1000, 1), [1000])
+
+
+class _Readable:
+    """
+    A descriptor that stays readable (a byte is waiting, never read), so a
+    poll returns at once whatever its timeout.
+    """
+
+    def __init__(self):
+        self.ends = socket.socketpair()
+        self.ends[1].send(b"x")
+
+    def fileno(self):
+        return self.ends[0].fileno()
+
+    def logPrefix(self):
+        return "readable"
+
+    def doRead(self):
+        pass
+
+    def close(self):
+        for end in self.ends:
+            end.close()
+
+
+class MainLoopTimeoutTests(SynchronousTestCase):
+    """
+    L{PrimedReactor.mainLoop}'s turns poll as long as Twisted's would: until
+    the next timer, never longer than epoll_wait's int of milliseconds takes,
+    forever with no timer.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        self.addCleanup(self.reactor._poller.close)
+        readable = _Readable()
+        self.addCleanup(readable.close)
+        self.reactor.addReader(readable)
+        self.addCleanup(self.reactor.removeReader, readable)
+
+    def _timeouts(self, turns):
+        """
+        Run C{turns} turns of the main loop, each polling for real: the
+        timeouts they polled with.
+        """
+        reactor = self.reactor
+        timeouts = []
+
+        def doIteration(timeout):
+            timeouts.append(timeout)
+            if len(timeouts) == turns:
+                reactor._started = False
+            PrimedReactor.doPoll(reactor, timeout)
+
+        reactor.doIteration = doIteration
+        reactor._started = reactor.running = True
+        reactor.mainLoop()
+        return timeouts
+
+    def test_farTimerCapped(self):
+        """
+        A timer 30 days away (further than epoll_wait's 2 ** 31 ms) polls
+        for Twisted's longest timeout, which epoll takes, on every turn:
+        not an C{OverflowError} per turn.
+        """
+        self.reactor.callLater(30 * 86400, lambda: None)
+        longest = 2147483  # ReactorBase.timeout's
+        self.assertEqual(self._timeouts(3), [longest] * 3)
+
+    def test_nearTimer(self):
+        self.reactor.callLater(5, lambda: None)
+        timeouts = self._timeouts(3)
+        self.assertEqual(len(timeouts), 3)
+        for timeout in timeouts:
+            self.assertTrue(4 < timeout <= 5, timeouts)
+
+    def test_noTimer(self):
+        self.assertEqual(self._timeouts(2), [None, None])
