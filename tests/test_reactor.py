@@ -39,6 +39,12 @@ def _forPrimed(builder):
         classes = builder.makeTestCaseClasses()
     finally:
         del builder._reactors
+    for cls in classes.values():
+        # runReactor's limit (trial's 120 s by default): a reactor that
+        # never stops fails the test after this long.  Each test takes well
+        # under a second; a mutant of the reactor that hangs one
+        # (tests/mutate.py) costs this, not the run's whole HANG.
+        cls.timeout = 15
     return {f"Primed_{name}": cls for name, cls in classes.items()}
 
 
@@ -106,6 +112,46 @@ class DatagramPortTests(SynchronousTestCase):
         self.assertEqual(len(self.received), 3)  # stops once 250 bytes are read
         self.port.doRead()
         self.assertEqual(len(self.received), 5)
+
+    def test_maxThroughputReachedExactly(self):
+        """
+        Reading exactly C{maxThroughput} bytes ends the event; a byte less
+        does not.
+        """
+        self.port.maxThroughput = 300
+        self._queue(7, size=100)
+        self.port.doRead()
+        self.assertEqual(len(self.received), 3)
+        self.port.maxThroughput = 201
+        self.port.doRead()
+        self.assertEqual(len(self.received), 6)  # 200 bytes were not enough
+
+    def test_peeksThenDrains(self):
+        """
+        After each of the first L{DatagramPort.PEEKS} datagrams of an event
+        the loop peeks, without waiting: a short queue ends without a failed
+        read; a longer one is then drained to C{EAGAIN}.  The protocol has
+        no C{readDatagrams}: this is the port's own loop.
+        """
+        self._queue(1)
+        self.port.doRead()  # makes the port's peek
+        peeks, failures = [], []
+        peek, readFailed = self.port.peek, self.port.readFailed
+        self.port.peek = lambda *args: (peeks.append(args), peek(*args))[1]
+        self.port.readFailed = lambda error: (failures.append(error), readFailed(error))
+        for count in range(1, DatagramPort.PEEKS + 1):
+            del peeks[:], self.received[:]
+            self._queue(count)
+            self.port.doRead()
+            self.assertEqual(len(self.received), count)
+            self.assertEqual(([timeout for timeout, _ in peeks], failures), ([0] * count, []))
+        del peeks[:], self.received[:]
+        count = DatagramPort.PEEKS + 1
+        self._queue(count)
+        self.port.doRead()
+        self.assertEqual(len(self.received), count)
+        self.assertEqual([timeout for timeout, _ in peeks], [0] * DatagramPort.PEEKS)
+        self.assertEqual([type(error) for error in failures], [BlockingIOError])
 
 
 def _reactorClassAfter(code):
