@@ -6,6 +6,8 @@ promises of a reactor; and C{twistd} installs it by default but honours
 C{--reactor}.
 """
 
+import errno
+import os
 import select
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
+from twisted.internet.error import ConnectionFdescWentAway
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.tcp import Server
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -325,6 +328,70 @@ class PollTimeTests(SynchronousTestCase):
         self.reactor.doPoll(0)
         self.assertEqual(self.reactor.polledAt, 13.0)
         self.assertEqual(len(self.seen), 2)
+
+
+class _Closed(_Selectable):
+    """
+    A descriptor closed under the reactor (C{fileno()} is -1), noting how
+    it was disconnected.
+    """
+
+    def fileno(self):
+        return -1
+
+    def connectionLost(self, reason):
+        self.seen.append(("lost", reason.type))
+
+
+class PollTests(SynchronousTestCase):
+    """
+    L{PrimedReactor.doPoll}'s poll and the events it skips: no timeout
+    waits as long as it takes; a poll interrupted by a signal is an empty
+    one, any other error is raised; an event of a descriptor removed by an
+    earlier one of its batch is skipped, and one closed under the reactor
+    is disconnected as Twisted's dispatch does, never read.
+    """
+
+    setUp = LogContextTests.setUp
+
+    def _poll(self, poll):
+        self.reactor._poller = type("Poller", (), {"poll": lambda _, t, n: poll(t)})()
+
+    def test_noTimeout(self):
+        timeouts = []
+        self._poll(lambda timeout: timeouts.append(timeout) or [])
+        self.reactor.doPoll(None)
+        self.reactor.doPoll(2.5)
+        self.assertEqual(len(timeouts), 2)
+        self.assertLess(timeouts[0], 0)  # epoll: wait indefinitely, not wake each second
+        self.assertEqual(timeouts[1], 2.5)
+
+    def _fails(self, number):
+        def poll(timeout):
+            raise OSError(number, os.strerror(number))
+
+        self._poll(poll)
+
+    def test_interrupted(self):
+        self._fails(errno.EINTR)
+        self.reactor.doPoll(0)
+        self.assertEqual(self.seen, [])
+
+    def test_pollFails(self):
+        self._fails(errno.EBADF)
+        failure = self.assertRaises(OSError, self.reactor.doPoll, 0)
+        self.assertEqual(failure.errno, errno.EBADF)
+
+    def test_removedEarlierInTheBatch(self):
+        self.events = [(7, select.EPOLLIN), (5, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.assertEqual([system for system, _ in self.seen], ["first"])
+
+    def test_closedDescriptor(self):
+        self.reactor._selectables[5] = _Closed("closed", self.seen)
+        self.events = [(5, select.EPOLLIN), (6, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.assertEqual(self.seen, [("lost", ConnectionFdescWentAway), ("second", None)])
 
 
 class _Broken(_Selectable):
