@@ -21,10 +21,12 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
-from twisted.internet.error import ConnectionFdescWentAway
+from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.tcp import Server
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from primed.reactor import SMALL_READ, DatagramPort, PrimedReactor
 
@@ -633,3 +635,120 @@ class MainLoopTimeoutTests(SynchronousTestCase):
 
     def test_noTimer(self):
         self.assertEqual(self._timeouts(2), [None, None])
+
+
+@implementer(IHalfCloseableProtocol)
+class _Notes(Protocol):
+    """
+    Notes what it is given and how its connection ends; a read of C{b"!"}
+    raises L{ConnectionDone}, as a protocol's bug may.
+    """
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+        self.notes = []
+
+    def dataReceived(self, data):
+        self.notes.append(data)
+        if data == b"!":
+            raise ConnectionDone("from dataReceived")
+
+    def readConnectionLost(self):
+        self.notes.append("readConnectionLost")
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.notes.append(("connectionLost", reason.type))
+
+
+class ServerDispatchTests(SynchronousTestCase):
+    """
+    L{PrimedReactor.doPoll}'s inlined read of accepted TCP connections,
+    against Twisted's dispatch: every ready connection of a poll is read, a
+    read that would block is no end, an EOF is a half-close, and an
+    exception from C{dataReceived} closes the connection whatever it is.
+    Real sockets, a real poller, the reactor not run.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        factory = Factory.forProtocol(_Notes)
+        factory.connections = []
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.clients = [socket.create_connection(("127.0.0.1", port.getHost().port))
+                        for _ in range(2)]
+        self.addCleanup(self._close)
+        self._pollUntil(lambda: len(factory.connections) == 2)
+        self.protocols = factory.connections
+        self.protocols.sort(key=lambda p: p.transport.getPeer().port)
+        self.clients.sort(key=lambda c: c.getsockname()[1])
+
+    def _close(self):
+        for client in self.clients:
+            client.close()
+        for selectable in self.reactor.removeAll():
+            selectable.socket.close()
+        self.reactor._poller.close()
+
+    _pollUntil = ReadSizeTests._pollUntil
+
+    def _readable(self, protocols):
+        """
+        Wait until the server side of each of C{protocols} is readable.
+        """
+        waiting = select.epoll()
+        self.addCleanup(waiting.close)
+        for p in protocols:
+            waiting.register(p.transport.fileno(), select.EPOLLIN)
+        deadline = time.monotonic() + 10
+        while len(waiting.poll(0.1)) < len(protocols):
+            self.assertLess(time.monotonic(), deadline, "nothing arrived")
+
+    def test_allReadyReadInOnePoll(self):
+        for client, data in zip(self.clients, [b"1\n", b"2\n"]):
+            client.sendall(data)
+        self._readable(self.protocols)
+        self.reactor.doPoll(0)
+        self.assertEqual([p.notes for p in self.protocols], [[b"1\n"], [b"2\n"]])
+
+    def test_wouldBlock(self):
+        """
+        A read event whose read finds nothing (another reader got there
+        first) leaves the connection as it was, and the rest of the batch
+        is read.
+        """
+        quiet, busy = self.protocols
+        self.clients[1].sendall(b"2\n")
+        self._readable([busy])
+        poller = self.reactor._poller
+        events = [(p.transport.fileno(), select.EPOLLIN) for p in self.protocols]
+        self.reactor._poller = type("Poller", (), {"poll": lambda _, t, n: events})()
+        try:
+            self.reactor.doPoll(0)
+        finally:
+            self.reactor._poller = poller
+        self.assertEqual((quiet.notes, busy.notes), ([], [b"2\n"]))
+        self.assertFalse(quiet.transport.disconnected)
+
+    def test_halfClose(self):
+        """
+        The client's EOF is a read-side close for a half-closeable protocol.
+        """
+        protocol = self.protocols[0]
+        self.clients[0].shutdown(socket.SHUT_WR)
+        self._pollUntil(lambda: protocol.notes)
+        self.assertEqual(protocol.notes, ["readConnectionLost"])
+
+    def test_dataReceivedRaises(self):
+        """
+        An exception from C{dataReceived}, even L{ConnectionDone}, is logged
+        and closes the connection both ways, as Twisted's dispatch does (it
+        is no read-side close).
+        """
+        protocol = self.protocols[0]
+        self.clients[0].sendall(b"!")
+        self._pollUntil(lambda: len(protocol.notes) > 1)
+        self.assertEqual(protocol.notes, [b"!", ("connectionLost", ConnectionDone)])
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionDone)), 1)
