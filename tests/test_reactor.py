@@ -53,23 +53,6 @@ def _forPrimed(builder):
     return {f"Primed_{name}": cls for name, cls in classes.items()}
 
 
-for _builder in [
-    test_tcp.TCP4ClientTestsBuilder,
-    test_tcp.TCP6ClientTestsBuilder,
-    test_tcp.TCPPortTestsBuilder,
-    test_tcp.TCPConnectionTestsBuilder,
-    test_tcp.TCPTransportTestsBuilder,
-    test_tcp.AbortConnectionTests,
-    test_udp.UDPServerTestsBuilder,
-    test_udp.UDPFDServerTestsBuilder,
-    test_core.SystemEventTestsBuilder,
-    test_time.TimeTestsBuilder,
-    test_threads.ThreadTestsBuilder,
-]:
-    globals().update(_forPrimed(_builder))
-del _builder
-
-
 class DatagramPortTests(SynchronousTestCase):
     """
     L{DatagramPort} reads every queued datagram in one read event, within
@@ -752,3 +735,23 @@ class ServerDispatchTests(SynchronousTestCase):
         self._pollUntil(lambda: len(protocol.notes) > 1)
         self.assertEqual(protocol.notes, [b"!", ("connectionLost", ConnectionDone)])
         self.assertEqual(len(self.flushLoggedErrors(ConnectionDone)), 1)
+
+
+# Last, so that a run stopping at its first failure (C{pytest -x}, as
+# tests/mutate.py runs) tries the quick tests above first: a reactor broken
+# in its poll makes these loop on logged errors until their timeout.
+for _builder in [
+    test_tcp.TCP4ClientTestsBuilder,
+    test_tcp.TCP6ClientTestsBuilder,
+    test_tcp.TCPPortTestsBuilder,
+    test_tcp.TCPConnectionTestsBuilder,
+    test_tcp.TCPTransportTestsBuilder,
+    test_tcp.AbortConnectionTests,
+    test_udp.UDPServerTestsBuilder,
+    test_udp.UDPFDServerTestsBuilder,
+    test_core.SystemEventTestsBuilder,
+    test_time.TimeTestsBuilder,
+    test_threads.ThreadTestsBuilder,
+]:
+    globals().update(_forPrimed(_builder))
+del _builder
