@@ -10,6 +10,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
-from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway
+from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.tcp import Server
@@ -287,6 +288,37 @@ class LogContextTests(SynchronousTestCase):
         context.setDefault("primed-test-key", "changed between polls")
         self.reactor.doPoll(0)
         self.assertEqual(self.seen, [("first", "before"), ("first", "changed between polls")])
+
+    def test_frameKept(self):
+        """
+        Polls over the same context reuse one frame: two dictionary copies
+        fewer per poll.
+        """
+        from twisted.python import context
+
+        frames = []
+        self.reactor._selectables[5].doRead = lambda: frames.append(
+            context.theContextTracker.currentContext().contexts[-1])
+        self.events = [(5, select.EPOLLIN)]
+        self.reactor.doPoll(0)
+        self.reactor.doPoll(0)
+        self.assertEqual(len(frames), 2)
+        self.assertIs(frames[0], frames[1])
+
+    def test_logContextBelowKept(self):
+        """
+        The log context a descriptor is read in is the one below with its
+        C{system}, as C{log.callWithLogger} makes it: other keys stay.
+        """
+        from twisted.python import context, log
+
+        seen = []
+        self.reactor._selectables[5].doRead = lambda: seen.append(
+            dict(context.get(log.ILogContext)))
+        self.events = [(5, select.EPOLLIN)]
+        below = {"system": "outer", "primed-test": "kept"}
+        context.call({log.ILogContext: below}, self.reactor.doPoll, 0)
+        self.assertEqual(seen, [{"system": "first", "primed-test": "kept"}])
 
 
 class PollTimeTests(SynchronousTestCase):
@@ -646,6 +678,22 @@ class _Notes(Protocol):
         self.notes.append(("connectionLost", reason.type))
 
 
+class _MadeUpEvents:
+    """
+    A poller whose poll returns C{events}; the rest is C{poller}'s.
+    """
+
+    def __init__(self, poller, events):
+        self._poller = poller
+        self._events = events
+
+    def poll(self, timeout, size):
+        return self._events
+
+    def __getattr__(self, name):
+        return getattr(self._poller, name)
+
+
 class ServerDispatchTests(SynchronousTestCase):
     """
     L{PrimedReactor.doPoll}'s inlined read of accepted TCP connections,
@@ -705,15 +753,34 @@ class ServerDispatchTests(SynchronousTestCase):
         quiet, busy = self.protocols
         self.clients[1].sendall(b"2\n")
         self._readable([busy])
+        self._pollEvents(self.protocols)
+        self.assertEqual((quiet.notes, busy.notes), ([], [b"2\n"]))
+        self.assertFalse(quiet.transport.disconnected)
+
+    def _pollEvents(self, protocols):
+        """
+        Poll once, with a plain read event for each of C{protocols}.
+        """
         poller = self.reactor._poller
-        events = [(p.transport.fileno(), select.EPOLLIN) for p in self.protocols]
-        self.reactor._poller = type("Poller", (), {"poll": lambda _, t, n: events})()
+        self.reactor._poller = _MadeUpEvents(
+            poller, [(p.transport.fileno(), select.EPOLLIN) for p in protocols])
         try:
             self.reactor.doPoll(0)
         finally:
             self.reactor._poller = poller
-        self.assertEqual((quiet.notes, busy.notes), ([], [b"2\n"]))
-        self.assertFalse(quiet.transport.disconnected)
+
+    def test_readFails(self):
+        """
+        A read that fails (the client reset the connection) loses the
+        connection: no clean close, no half-close.  (epoll reports a reset
+        as more than readable: a plain read event is made up here.)
+        """
+        protocol = self.protocols[0]
+        self.clients[0].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.clients[0].close()  # a reset
+        self._readable([protocol])
+        self._pollEvents([protocol])
+        self.assertEqual(protocol.notes, [("connectionLost", ConnectionLost)])
 
     def test_halfClose(self):
         """
