@@ -651,6 +651,19 @@ class MainLoopTimeoutTests(SynchronousTestCase):
     def test_noTimer(self):
         self.assertEqual(self._timeouts(2), [None, None])
 
+    def test_cancelledTimersSwept(self):
+        """
+        Past 50 cancelled timers the turn lets Twisted sweep them, as its
+        own main loop does: they do not stay in the heap (nor set the poll's
+        timeout) until a timer is due.
+        """
+        calls = [self.reactor.callLater(100, lambda: None) for _ in range(51)]
+        self.reactor.runUntilCurrent()  # they are in the heap now
+        for call in calls:
+            call.cancel()
+        self.assertEqual(self._timeouts(1), [None])
+        self.assertEqual(self.reactor._pendingTimedCalls, [])
+
 
 @implementer(IHalfCloseableProtocol)
 class _Notes(Protocol):
