@@ -7,6 +7,7 @@ C{--reactor}.
 """
 
 import errno
+import inspect
 import os
 import select
 import socket
@@ -22,7 +23,13 @@ from twisted.internet.test import (
     test_time,
     test_udp,
 )
-from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionFdescWentAway,
+    ConnectionLost,
+    UnsupportedAddressFamily,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.tcp import Server
@@ -143,6 +150,54 @@ class DatagramPortTests(SynchronousTestCase):
         self.assertEqual([type(error) for error in failures], [BlockingIOError])
 
 
+class DatagramPortMakingTests(SynchronousTestCase):
+    """
+    L{PrimedReactor.listenUDP} and C{adoptDatagramPort} make
+    L{DatagramPort}s with Twisted's defaults, and refuse what Twisted's
+    reactor refuses.
+    """
+
+    def setUp(self):
+        self.reactor = PrimedReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def test_twistedsDefaults(self):
+        """
+        The same parameters and defaults as Twisted's (all interfaces,
+        8192-byte datagrams): checked on the signatures, so that no test
+        listens on every interface.
+        """
+        for name in ("listenUDP", "adoptDatagramPort"):
+            self.assertEqual(inspect.signature(getattr(PrimedReactor, name)),
+                             inspect.signature(getattr(EPollReactor, name)))
+
+    def test_listen(self):
+        port = self.reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.connectionLost)
+        self.assertIsInstance(port, DatagramPort)
+        self.assertEqual(port.maxPacketSize, 8192)
+
+    def _socket(self, family, address):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(address)
+        sock.setblocking(False)
+        return sock
+
+    def test_adopt(self):
+        for family, host in [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]:
+            sock = self._socket(family, (host, 0))
+            port = self.reactor.adoptDatagramPort(sock.fileno(), family, DatagramProtocol())
+            self.addCleanup(port.connectionLost)
+            self.assertIsInstance(port, DatagramPort)
+            self.assertEqual((port.getHost().host, port.maxPacketSize), (host, 8192))
+
+    def test_adoptOtherFamily(self):
+        sock = self._socket(socket.AF_UNIX, "")
+        self.assertRaises(UnsupportedAddressFamily, self.reactor.adoptDatagramPort,
+                          sock.fileno(), socket.AF_UNIX, DatagramProtocol())
+
+
 def _reactorClassAfter(code):
     """
     Run C{code} in a fresh interpreter, then report the installed
@@ -166,8 +221,8 @@ class InstallDefaultTests(TestCase):
         L{PrimedReactor}.
         """
         self.assertEqual(
-            _reactorClassAfter("from primed.reactor import installDefault; installDefault()"),
-            "PrimedReactor",
+            _reactorClassAfter("from primed.reactor import installDefault; print(installDefault())"),
+            "True\nPrimedReactor",
         )
 
     def test_keepsAChosenReactor(self):
@@ -177,9 +232,9 @@ class InstallDefaultTests(TestCase):
         self.assertEqual(
             _reactorClassAfter(
                 "from twisted.internet import pollreactor; pollreactor.install()\n"
-                "from primed.reactor import installDefault; installDefault()"
+                "from primed.reactor import installDefault; print(installDefault())"
             ),
-            "PollReactor",
+            "False\nPollReactor",
         )
 
     def test_optionsInstallIt(self):
