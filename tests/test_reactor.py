@@ -710,6 +710,26 @@ class MainLoopTimeoutTests(SynchronousTestCase):
     def test_noTimer(self):
         self.assertEqual(self._timeouts(2), [None, None])
 
+    def test_timersRunWhenDue(self):
+        """
+        A turn enters Twisted's timer handling (C{runUntilCurrent}, 10 000
+        instructions) only when a timer may be due: for a new timer, and for
+        the first one once its time has come (exactly), not before.  The
+        clock only moves when the test moves it.
+        """
+        now = [1000.0]
+        self.reactor.seconds = lambda: now[0]
+        called = []
+        self.reactor.callLater(0.5, called.append, "due")
+        runs = []
+        runUntilCurrent = self.reactor.runUntilCurrent
+        self.reactor.runUntilCurrent = lambda: (runs.append(now[0]), runUntilCurrent())
+        self.assertEqual(self._timeouts(3), [0.5] * 3)
+        self.assertEqual((runs, called), ([1000.0], []))
+        now[0] += 0.5
+        self._timeouts(1)
+        self.assertEqual((runs, called), ([1000.0, 1000.5], ["due"]))
+
     def test_cancelledTimersSwept(self):
         """
         Past 50 cancelled timers the turn lets Twisted sweep them, as its
