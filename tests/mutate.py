@@ -97,10 +97,12 @@ def mutate(module, tests, cache=None):
         # breaks an import (pytest exits 2) would survive.  -B: mutants of
         # the same size written within a second must not share bytecode.
         # timeout: mutmut's own never fires while the tests print nothing,
-        # and a mutant that loops forever would stop the run.  Output is
-        # dropped: it is never shown.
+        # and a mutant that loops forever would stop the run; -k: a KILL
+        # after the TERM, which a test's reactor may catch and then never
+        # stop (seen in reactor: a pytest left behind for 20 minutes).
+        # Output is dropped: it is never shown.
         with open(os.path.join(work, "run-tests"), "w") as script:
-            script.write(f"timeout {HANG} {python} -B -m pytest -x -q -k '{SKIP}' "
+            script.write(f"timeout -k 10 {HANG} {python} -B -m pytest -x -q -k '{SKIP}' "
                          f"{' '.join(tests)} >/dev/null 2>&1 || exit 1\n")
         runner = "sh run-tests"
         subprocess.run(
