@@ -4,7 +4,9 @@ Tests for L{primed.service}: UDP addresses, and the order of a graceful stop
 """
 
 import os
+import shutil
 import socket
+import tempfile
 
 from twisted.internet import tcp
 from twisted.internet.endpoints import serverFromString
@@ -828,6 +830,10 @@ class NoDelayTests(unittest.TestCase):
 
         self.reactor = PrimedReactor()
         self.logged = _captureLog(self)
+        # Not trial's mktemp: under pytest it litters the working directory.
+        # Removed after _close, which unlinks a UNIX socket in it.
+        self.directory = tempfile.mkdtemp(prefix="primed-service-test-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
         self.addCleanup(self._close)
         self.clients = []
 
@@ -878,7 +884,7 @@ class NoDelayTests(unittest.TestCase):
         self.assertTrue(protocol.transport.getTcpNoDelay())
 
     def test_unix(self):
-        path = self.mktemp()
+        path = os.path.join(self.directory, "socket")
         service = PrimedService(
             self.reactor, [(f"unix:{path}", serverFromString(self.reactor, f"unix:{path}"))],
             [], threads=1, threadpool=HandDrivenPool(),
