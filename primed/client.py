@@ -258,12 +258,11 @@ class PrimedClient:
         first, attempts = self._firstLoss, self._attempts
         self._firstLoss, self._attempts = None, 0
         if attempts:
+            # Attempts were made, so this reason is the last one's, not the
+            # loss that started them (both are reset together).
             message = describeError(first.value)
-            if first is not reason:
-                message += f"; then {attempts} reconnection attempts failed"
-                message += f" ({describeError(reason.value)})"
-            else:
-                message += f" (after {attempts} reconnections)"
+            message += f"; then {attempts} reconnection attempts failed"
+            message += f" ({describeError(reason.value)})"
             reason = Failure(PrimedConnectionLost(message))
         self._fail(reason)
 
