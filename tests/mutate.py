@@ -57,14 +57,14 @@ MODULES = {
     "reactor": ["tests/test_reactor.py", "tests/test_udpread.py"],
     "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],
-    "client": ["tests/test_client.py"],
-    "tcpclient": ["tests/test_tcpclient.py"],
-    "clienttls": ["tests/test_clienttls.py"],
-    "clientbase": ["tests/test_clientbase.py", "tests/test_tcpclient.py",
-                   "tests/test_udpclient.py"],
-    "clientio": ["tests/test_clientio.py", "tests/test_clientcmd.py"],
-    "clientcmd": ["tests/test_clientcmd.py"],
-    "udpclient": ["tests/test_udpclient.py"],
+    "client/__init__": ["tests/test_client.py"],
+    "client/tcp": ["tests/test_client_tcp.py"],
+    "client/tls": ["tests/test_client_tls.py"],
+    "client/base": ["tests/test_client_base.py", "tests/test_client_tcp.py",
+                    "tests/test_client_udp.py"],
+    "client/io": ["tests/test_client_io.py", "tests/test_client_cmd.py"],
+    "client/cmd": ["tests/test_client_cmd.py"],
+    "client/udp": ["tests/test_client_udp.py"],
 }
 
 
@@ -81,7 +81,7 @@ def mutate(module, tests, cache=None):
         work = os.path.join(os.path.abspath(cache), module)
         os.makedirs(work, exist_ok=True)
     else:
-        work = tempfile.mkdtemp(prefix=f"primed-mutate-{module}-")
+        work = tempfile.mkdtemp(prefix=f"primed-mutate-{module.replace('/', '.')}-")
     try:
         for name in ("primed", "tests", "twisted"):
             shutil.rmtree(os.path.join(work, name), ignore_errors=True)

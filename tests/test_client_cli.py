@@ -33,7 +33,7 @@ def clientCommand():
     script = os.path.join(os.path.dirname(sys.executable), "primed-client")
     if os.path.exists(script):
         return [script]
-    return [sys.executable, "-m", "primed.clientcmd"]
+    return [sys.executable, "-m", "primed.client.cmd"]
 
 
 def primedClient(*args, input=b"", stdin=None, timeout=60):

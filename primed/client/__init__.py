@@ -1,14 +1,14 @@
 """
 A client for primed: the Twisted APIs a program imports to ask primed over
 TCP, TLS and UDP, all importable from here.  The C{primed-client} command
-is built on them in L{primed.clientcmd}.
+is built on them in L{primed.client.cmd}.
 
 Over TCP one connection carries any number of requests: primed answers them
-in order, so L{PrimedClientProtocol} (L{primed.tcpclient}) just keeps a
+in order, so L{PrimedClientProtocol} (L{primed.client.tcp}) just keeps a
 queue of Deferreds and fires the oldest with each reply; L{PrimedClient},
 here, makes a lost connection again and resends what it had not answered.
 Over UDP a reply carries nothing that names its request, so
-L{PrimedUDPClient} (L{primed.udpclient}) gives each request a connected
+L{PrimedUDPClient} (L{primed.client.udp}) gives each request a connected
 socket of its own and matches replies by the port they arrive at.
 """
 
@@ -17,7 +17,7 @@ import collections
 from twisted.internet import defer, endpoints
 from twisted.python.failure import Failure
 
-from primed.clientbase import (
+from primed.client.base import (
     DEFAULT_HOST,
     DEFAULT_RETRIES,
     DEFAULT_TCP_PORT,
@@ -34,8 +34,8 @@ from primed.clientbase import (
     _request,
     describeError,
 )
-from primed.tcpclient import PrimedClientProtocol, connect, connectEndpoint
-from primed.udpclient import PrimedUDPClient
+from primed.client.tcp import PrimedClientProtocol, connect, connectEndpoint
+from primed.client.udp import PrimedUDPClient
 
 __all__ = [
     "DEFAULT_HOST",

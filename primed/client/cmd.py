@@ -26,8 +26,8 @@ from primed.client import (
     PrimedClient,
     PrimedUDPClient,
 )
-from primed.clientbase import describeError
-from primed.clientio import InputError, Output, Run, StdinReader
+from primed.client.base import describeError
+from primed.client.io import InputError, Output, Run, StdinReader
 
 #: Requests the command keeps unanswered at once: enough to hide the round
 #: trip, few enough to bound the memory of both ends.  A UDP request holds a

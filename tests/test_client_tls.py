@@ -1,12 +1,13 @@
 """
-L{primed.clienttls} and TLS in L{primed.tcpclient}: L{client.connect} over
+L{primed.client.tls} and TLS in L{primed.client.tcp}: L{client.connect} over
 TLS against a real primed service in this process.
 """
 
 from twisted.trial import unittest
 
 from support import CertificatesMixin
-from primed import client, clienttls
+from primed import client
+from primed.client import tls as clienttls
 from primed.client import PrimedClientProtocol
 from primed.wire import Verdict
 

@@ -4,7 +4,7 @@ TLS, and why its handshake failed, in the words C{openssl s_client} and
 C{curl} use (C{"certificate not trusted (self-signed certificate)"}).
 """
 
-from primed.clientbase import PrimedConnectionLost, PrimedError, PrimedTLSError
+from primed.client.base import PrimedConnectionLost, PrimedError, PrimedTLSError
 
 
 def isTLS(transport) -> bool:

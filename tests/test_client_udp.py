@@ -1,5 +1,5 @@
 """
-L{primed.udpclient}: one connected socket per request, retries, refusals,
+L{primed.client.udp}: one connected socket per request, retries, refusals,
 over a fake reactor and a L{task.Clock}.
 """
 

@@ -13,13 +13,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from primed.clientbase import (
+from primed.client.base import (
     PrimedConnectionLost,
     PrimedProtocolError,
     PrimedTimeout,
     _request,
 )
-from primed.clienttls import handshakeFailure, isTLS
+from primed.client.tls import handshakeFailure, isTLS
 from primed.wire import Verdict
 
 # Reply lines as LineReceiver hands them over, so the hot path is one dict
@@ -35,7 +35,7 @@ class PrimedClientProtocol(LineReceiver):
     primed answers a connection's requests in order, so the oldest pending
     request is always the one a reply belongs to.  L{check} does not limit
     how many requests are in flight: that is the caller's policy (the
-    command keeps L{primed.clientcmd.TCP_WINDOW}).
+    command keeps L{primed.client.cmd.TCP_WINDOW}).
 
     @ivar timeout: L{None}, or the seconds of silence tolerated while answers
         are owed; then the connection is dropped and the pending requests

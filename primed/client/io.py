@@ -2,7 +2,7 @@
 The plumbing of the C{primed-client} command: L{StdinReader} reads the
 numbers, L{Run} keeps a window of them in flight and puts the answers back
 in input order, L{Output} prints them.  None of it knows TCP from UDP: the
-command (L{primed.clientcmd}) hands L{Run} a C{send} function.
+command (L{primed.client.cmd}) hands L{Run} a C{send} function.
 """
 
 import collections
@@ -12,7 +12,7 @@ import threading
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from primed.clientbase import PrimedRequestTooLong
+from primed.client.base import PrimedRequestTooLong
 from primed.wire import Verdict
 
 _WORDS = {

@@ -1,5 +1,5 @@
 """
-The command's plumbing (L{primed.clientio}): the run's window and order, the
+The command's plumbing (L{primed.client.io}): the run's window and order, the
 standard input reader on real pipes.
 """
 
@@ -11,7 +11,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from fakes import FakeUDPReactor
-from primed import client, clientio
+from primed import client
+from primed.client import io as clientio
 from primed.client import PrimedRefused, PrimedTimeout, PrimedUDPClient
 from primed.wire import Verdict
 

@@ -1,5 +1,5 @@
 """
-L{primed.clientbase}: the defaults both clients document, the request line,
+L{primed.client.base}: the defaults both clients document, the request line,
 and the few words an error is reported in.
 """
 
@@ -8,8 +8,8 @@ import errno
 from twisted.internet import defer, error
 from twisted.trial import unittest
 
-from primed import clientbase
-from primed.clientbase import _request, describeError
+from primed.client import base as clientbase
+from primed.client.base import _request, describeError
 
 
 class DefaultsTests(unittest.TestCase):

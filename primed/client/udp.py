@@ -10,7 +10,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from primed.clientbase import (
+from primed.client.base import (
     DEFAULT_RETRIES,
     DEFAULT_UDP_TIMEOUT,
     PrimedRefused,

@@ -1,5 +1,5 @@
 """
-The C{primed-client} command (L{primed.clientcmd}): option parsing, the run
+The C{primed-client} command (L{primed.client.cmd}): option parsing, the run
 over a fake UDP reactor, and over TCP and TLS against a primed service in
 this process on loopback.
 """
@@ -10,8 +10,9 @@ from twisted.trial import unittest
 
 from fakes import FakeUDPReactor
 from support import CertificatesMixin
-from primed import client, clientcmd
-from primed.clientcmd import Options
+from primed import client
+from primed.client import cmd as clientcmd
+from primed.client.cmd import Options
 
 
 class OptionsTests(unittest.TestCase):
@@ -433,7 +434,7 @@ class MainTests(unittest.TestCase):
 
     def test_runAsModule(self):
         """
-        C{python -m primed.clientcmd} is the command too.
+        C{python -m primed.client.cmd} is the command too.
         """
         import os
         import subprocess
@@ -441,7 +442,7 @@ class MainTests(unittest.TestCase):
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         done = subprocess.run(
-            [sys.executable, "-m", "primed.clientcmd", "--port", "x"],
+            [sys.executable, "-m", "primed.client.cmd", "--port", "x"],
             cwd=root, capture_output=True, text=True, timeout=60,
         )
         self.assertEqual((done.returncode, done.stdout), (2, ""))

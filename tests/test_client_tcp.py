@@ -1,5 +1,5 @@
 """
-L{primed.tcpclient}: one pipelined connection over a L{StringTransport},
+L{primed.client.tcp}: one pipelined connection over a L{StringTransport},
 time from a L{task.Clock}.
 """
 
@@ -14,7 +14,7 @@ from primed.client import (
     PrimedProtocolError,
     PrimedTimeout,
 )
-from primed.tcpclient import PrimedClientProtocol
+from primed.client.tcp import PrimedClientProtocol
 from primed.wire import Verdict
 
 class TCPProtocolTests(unittest.TestCase):
@@ -350,7 +350,7 @@ class ConnectTests(unittest.TestCase):
         """
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from primed.tcpclient import connect
+        from primed.client.tcp import connect
 
         reactor = MemoryReactorClock()
         d = connect(reactor, "tcp:host=127.0.0.1:port=8809", timeout=5.0)
