@@ -22,6 +22,7 @@ when it ends.
 """
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ TRIM = ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "usr/share/man/*"
 BASE_IMAGE = "localhost/primed-test-base:" + SUITE
 BASE_LABEL = "org.primed.test.base"
 #: What the cached base image was made from; a different recipe makes a new one.
-BASE_RECIPE = f"debootstrap --variant=minbase --include={PACKAGES} {SUITE}; trim {' '.join(TRIM)}"
+BASE_RECIPE = f"2: debootstrap --variant=minbase --include={PACKAGES} {SUITE}; trim {' '.join(TRIM)}"
 BASE_LOCK = "/var/tmp/primed-test-base.lock"
 
 #: The host's CA bundle, passed to the build as the pipcert secret: HTTPS to
@@ -120,6 +121,9 @@ class HostNetworkState:
     L{restore} removes what appeared since L{__init__}, and only that.
     """
 
+    #: Bridges podman's backends make (CNI's cni-podmanN, netavark's
+    #: podmanN), which stay after their network is gone.
+    BRIDGES = re.compile(r"^(cni-)?podman\d+$")
     FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
     TABLES = ("filter", "nat", "mangle", "raw")
     OURS = re.compile(r"\b(CNI-|NETAVARK)")
@@ -134,6 +138,17 @@ class HostNetworkState:
                 pass
         self.nftTables = self._nftTables()
         self.rules = self._allRules()
+        self.links = set(os.listdir("/sys/class/net"))
+        self.ipam = self._ipam()
+
+    #: CNI's host-local IPAM: a directory of leases per network.
+    IPAM = "/var/lib/cni/networks"
+
+    def _ipam(self) -> Set[str]:
+        try:
+            return set(os.listdir(self.IPAM))
+        except FileNotFoundError:
+            return set()
 
     @staticmethod
     def _nftTables() -> Set[Tuple[str, str]]:
@@ -170,6 +185,9 @@ class HostNetworkState:
                       if line not in before and self.OURS.search(line)]
         for family, name in self._nftTables() - self.nftTables:
             found.append(f"nft table {family} {name}")
+        for link in set(os.listdir("/sys/class/net")) - self.links:
+            if self.BRIDGES.match(link):
+                found.append(f"interface {link}")
         for path, value in self.forwarding.items():
             with open(path) as f:
                 if f.read().strip() != value:
@@ -177,6 +195,11 @@ class HostNetworkState:
         return found
 
     def restore(self) -> None:
+        for network in self._ipam() - self.ipam:
+            shutil.rmtree(os.path.join(self.IPAM, network), ignore_errors=True)
+        for link in set(os.listdir("/sys/class/net")) - self.links:
+            if self.BRIDGES.match(link):
+                _run(["ip", "link", "delete", link], 30, check=False)
         for (command, table), lines in self._allRules().items():
             before = set(self.rules.get((command, table), ()))
             new = [line for line in lines if line not in before and self.OURS.search(line)]
@@ -272,8 +295,12 @@ class PodmanSession:
             try:
                 _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, root,
                       debianMirror()], 1200)
-                _run(["sh", "-c", "cd \"$1\" && shift && rm -rf \"$@\"", "trim", root,
-                      *TRIM], 120)
+                for pattern in TRIM:
+                    for path in glob.glob(os.path.join(root, pattern)):
+                        if os.path.isdir(path) and not os.path.islink(path):
+                            shutil.rmtree(path)
+                        else:
+                            os.unlink(path)
                 _run(["find", os.path.join(root, "usr/share/doc"), "-type", "f", "-not", "-name",
                       "copyright", "-delete"], 120)
                 tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
@@ -353,9 +380,16 @@ class PodmanSession:
         if self.bridge and os.path.exists(f"/sys/class/net/{self.bridge}"):
             _run(["ip", "link", "delete", self.bridge], 30, check=False)
         shutil.rmtree(f"/var/lib/cni/networks/{self.network}", ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
         if self.host is not None:
             self.host.restore()
-        shutil.rmtree(self.directory, ignore_errors=True)
+            # A cleanup that leaves something behind fails the session.
+            leftovers = self.host.leftovers()
+            if self.built and self.podman("image", "exists", self.image, check=False
+                                          ).returncode == 0:
+                leftovers.append(f"image {self.image}")
+            if leftovers:
+                raise PodmanError("podman left behind: " + "; ".join(leftovers))
 
 
 class Container:
