@@ -52,3 +52,26 @@ man_pages = [
 ]
 man_show_urls = False
 man_make_section_directory = False
+
+
+def setup(app):
+    """
+    In the man pages a cross-reference to another page of these docs can
+    only be its text: Sphinx 9's man writer with docutils 0.22 would print
+    it followed by an empty C{<>}.
+    """
+    from docutils import nodes
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class PlainReferences(SphinxPostTransform):
+        default_priority = 999
+        builders = ("man",)
+
+        def run(self, **kwargs):
+            for node in list(self.document.findall(nodes.reference)):
+                uri = node.get("refuri", "")
+                if not uri.startswith(("http:", "https:", "mailto:", "ftp:")):
+                    node.replace_self(nodes.inline("", "", *node.children))
+
+    app.add_post_transform(PlainReferences)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
