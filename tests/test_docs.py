@@ -195,3 +195,44 @@ class ManPageTests(unittest.TestCase):
             self.assertEqual(os.path.realpath(result.stdout.strip()),
                              os.path.realpath(os.path.join(sys.prefix, "share", "man", section,
                                                            name)))
+
+
+class ChangelogTests(unittest.TestCase):
+    """
+    NEWS.rst and the fragments towncrier builds it from.
+    """
+
+    def draft(self, version: str = "0.2.0") -> str:
+        result = subprocess.run(
+            [os.path.join(BIN, "towncrier"), "build", "--draft", "--version", version],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stdout)
+        return result.stdout
+
+    def test_everyFragmentInTheDraft(self):
+        """
+        C{towncrier build --draft} takes every fragment in C{newsfragments/}
+        (a misnamed one fails the build: C{ignore} is set in pyproject.toml),
+        and shows the text of each one whose type shows its content.
+        """
+        draft = " ".join(self.draft().split())
+        self.assertIn("primed 0.2.0 (", draft)
+        directory = os.path.join(ROOT, "newsfragments")
+        names = [n for n in os.listdir(directory) if not n.startswith(".")]
+        for name in names:
+            issue, kind = name.split(".")[:2]
+            self.assertTrue(issue.isdigit(), name)
+            self.assertIn(kind, ("feature", "bugfix", "doc", "removal", "misc"), name)
+            if kind != "misc":
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    words = " ".join(f.read().split())
+                self.assertIn(words, draft, name)
+
+    def test_newsHasTheFirstRelease(self):
+        """
+        NEWS.rst keeps towncrier's marker, with 0.1.0 below it.
+        """
+        with open(os.path.join(ROOT, "NEWS.rst"), encoding="utf-8") as f:
+            news = f.read()
+        marker = news.index(".. towncrier release notes start")
+        self.assertGreater(news.index("primed 0.1.0 ("), marker)
