@@ -236,3 +236,90 @@ class ChangelogTests(unittest.TestCase):
             news = f.read()
         marker = news.index(".. towncrier release notes start")
         self.assertGreater(news.index("primed 0.1.0 ("), marker)
+
+
+def moduleFiles():
+    """
+    Every module file of primed and its client, as C{primed/x.py} paths.
+    """
+    found = set()
+    for directory in ("primed", os.path.join("primed", "client")):
+        for name in os.listdir(os.path.join(ROOT, directory)):
+            if name.endswith(".py"):
+                found.add(directory.replace(os.sep, "/") + "/" + name)
+    return found
+
+
+def readmeLayout():
+    """
+    The files and folders README.rst's layout tree names, as paths: a line
+    indented under C{primed/} names C{primed/NAME}, under C{client/}
+    C{primed/client/NAME}; several names may share a line, comma-separated.
+    """
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+        text = f.read()
+    tree = text.split("\nLayout\n======\n", 1)[1].split("::\n", 1)[1]
+    paths, parents = set(), []
+    for line in tree.splitlines():
+        if not line.strip():
+            if paths:
+                break
+            continue
+        if not line.startswith("    "):
+            break
+        indent = len(line) - len(line.lstrip())
+        names = line.strip().split("  ")[0].split(", ")
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        prefix = "".join(parent for _, parent in parents)
+        for name in names:
+            paths.add(prefix + name)
+        if names[-1].endswith("/"):
+            parents.append((indent, names[-1]))
+    return paths
+
+
+class LayoutTests(unittest.TestCase):
+    """
+    README.rst is a front page, and its layout tree and the design page's
+    module table match the folders.
+    """
+
+    def test_frontPage(self):
+        """
+        README.rst has at most 250 lines and holds CI's test command word
+        for word.
+        """
+        with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+            readme = f.read()
+        self.assertLessEqual(len(readme.splitlines()), 250)
+        with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+            command = [line for line in f.read().splitlines()
+                       if line.startswith("sh tests/install-tools")]
+        self.assertEqual(len(command), 1)
+        self.assertIn("\n    " + command[0] + "\n", readme)
+        self.assertIn("\n    python3 -m venv .venv && .venv/bin/pip install . && "
+                      ".venv/bin/twistd -n primed\n", readme)
+
+    def test_readmeTree(self):
+        """
+        Every module of primed and its client is in README.rst's tree (the
+        server package's C{__init__.py} aside), every module the tree names
+        exists, and so does every top-level folder it names.
+        """
+        tree = readmeLayout()
+        listed = {path for path in tree if path.endswith(".py")}
+        self.assertEqual(sorted(listed ^ (moduleFiles() - {"primed/__init__.py"})), [])
+        for path in tree - listed:
+            self.assertTrue(os.path.exists(os.path.join(ROOT, path)), path)
+
+    def test_designModules(self):
+        """
+        The design page's module table names every module of primed and its
+        client, and nothing else.
+        """
+        with open(os.path.join(DOCS, "design", "index.rst"), encoding="utf-8") as f:
+            text = f.read()
+        table = text.split("\nThe modules\n===========\n", 1)[1].split("\nThe rest", 1)[0]
+        named = set(re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M))
+        self.assertEqual(sorted(named ^ (moduleFiles() - {"primed/__init__.py"})), [])
