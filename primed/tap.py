@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import fdlimit, proxy, sdnotify, signals, wire
+from primed import certreload, fdlimit, proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
@@ -122,6 +122,11 @@ class Options(usage.Options):
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
          _seconds("drain-timeout")],
+        ["tls-reload-interval", None, certreload.DEFAULT_INTERVAL,
+         "Seconds between two reads of each ssl: listener's key and certificate "
+         "files: new connections get a new pair, a pair that does not load is "
+         "logged and the one in use kept; 0 never reads them again.",
+         _seconds("tls-reload-interval")],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
@@ -245,12 +250,18 @@ def makeService(config, reactor=None):
         connections += config["metrics-max-connections"]
         option += f" and --metrics-max-connections {config['metrics-max-connections']}"
     fdlimit.ensureOpenFiles(connections, option)
+    tcpEndpoints = [
+        (description, _serverEndpoint(reactor, description, config))
+        for description in config["listen"]
+    ]
+    # ssl: listeners whose files are read again (certificates rotated in place).
+    reloading = []
+    if config["tls-reload-interval"] > 0:
+        reloading = certreload.makeReloadable(
+            tcpEndpoints, lambda description: _serverEndpoint(reactor, description, config))
     primed = PrimedService(
         reactor,
-        tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description, config))
-            for description in config["listen"]
-        ],
+        tcpEndpoints=tcpEndpoints,
         udpAddresses=config["udp"],
         threads=config["threads"],
         maxDigits=config["max-digits"],
@@ -278,6 +289,11 @@ def makeService(config, reactor=None):
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)
+    if reloading:
+        reloader = certreload.CertificateReloader(
+            reloading, config["tls-reload-interval"], reactor)
+        reloader.setName("tls-reload")
+        reloader.setServiceParent(top)
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)
