@@ -65,6 +65,9 @@ MODULES = {
     "client/io": ["tests/test_client_io.py", "tests/test_client_cmd.py"],
     "client/cmd": ["tests/test_client_cmd.py"],
     "client/udp": ["tests/test_client_udp.py"],
+    "certreload": ["tests/test_certreload.py"],
+    "healthcheck": ["tests/test_healthcheck.py"],
+    "jsonlog": ["tests/test_jsonlog.py"],
 }
 
 

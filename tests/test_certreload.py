@@ -11,13 +11,18 @@ import tempfile
 
 from twisted.internet import endpoints
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from OpenSSL import crypto
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from primed import certreload, tap
 from primed.certreload import CertificateReloader, ReloadingContextFactory, makeReloadable
 from fakes import ThreadlessReactor
 from support import makeCertificates
+
+#: The class's own logger, before any test patches it.
+_CLASS_LOGGER = ReloadingContextFactory.__dict__["_log"]
 
 
 class Pairs:
@@ -124,6 +129,35 @@ class ReloadingTests(unittest.TestCase):
         self.assertTrue(self.factory.reload())
         self.assertEqual(self.serving(), self.digest(self.pairs.second))
 
+    def test_errorMessage(self):
+        """
+        The error names the listener, the exception and its text, and the
+        certificate still served.
+        """
+        self.install(self.pairs.second, key=False)
+        self.factory.reload()
+        [message] = self.messages()
+        self.assertRegex(
+            message,
+            r"^TLS listener ssl:0:\S+: cannot load its new key and certificate "
+            r"\(VerifyError: .+\); still serving /CN=localhost, serial [0-9A-F]+, "
+            r"not after \d{14}Z$")
+
+    def test_loggedForTwistd(self):
+        """
+        Unpatched, the factory logs to Twisted's global log (what twistd
+        writes out), under its own namespace.
+        """
+        self.patch(ReloadingContextFactory, "_log", _CLASS_LOGGER)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = ReloadingContextFactory(self.description, self.load(), self.load)
+        self.install(self.pairs.second)
+        factory.reload()
+        [event] = [e for e in events if "now serving" in formatEvent(e)]
+        self.assertEqual(event["log_namespace"], "primed.certreload.ReloadingContextFactory")
+
     def test_brokenFiles(self):
         """
         A missing file, an empty one, or one that is not PEM: the pair in
@@ -150,7 +184,62 @@ class ReloadingTests(unittest.TestCase):
         self.assertEqual([e["log_level"].name for e in self.events], ["error", "info", "error"])
 
 
+class IdentityTests(unittest.TestCase):
+    """
+    What tells pairs apart, and how a certificate is named.
+    """
+
+    def certificate(self, serial, subject=(("O", "primed"), ("CN", "localhost"))):
+        key = crypto.PKey()
+        key.generate_key(crypto.TYPE_RSA, 1024)
+        certificate = crypto.X509()
+        for name, value in subject:
+            setattr(certificate.get_subject(), name, value)
+        certificate.set_issuer(certificate.get_subject())
+        certificate.set_serial_number(serial)
+        certificate.set_notBefore(b"20260101000000Z")
+        certificate.set_notAfter(b"20270301120000Z")
+        certificate.set_pubkey(key)
+        certificate.sign(key, "sha256")
+        return certificate
+
+    def test_describe(self):
+        self.assertEqual(certreload.describe(self.certificate(0x5F1E)),
+                         "/O=primed/CN=localhost, serial 5F1E, not after 20270301120000Z")
+
+    def test_chainCounts(self):
+        """
+        The same certificate with another chain is another pair.
+        """
+
+        class Options:
+            def __init__(self, certificate, chain=None):
+                self.certificate = certificate
+                if chain is not None:
+                    self.extraCertChain = chain
+
+        leaf, first, second = (self.certificate(n) for n in (1, 2, 3))
+        identity = certreload._identity
+        self.assertEqual(identity(Options(leaf)), identity(Options(leaf, [])))
+        self.assertNotEqual(identity(Options(leaf, [first])), identity(Options(leaf, [second])))
+        self.assertNotEqual(identity(Options(leaf, [first])), identity(Options(leaf)))
+        self.assertEqual(identity(Options(leaf, [first])), identity(Options(leaf, [first])))
+
+
 class MakeReloadableTests(unittest.TestCase):
+    def test_twistedChanged(self):
+        """
+        An SSL4ServerEndpoint without the private attribute this relies on
+        fails loudly.
+        """
+        endpoint = SSL4ServerEndpoint(None, 0, None)
+        del endpoint._sslContextFactory
+        with self.assertRaises(RuntimeError) as caught:
+            makeReloadable([("ssl:0", endpoint)], None)
+        self.assertEqual(str(caught.exception),
+                         "Twisted's SSL4ServerEndpoint no longer keeps _sslContextFactory: "
+                         "primed.certreload (and primed.service) need updating")
+
     def test_sslListenersOnly(self):
         """
         C{ssl:} listeners, behind C{haproxy:} too, get a reloading factory

@@ -5,7 +5,10 @@ HTTP server on loopback answering 200, 503 (a draining primed) or nothing.
 
 import http.server
 import io
+import os
+import re
 import socket
+import subprocess
 import sys
 import threading
 
@@ -52,8 +55,38 @@ class HealthCheckTests(unittest.TestCase):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        self.assertEqual(healthcheck.main([f"http://127.0.0.1:{port}/healthz"], {}), 1)
-        self.assertIn("unhealthy: ", self.stderr.getvalue())
+        url = f"http://127.0.0.1:{port}/healthz"
+        self.assertEqual(healthcheck.main([url], {}), 1)
+        self.assertRegex(self.stderr.getvalue(),
+                         "^unhealthy: " + re.escape(url) + r": <urlopen error .*refused>\n$")
+
+    def test_argumentsFromTheCommandLine(self):
+        self.patch(sys, "argv", ["healthcheck", self.base + "/draining"])
+        self.assertEqual(healthcheck.main(environ={}), 1)
+        self.patch(sys, "argv", ["healthcheck", self.base + "/healthz"])
+        self.assertEqual(healthcheck.main(environ={}), 0)
+
+    def test_asAModule(self):
+        """
+        C{python -m primed.healthcheck URL}, as the image's HEALTHCHECK
+        runs it: its exit status.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for path, status in (("/healthz", 0), ("/draining", 1)):
+            result = subprocess.run([sys.executable, "-m", "primed.healthcheck", self.base + path],
+                                    cwd=root, capture_output=True, timeout=60)
+            self.assertEqual(result.returncode, status, result.stderr)
+
+    def test_timeoutWithinTheImages(self):
+        """
+        The check gives up before the Containerfile's HEALTHCHECK timeout,
+        so it reports why instead of being killed.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "Containerfile"), encoding="utf-8") as f:
+            (seconds,) = re.findall(r"^HEALTHCHECK .*--timeout=(\d+)s", f.read(), re.M)
+        self.assertLess(healthcheck.TIMEOUT, int(seconds))
+        self.assertGreater(healthcheck.TIMEOUT, 1)
 
     def test_urlFromEnvironment(self):
         """
@@ -65,4 +98,4 @@ class HealthCheckTests(unittest.TestCase):
 
     def test_usage(self):
         self.assertEqual(healthcheck.main(["a", "b"], {}), 2)
-        self.assertIn("usage:", self.stderr.getvalue())
+        self.assertEqual(self.stderr.getvalue(), "usage: python -m primed.healthcheck [URL]\n")

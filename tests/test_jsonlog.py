@@ -5,7 +5,9 @@ daemon logging JSON lines under C{twistd --logger primed.jsonlog.observer}.
 
 import io
 import json
+import os
 import socket
+import sys
 
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
@@ -106,6 +108,18 @@ class FromEnvironmentTests(unittest.TestCase):
         for environ in ({}, {"PRIMED_LOG_FORMAT": ""}, {"PRIMED_LOG_FORMAT": "text"}):
             [line] = self.lines(environ)
             self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\S+ \[primed\.test#info\] Listening on 8809$")
+
+    def test_processEnvironmentAndStandardOutput(self):
+        """
+        By default: the process's environment, and standard output as it
+        is when twistd calls the factory.
+        """
+        out = io.StringIO()
+        self.patch(os, "environ", {"PRIMED_LOG_FORMAT": "json"})
+        self.patch(sys, "stdout", out)
+        observer = fromEnvironment()
+        Logger(namespace="primed.test", observer=observer).info("hello")
+        self.assertEqual(json.loads(out.getvalue())["message"], "hello")
 
     def test_unknownFormat(self):
         """
