@@ -13,11 +13,14 @@ queue, which decides what runs next:
 
   - Round-robin by B{source} (a client address: see L{sourceKey}), then by
     B{connection} within the source.  A source that queued a hundred jobs
-    and a source that queued one take turns, so the second waits for at
-    most about one job per thread; a source that opens more connections
-    gets no more turns, only the same turns spread over its connections.
-    A connection's own jobs run in the order they were submitted, so its
-    replies stay in order.
+    and a source that queued one take turns; a source that opens more
+    connections gets no more turns, only the same turns spread over its
+    connections.  A source with nothing running or waiting goes to the
+    head of the line, so a client asking one number at a time waits only
+    for the first running job to finish; a source that already has a job
+    running or waiting goes to the back (the ring's tail), so sending
+    often gains nothing.  A connection's own jobs run in the order they
+    were submitted, so its replies stay in order.
 
   - B{Bounds.}  At most C{maxQueued} jobs running or waiting over all
     sources (the memory bound, as before); at most C{perSource} of them
@@ -195,7 +198,11 @@ class FairQueue:
         if waiting is None:
             waiting = self._waiting[connection] = (share, deque())
             if not share.connections:
-                self._ready.append(share)
+                if share.count == 1:
+                    # Nothing running or waiting before: first in line.
+                    self._ready.appendleft(share)
+                else:
+                    self._ready.append(share)
             share.connections.append(connection)
         waiting[1].append((job, d))
         return d

@@ -72,7 +72,20 @@ class OrderTests(unittest.TestCase):
         for n in range(5):
             queue.submit("hog", "h", f"hog{n}")
         queue.submit("victim", "v", "victim")
-        self.assertEqual(self.drain(), ["hog0", "hog1", "victim", "hog2", "hog3", "hog4"])
+        self.assertEqual(self.drain(), ["hog0", "victim", "hog1", "hog2", "hog3", "hog4"])
+
+    def test_busySourceGoesToTheBack(self):
+        """
+        Only a source with nothing running or waiting goes to the head of
+        the line: one that sends a job whenever its last one starts goes
+        to the back, behind a backlog's next turn.
+        """
+        queue = self.make()
+        queue.submit("busy", "b", "busy0")  # runs
+        for n in range(3):
+            queue.submit("hog", "h", f"hog{n}")  # first in line
+        queue.submit("busy", "b", "busy1")  # busy has one running: the back
+        self.assertEqual(self.drain(), ["busy0", "hog0", "busy1", "hog1", "hog2"])
 
     def test_roundRobinByConnectionWithinASource(self):
         queue = self.make()
@@ -95,7 +108,8 @@ class OrderTests(unittest.TestCase):
         for n in range(3):
             queue.submit("b", "b1", f"b1-{n}")
         order = self.drain()[1:]
-        self.assertEqual(order[:6], ["a1-0", "b1-0", "a2-0", "b1-1", "a3-0", "b1-2"])
+        # b arrived last with nothing queued: first in line, then turns.
+        self.assertEqual(order[:6], ["b1-0", "a1-0", "b1-1", "a2-0", "b1-2", "a3-0"])
         self.assertEqual(order[6:], ["a1-1", "a2-1", "a3-1", "a1-2", "a2-2", "a3-2"])
 
     def test_connectionOrderKept(self):
@@ -285,11 +299,9 @@ class RoomWaiterTests(unittest.TestCase):
         woken = []
         queue.notifyRoom("a", lambda: woken.append("a"))
         queue.notifyRoom("b", lambda: woken.append("b"))
-        self.executor.finish("a1")  # a2 starts; a is down to one
+        self.executor.finish("a1")  # b1 starts (b came in idle); a is down to one
         self.assertEqual(woken, ["a"])
-        self.executor.finish("a2")  # b1 starts; b still has two
-        self.assertEqual(woken, ["a"])
-        self.executor.finish("b1")
+        self.executor.finish("b1")  # a2 starts; b is down to one
         self.assertEqual(woken, ["a", "b"])
 
     def test_waiterTakingTheRoomStopsTheOthers(self):
