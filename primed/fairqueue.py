@@ -11,7 +11,8 @@ once it disconnected (item 4).  Here, the executor is handed at most
 C{concurrency} jobs at a time (one per thread), and the rest wait in this
 queue, which decides what runs next:
 
-  - Round-robin by B{source} (a client address: see L{sourceKey}), then by
+  - Round-robin by B{source} (a client address: see
+    L{primed.sources.sourceKey}), then by
     B{connection} within the source.  A source that queued a hundred jobs
     and a source that queued one take turns; a source that opens more
     connections gets no more turns, only the same turns spread over its
@@ -53,7 +54,6 @@ hashable values (a TCP protocol, a source address string).  Everything here
 runs in the reactor thread.
 """
 
-import ipaddress
 from collections import deque
 from typing import Callable, Deque, Dict, Hashable, Tuple
 
@@ -72,26 +72,6 @@ def defaultPerSource(maxQueued: int) -> int:
     The per-source quota when none is given: a quarter of the queue.
     """
     return max(1, maxQueued // 4)
-
-
-def sourceKey(host: str) -> str:
-    """
-    Which source a client address belongs to, for fairness: an IPv4 address
-    is its own source; IPv6 addresses are grouped by /64, the block one
-    host or one customer gets (anyone holding one can use 2**64 addresses);
-    an IPv4-mapped IPv6 address is its IPv4 address.
-
-    @param host: an address as Twisted gives it (C{IPv4Address.host}).
-    """
-    if ":" not in host:
-        return host
-    try:
-        address = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class _Source:

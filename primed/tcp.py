@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned, CheckCancelled
-from primed.fairqueue import sourceKey
+from primed.sources import sourceKey
 from primed.fastpath import streamWriter
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
@@ -63,6 +63,8 @@ PAUSED_BY_POOL = "pool"  # the thread pool has no room for our big number
 PAUSED_BY_DRAIN = "drain"  # the service is stopping
 # Reasons that also stop the lines already read from being processed.
 _HOLDING = frozenset([PAUSED_BY_INFLIGHT, PAUSED_BY_POOL])
+# A connection's source before its first pool check (None is a source: UNIX).
+_UNKNOWN = object()
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
@@ -80,7 +82,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     #: The client's address when a PROXY header gave it (L{primed.proxy}).
     peerAddress = None
     #: The fair queue's source key, found at the first pool check.
-    _source = None
+    _source = _UNKNOWN
     #: The socket under the transport, found when first needed; False: none.
     _socket = None
 
@@ -128,7 +130,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         self._held.clear()
         self._pending.clear()
-        if self._source is not None:
+        if self._source is not _UNKNOWN:  # something was sent to the pool
             self._dropQueuedChecks()
         self.factory.disconnected(self)
 
@@ -283,7 +285,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                     counters.tcpNotPrime += 1
             else:
                 source = self._source
-                if source is None:
+                if source is _UNKNOWN:
                     source = self._findSource()
                 if not checker.hasRoom(source):
                     self._hold(lines, index, PAUSED_BY_POOL)
@@ -328,11 +330,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def _findSource(self):
         """
         The fair queue's source of this connection: the PROXY header's
-        address once read, the socket's otherwise.
+        address once read, the socket's otherwise.  Peers without an
+        address (UNIX sockets) are all one source, L{None}.
         """
-        peer = self.peerAddress or self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        self._source = source = str(peer) if host is None else sourceKey(host)
+        self._source = source = sourceKey(self.peerAddress or self.transport.getPeer())
         return source
 
     def _peerReset(self) -> bool:

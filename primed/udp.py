@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from primed import wire
 from primed.checker import CheckAbandoned
 from primed.counters import Counters
-from primed.fairqueue import sourceKey
+from primed.sources import sourceKey
 from primed.fastpath import datagramWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -124,7 +124,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
                 reply = NOT_PRIME_REPLY
                 counters.udpNotPrime += 1
         else:
-            source = sourceKey(addr[0])
+            source = sourceKey(addr)
             if checker.hasRoom(source):
                 self.inflight += 1
                 # A source's datagrams are one "connection" of the fair queue.

@@ -1,13 +1,13 @@
 """
 Tests for L{primed.fairqueue}: the order jobs reach the executor in, the
-bounds, cancelling, room waiters, and source keys.  The executor is the
+bounds, cancelling and room waiters.  The executor is the
 test's: it records each job it is handed and finishes it when told.
 """
 
 from twisted.internet.defer import Deferred, fail
 from twisted.trial import unittest
 
-from primed.fairqueue import FairQueue, JobCancelled, defaultPerSource, sourceKey
+from primed.fairqueue import FairQueue, JobCancelled, defaultPerSource
 
 
 class Executor:
@@ -366,22 +366,3 @@ class RoomWaiterTests(unittest.TestCase):
         self.assertNoResult(idle)
         self.executor.finish(2)
         self.successResultOf(idle)
-
-
-class SourceKeyTests(unittest.TestCase):
-    def test_ipv4(self):
-        self.assertEqual(sourceKey("127.0.0.2"), "127.0.0.2")
-        self.assertNotEqual(sourceKey("127.0.0.2"), sourceKey("127.0.0.3"))
-
-    def test_ipv6GroupedBySlash64(self):
-        one = sourceKey("2001:db8:1:2:aaaa::1")
-        self.assertEqual(one, "2001:db8:1:2::/64")
-        self.assertEqual(sourceKey("2001:db8:1:2:ffff:ffff:ffff:ffff"), one)
-        self.assertNotEqual(sourceKey("2001:db8:1:3::1"), one)
-        self.assertEqual(sourceKey("fe80::1%eth0"), "fe80::/64")
-
-    def test_ipv4Mapped(self):
-        self.assertEqual(sourceKey("::ffff:192.0.2.7"), "192.0.2.7")
-
-    def test_notAnAddress(self):
-        self.assertEqual(sourceKey("not:an:address"), "not:an:address")

@@ -184,6 +184,21 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(harness.counters.tcpPrime, 0)
         self.assertEqual(transport.value(), b"")
 
+    def test_unixPeerQueuedChecksDropped(self):
+        """
+        A UNIX socket's peer has no address (its source is L{None}, one for
+        all of them): its checks are dropped all the same when it is lost.
+        """
+        from twisted.internet.address import UNIXAddress
+
+        harness = Harness()
+        protocol, transport = connect(
+            harness.factory, StringTransport(peerAddress=UNIXAddress(None)))
+        protocol.dataReceived(BIG_LINE * 3)
+        self.assertEqual(harness.checker.queue.sources(), 1)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(harness.checker.queue.cancelled, 2)
+
     def test_halfClosedGetsEveryAnswer(self):
         harness = Harness()
         protocol, transport = harness.connect(sock=ResetSocket())
