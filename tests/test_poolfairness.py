@@ -275,6 +275,34 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(len(harness.checker.queue._roomWaiters), 0)
 
 
+class SocketOfTests(unittest.TestCase):
+    """
+    Where L{primed.tcp._socketOf} finds the socket: the transport's own
+    handle, or, under TLS (whose handle is an OpenSSL connection), the
+    handle of the transport beneath.
+    """
+
+    def test_throughTLS(self):
+        from primed.tcp import _socketOf
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+
+        class TCP:
+            def getHandle(self):
+                return sock
+
+        class TLS:
+            transport = TCP()
+
+            def getHandle(self):
+                return object()  # an OpenSSL.SSL.Connection, say
+
+        self.assertIs(_socketOf(TCP()), sock)
+        self.assertIs(_socketOf(TLS()), sock)
+        self.assertIs(_socketOf(StringTransport()), False)
+
+
 class DatagramFairnessTests(unittest.TestCase):
     def setUp(self):
         self.pool = HandDrivenPool()
