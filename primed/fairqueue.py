@@ -128,8 +128,16 @@ class FairQueue:
         self._ready: Deque[_Source] = deque()
         # Each connection with jobs waiting: its source and its jobs.
         self._waiting: Dict[Hashable, Tuple[_Source, Deque]] = {}
-        self._roomWaiters: Deque[Tuple[Hashable, Callable[[], None]]] = deque()
+        # Callers waiting for room, by source (in the order sources first
+        # asked), each source's in the order they asked.
+        self._roomWaiters: Dict[Hashable, Deque[Callable[[], None]]] = {}
         self._idleWaiters: list = []
+
+    def roomWaiters(self) -> int:
+        """
+        How many callers wait for room (L{notifyRoom}) now.
+        """
+        return sum(len(callbacks) for callbacks in self._roomWaiters.values())
 
     def sources(self) -> int:
         """
@@ -239,18 +247,23 @@ class FairQueue:
 
     def notifyRoom(self, source, callback: Callable[[], None]) -> None:
         """
-        Call C{callback} once, when C{source} has room again.  Waiters with
-        room are called in the order they asked.
+        Call C{callback} once, when C{source} has room again.  A source's
+        waiters are called in the order they asked, as long as it has room.
         """
-        self._roomWaiters.append((source, callback))
+        callbacks = self._roomWaiters.get(source)
+        if callbacks is None:
+            callbacks = self._roomWaiters[source] = deque()
+        callbacks.append(callback)
 
     def cancelRoomWaiter(self, callback: Callable[[], None]) -> None:
         """
         Forget a waiter registered with L{notifyRoom}, if it still waits.
         """
-        for entry in self._roomWaiters:
-            if entry[1] == callback:
-                self._roomWaiters.remove(entry)
+        for source, callbacks in self._roomWaiters.items():
+            if callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._roomWaiters[source]
                 return
 
     def whenIdle(self) -> Deferred:
@@ -315,17 +328,23 @@ class FairQueue:
             self._start(job, d, share)
 
     def _roomMade(self) -> None:
+        """
+        Call the waiters of every source that has room now: one look per
+        source, however many of its connections wait.
+        """
         waiters = self._roomWaiters
         if waiters:
-            for entry in list(waiters):
+            for source in list(waiters):
                 if self.queued >= self.maxQueued:
                     break
-                if self.hasRoom(entry[0]):
-                    try:
-                        waiters.remove(entry)
-                    except ValueError:
-                        continue  # cancelled by an earlier waiter's callback
-                    entry[1]()
+                callbacks = waiters.get(source)
+                # Bounded: a callback that finds no room asks again, at the end.
+                for _ in range(len(callbacks) if callbacks else 0):
+                    if not callbacks or not self.hasRoom(source):
+                        break
+                    callbacks.popleft()()
+                if callbacks is not None and not callbacks and waiters.get(source) is callbacks:
+                    del waiters[source]
         if self.queued == 0 and self._idleWaiters:
             idle, self._idleWaiters = self._idleWaiters, []
             for d in idle:

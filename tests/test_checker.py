@@ -61,7 +61,7 @@ class PrimeCheckerTests(unittest.TestCase):
         self.checker.submit(BIG_PRIME)
         calls = []
         self.checker.notifyRoom(None, lambda: calls.append(1))
-        self.checker.cancelRoomWaiter(self.checker.queue._roomWaiters[0][1])
+        self.checker.cancelRoomWaiter(self.checker.queue._roomWaiters[None][0])
         self.checker.cancelRoomWaiter(lambda: None)  # unknown: ignored
         self.pool.runAll()
         self.assertEqual(calls, [])

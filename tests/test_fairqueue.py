@@ -304,6 +304,31 @@ class RoomWaiterTests(unittest.TestCase):
         self.executor.finish("b1")  # a2 starts; b is down to one
         self.assertEqual(woken, ["a", "b"])
 
+    def test_oneLookPerSource(self):
+        """
+        However many connections of a source without room wait, a finished
+        job looks at that source once (the 60-digit pool work of a busy
+        server finishes tens of thousands of jobs a second).
+        """
+        queue = FairQueue(self.executor, 1, 64, 1)
+        queue.submit("a", "a", 1)
+        for n in range(100):
+            queue.notifyRoom("a", lambda: None)  # never takes the room
+        queue.submit("b", "b", 2)
+        looks = []
+        hasRoom = queue.hasRoom
+        queue.hasRoom = lambda source: looks.append(source) or hasRoom(source)
+        queue.notifyRoom("b", lambda: None)
+        self.executor.finish(1)  # a has room: its 100 are called
+        self.assertEqual(queue.roomWaiters(), 1)
+        del looks[:]
+        queue.submit("a", "a", 3)  # a full again
+        for n in range(100):
+            queue.notifyRoom("a", lambda: None)
+        self.executor.finish(2)  # b has room, a has not
+        self.assertEqual(sorted(looks), ["a", "b"])
+        self.assertEqual(queue.roomWaiters(), 100)
+
     def test_waiterTakingTheRoomStopsTheOthers(self):
         queue = FairQueue(self.executor, 1, 2, 2)
         queue.submit("a", "a", 1)

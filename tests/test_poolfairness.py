@@ -270,9 +270,9 @@ class LostConnectionTests(unittest.TestCase):
         harness = Harness(maxQueued=8, perSource=1)
         protocol, _ = harness.connect()
         protocol.dataReceived(BIG_LINE * 2)
-        self.assertEqual(len(harness.checker.queue._roomWaiters), 1)
+        self.assertEqual(harness.checker.queue.roomWaiters(), 1)
         protocol.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(len(harness.checker.queue._roomWaiters), 0)
+        self.assertEqual(harness.checker.queue.roomWaiters(), 0)
 
 
 class SocketOfTests(unittest.TestCase):

@@ -340,11 +340,11 @@ class BackpressureTests(unittest.TestCase):
             second, _ = harness.connect()
             first.dataReceived(b"%d\n" % BIG_PRIME)
             second.dataReceived(b"%d\n3\n" % BIG_PRIME)
-            self.assertEqual(len(harness.checker.queue._roomWaiters), 1)
+            self.assertEqual(harness.checker.queue.roomWaiters(), 1)
             if halfClosed:
                 second.readConnectionLost()
             second.connectionLost(None)
-            self.assertEqual(len(harness.checker.queue._roomWaiters), 0, halfClosed)
+            self.assertEqual(harness.checker.queue.roomWaiters(), 0, halfClosed)
 
     def test_poolFullPausesUntilRoom(self):
         """
