@@ -66,6 +66,31 @@ class PrimeCheckerTests(unittest.TestCase):
         self.pool.runAll()
         self.assertEqual(calls, [])
 
+    def test_fairQueueDefaults(self):
+        """
+        One source may have a quarter of C{maxQueued}; the pool is handed
+        one check per thread (its C{max}), or every check for a pool
+        without one.
+        """
+        from primed.checker import PrimeChecker
+
+        class Pool(HandDrivenPool):
+            max = 3
+
+        checker = PrimeChecker(None, Pool(), maxQueued=8)
+        self.assertEqual((checker.maxQueuedPerSource, checker.queue.concurrency), (2, 3))
+        self.assertEqual(makeChecker(maxQueued=8).queue.concurrency, 8)
+
+    def test_cancelledCheckFailsWithCheckCancelled(self):
+        from primed.checker import CheckCancelled
+
+        checker = makeChecker(self.pool, maxQueued=4, concurrency=1)
+        checker.submit(BIG_PRIME, "a", "c")
+        waiting = checker.submit(BIG_PRIME, "a", "c")
+        self.assertEqual(checker.cancel("c"), 1)
+        self.failureResultOf(waiting, CheckCancelled)
+        self.assertEqual(checker.queued, 1)
+
     def test_whenIdle(self):
         self.successResultOf(self.checker.whenIdle())
         self.checker.submit(BIG_PRIME)

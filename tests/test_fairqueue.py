@@ -165,6 +165,7 @@ class BoundTests(unittest.TestCase):
     def test_defaultPerSourceIsAQuarter(self):
         self.assertEqual(defaultPerSource(64), 16)
         self.assertEqual(defaultPerSource(3), 1)
+        self.assertEqual(defaultPerSource(7), 1)  # whole numbers: 7 // 4
         queue = FairQueue(self.executor, 1, 64)
         self.assertEqual((queue.perSource, queue.reserve), (16, 16))
         self.assertEqual(FairQueue(self.executor, 1, 64, 5).perSource, 5)
@@ -232,6 +233,34 @@ class CancelTests(unittest.TestCase):
         self.assertEqual((queue.queued, queue.sources()), (0, 0))
         self.assertEqual(queue.cancel("lost"), 0)
         self.assertEqual(queue.cancel("unknown"), 0)
+
+    def test_cancelledAddsUp(self):
+        queue = self.queue
+        queue.submit("a", "run", "run")
+        dropped = [queue.submit("a", c, n) for c, n in (("x", 1), ("x", 2), ("y", 3))]
+        self.assertEqual((queue.cancel("x"), queue.cancel("y")), (2, 1))
+        self.assertEqual(queue.cancelled, 3)
+        for d in dropped:
+            self.failureResultOf(d, JobCancelled)
+
+    def test_cancelAllBookkeeping(self):
+        """
+        After L{FairQueue.cancelAll}, the sources whose jobs were all
+        dropped are gone and have their quota back; counts are exact.
+        """
+        queue = FairQueue(self.executor, 1, 64, 3)
+        queue.submit("a", "a1", "run")
+        waiting = [queue.submit("a", "a1", n) for n in range(2)]
+        waiting += [queue.submit("b", "b1", n) for n in range(3)]
+        self.assertFalse(queue.hasRoom("b"))
+        self.assertEqual(queue.cancelAll(KeyError("stop")), 5)
+        for d in waiting:
+            self.failureResultOf(d, KeyError)
+        self.assertEqual((queue.queued, queue.sources()), (1, 1))
+        self.assertTrue(queue.hasRoom("b"))
+        queue.submit("a", "a1", "again")
+        queue.submit("a", "a1", "again2")
+        self.assertFalse(queue.hasRoom("a"))  # 3 of a: the running one counts
 
     def test_cancelLastConnectionOfASourceLeavesTheRing(self):
         queue = self.queue
@@ -328,6 +357,34 @@ class RoomWaiterTests(unittest.TestCase):
         self.executor.finish(2)  # b has room, a has not
         self.assertEqual(sorted(looks), ["a", "b"])
         self.assertEqual(queue.roomWaiters(), 100)
+
+    def test_fullQueueLooksNoFurther(self):
+        """
+        Once a waiter's callback has filled the queue, the other sources'
+        waiters are not even looked at.
+        """
+        queue = FairQueue(self.executor, 1, 2, 2)
+        queue.submit("a", "a", 1)
+        queue.submit("a", "a", 2)
+        looks = []
+        hasRoom = queue.hasRoom
+        queue.hasRoom = lambda source: looks.append(source) or hasRoom(source)
+        queue.notifyRoom("b", lambda: queue.submit("b", "b", "b"))
+        queue.notifyRoom("c", lambda: None)
+        self.executor.finish(1)
+        self.assertEqual(looks, ["b"])
+        self.assertEqual(queue.roomWaiters(), 1)
+
+    def test_calledWaitersLeaveNoEntry(self):
+        queue = self.queue
+        queue.submit("a", "a", 1)
+        queue.submit("a", "a", 2)
+        queue.notifyRoom("a", lambda: None)
+        queue.notifyRoom("b", lambda: None)
+        queue.cancelRoomWaiter(queue._roomWaiters["b"][0])
+        self.assertEqual(list(queue._roomWaiters), ["a"])
+        self.executor.finish(1)
+        self.assertEqual(queue._roomWaiters, {})
 
     def test_waiterTakingTheRoomStopsTheOthers(self):
         queue = FairQueue(self.executor, 1, 2, 2)
