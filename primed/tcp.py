@@ -33,8 +33,6 @@ Three things shape it beyond a plain L{LineReceiver}:
     pool starts any more of it.
 """
 
-import socket
-
 from collections import deque
 from typing import Deque, List, Optional, Set
 
@@ -47,7 +45,7 @@ from zope.interface import implementer
 from primed import wire
 from primed.checker import CheckAbandoned, CheckCancelled
 from primed.sources import sourceKey
-from primed.fastpath import streamWriter
+from primed.fastpath import resetProbe, streamWriter
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -83,8 +81,8 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     peerAddress = None
     #: The fair queue's source key, found at the first pool check.
     _source = _UNKNOWN
-    #: The socket under the transport, found when first needed; False: none.
-    _socket = None
+    #: L{resetProbe} of the transport, made when first needed.
+    _resetProbe = None
 
     def __init__(self):
         self._buffer = b""
@@ -338,19 +336,14 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _peerReset(self) -> bool:
         """
-        Whether the socket under this connection holds an error (a reset):
-        a paused connection does not read, so the reactor has not seen it.
-        A half-close (FIN) is no error: its answers are still owed.
+        Whether the peer reset this connection: a paused connection does
+        not read, so the reactor has not seen it.  A half-close (FIN) is no
+        reset: its answers are still owed.
         """
-        sock = self._socket
-        if sock is None:
-            sock = self._socket = _socketOf(self.transport)
-        if sock is False:
-            return False
-        try:
-            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-        except OSError:
-            return True  # closed under us
+        probe = self._resetProbe
+        if probe is None:
+            probe = self._resetProbe = resetProbe(self.transport)
+        return probe()
 
     def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
         if self._lost:
@@ -501,19 +494,3 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             verdict=reply[:1].decode(),
         )
 
-
-def _socketOf(transport):
-    """
-    The socket under C{transport}, through TLS (whose C{getHandle} is its
-    OpenSSL connection), or C{False} if there is none (a test's transport).
-    """
-    for _ in range(4):
-        getHandle = getattr(transport, "getHandle", None)
-        if getHandle is not None:
-            handle = getHandle()
-            if isinstance(handle, socket.socket):
-                return handle
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            break
-    return False

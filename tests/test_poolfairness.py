@@ -277,13 +277,13 @@ class LostConnectionTests(unittest.TestCase):
 
 class SocketOfTests(unittest.TestCase):
     """
-    Where L{primed.tcp._socketOf} finds the socket: the transport's own
+    Where L{primed.fastpath.socketOf} finds the socket: the transport's own
     handle, or, under TLS (whose handle is an OpenSSL connection), the
     handle of the transport beneath.
     """
 
     def test_throughTLS(self):
-        from primed.tcp import _socketOf
+        from primed.fastpath import socketOf as _socketOf
 
         sock = socket.socket()
         self.addCleanup(sock.close)
@@ -300,7 +300,7 @@ class SocketOfTests(unittest.TestCase):
 
         self.assertIs(_socketOf(TCP()), sock)
         self.assertIs(_socketOf(TLS()), sock)
-        self.assertIs(_socketOf(StringTransport()), False)
+        self.assertIsNone(_socketOf(StringTransport()))
 
 
 class DatagramFairnessTests(unittest.TestCase):
