@@ -104,8 +104,9 @@ class LostPipelinerTests(unittest.TestCase):
         A client pipelines 40 primes of 3376 digits, more than its share of
         the queue (so the daemon stops reading it), and resets its
         connection once its share is queued.  Another address's 969-digit
-        prime is then answered within 6 s (measured: 1.1 s, one check
-        running; the FIFO pool of 218e289: about 22 s, the whole backlog):
+        prime is then answered within 15 s (it waits for one of the two
+        running checks: 1 to 3 s measured, the machine idle to loaded; the
+        FIFO pool of 218e289: 28 to 49 s, the whole backlog):
         the waiting checks of the lost connection were dropped without
         running (primed_pool_cancelled), the two running finished and were
         discarded (primed_pool_discarded), and the pool ran nothing else.
@@ -121,7 +122,7 @@ class LostPipelinerTests(unittest.TestCase):
                 reset(hog)
             reply, seconds = timedAsk("127.0.0.3", port, SMALL_LINE)
             self.assertEqual(reply, b"T\n")
-            self.assertLess(seconds, 6.0)
+            self.assertLess(seconds, 15.0)
             self.assertEqual(before["primed_pool_queued"], 16)
             self.assertEqual(before['primed_tcp_paused_connections{reason="pool"}'], 1)
             self.assertGreaterEqual(before['primed_pool_source_quota_total{transport="tcp"}'], 1)
