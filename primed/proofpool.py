@@ -170,6 +170,7 @@ class _Worker(ProcessProtocol):
         self.ready = False
         self.job: Optional[_Job] = None
         self.jobIdent = 0  # the job the worker is computing (even abandoned)
+        self.startedIdent = 0  # the last job it said it started
         self.interrupted = False
         self.killer = None
         self.ended = False
@@ -221,6 +222,16 @@ class _Worker(ProcessProtocol):
         if not interruptible:
             self.signal("KILL")
             return
+        if self.startedIdent == self.jobIdent:
+            self.sendInterrupt()
+        # else: sent when the worker says it started (started).
+
+    def started(self, ident: int) -> None:
+        self.startedIdent = ident
+        if self.interrupted and ident == self.jobIdent and self.killer is None:
+            self.sendInterrupt()
+
+    def sendInterrupt(self) -> None:
         self.signal("INT")
         self.killer = self.pool.reactor.callLater(INTERRUPT_GRACE, self.signal, "KILL")
 
@@ -469,6 +480,10 @@ class ProofPool:
             self._dispatch()
             return
         ident, verdict, _ = (line.split(" ") + ["", ""])[:3]
+        if verdict == "S":
+            if ident.isdigit():
+                worker.started(int(ident))
+            return
         job = worker.job
         if job is None or str(job.ident) != ident:
             # The answer to a proof abandoned (timed out, cancelled): the
@@ -478,6 +493,16 @@ class ProofPool:
             return
         worker.job = None
         self._workerFree(worker)
+        if verdict == "C" and not job.retried:
+            # Interrupted, though nobody asked: a late interruption meant
+            # for the worker's previous proof.  Run it again.
+            job.retried = True
+            job.worker = None
+            if job.timer is not None and job.timer.active():
+                job.timer.cancel()
+            self.queue.push(job.source, job, first=True)
+            self._dispatch()
+            return
         self.proofTimes.observe(self.reactor.seconds() - job.started)
         self._forget(job)
         waiters, job.waiters = job.waiters, []

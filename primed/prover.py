@@ -20,6 +20,8 @@ output:
   - worker: C{ready NAME} once its engine is loaded;
   - parent: C{ID HEX}, one number to prove, in hexadecimal (linear to
     convert, where decimal is quadratic);
+  - worker: C{ID S} as it starts (only from then on may the parent
+    interrupt it: a signal sent earlier could land before the proof);
   - worker: C{ID VERDICT SECONDS}, VERDICT one of C{T} (proven prime),
     C{F} (composite), C{C} (interrupted by C{SIGINT}) or C{X} (the engine
     failed or could not decide), SECONDS the CPU time it took.
@@ -155,32 +157,45 @@ def serve(prover: Prover, stdin, stdout, clock=time.process_time) -> None:
     """
     Answer requests from C{stdin} (binary, line by line) on C{stdout}
     until C{stdin} ends.
+
+    An interruption (C{KeyboardInterrupt}, from C{SIGINT}) may land
+    anywhere, also just before or after the proof it was meant for: one
+    during a proof answers C{C}; one between proofs is ignored, and a
+    request read but not yet proved is answered C{C} too.  Every request
+    read gets exactly one answer (or, at worst, the same answer twice,
+    which the parent ignores).
     """
-    stdout.write(f"ready {prover.name}\n".encode())
-    stdout.flush()
+    _write(stdout, f"ready {prover.name}\n")
+    reply = None
     while True:
+        jobId = None
         try:
+            if reply is not None:
+                _write(stdout, reply)
+                reply = None
             line = stdin.readline()
+            if not line:
+                return
+            jobId, _, number = line.decode("ascii").partition(" ")
+            _write(stdout, f"{jobId} S\n")
+            start = clock()
+            try:
+                verdict = "T" if prover.prove(int(number, 16)) else "F"
+            except KeyboardInterrupt:
+                verdict = "C"
+            except Exception as e:  # the engine's own errors: never a wrong answer
+                sys.stderr.write(f"primed prover: {jobId}: {type(e).__name__}: {e}\n")
+                sys.stderr.flush()
+                verdict = "X"
+            reply = f"{jobId} {verdict} {clock() - start:.6f}\n"
         except KeyboardInterrupt:
-            continue  # an interruption that came after its proof ended
-        if not line:
-            return
-        jobId, _, number = line.decode("ascii").partition(" ")
-        start = clock()
-        try:
-            verdict = "T" if prover.prove(int(number, 16)) else "F"
-        except KeyboardInterrupt:
-            verdict = "C"
-        except Exception as e:  # the engine's own errors: never a wrong answer
-            sys.stderr.write(f"primed prover: {jobId}: {type(e).__name__}: {e}\n")
-            sys.stderr.flush()
-            verdict = "X"
-        try:
-            stdout.write(f"{jobId} {verdict} {clock() - start:.6f}\n".encode())
-            stdout.flush()
-        except KeyboardInterrupt:  # pragma: no cover - a late interruption
-            stdout.write(f"{jobId} {verdict} {clock() - start:.6f}\n".encode())
-            stdout.flush()
+            if reply is None and jobId is not None:
+                reply = f"{jobId} C 0\n"
+
+
+def _write(stdout, text: str) -> None:
+    stdout.write(text.encode())
+    stdout.flush()
 
 
 def main(argv: Optional[list] = None) -> None:

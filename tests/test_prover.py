@@ -130,7 +130,7 @@ class ServeTests(unittest.TestCase):
 
     def test_verdicts(self):
         lines = self.serve(b"1 61\n2 63\n", lambda n: n == 97)
-        self.assertEqual(lines, ["ready Fake 1", "1 T 1.000000", "2 F 1.000000"])
+        self.assertEqual(lines, ["ready Fake 1", "1 S", "1 T 1.000000", "2 S", "2 F 1.000000"])
 
     def test_interruptedAndFailed(self):
         def prove(n):
@@ -141,7 +141,7 @@ class ServeTests(unittest.TestCase):
         err = io.StringIO()
         self.patch(sys, "stderr", err)
         lines = self.serve(b"7 1\n8 2\n", prove)
-        self.assertEqual(lines, ["ready Fake 1", "7 C 1.000000", "8 X 1.000000"])
+        self.assertEqual(lines, ["ready Fake 1", "7 S", "7 C 1.000000", "8 S", "8 X 1.000000"])
         self.assertIn("8: ArithmeticError: PARI stack overflow", err.getvalue())
 
 
@@ -158,4 +158,5 @@ class WorkerProcessTests(unittest.TestCase):
         )
         lines = worker.stdout.decode().splitlines()
         self.assertTrue(lines[0].startswith("ready FLINT"), lines)
-        self.assertEqual([line.split()[:2] for line in lines[1:]], [["1", "T"], ["2", "F"]])
+        self.assertEqual([line.split()[:2] for line in lines[1:]],
+                         [["1", "S"], ["1", "T"], ["2", "S"], ["2", "F"]])
