@@ -103,11 +103,15 @@ class PrimeChecker:
         """
         return self.queued < self.maxQueued
 
-    def submit(self, number: int) -> Deferred:
+    def submit(self, number: int, requester=None) -> Deferred:
         """
         Check C{number} in the pool.  Callers check L{hasRoom} first: the
         bound is theirs to honour because only they know whether to wait or to
         drop.
+
+        @param requester: who asks (a TCP protocol, a UDP C{(host, port)});
+            unused here, L{primed.proving.ProvingChecker} shares its proofs
+            fairly between requesters' sources.
 
         @return: a L{Deferred} firing with C{True} or C{False} in the reactor
             thread.
@@ -128,6 +132,12 @@ class PrimeChecker:
         result = is_prime_releasing_gil(number)
         self.checkTimes.observe(perf_counter() - start)
         return result
+
+    def requesterLost(self, requester) -> None:
+        """
+        A TCP connection that may have submitted checks is gone.  Nothing to
+        do here: a thread cannot be stopped, and its result is dropped.
+        """
 
     def abandon(self) -> None:
         """

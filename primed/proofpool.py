@@ -52,7 +52,7 @@ INTERRUPT_GRACE = 2.0
 MAX_RESPAWN_DELAY = 30.0
 
 #: Every result a proof can have, as counted in C{primed_proofs_total}.
-RESULTS = ("prime", "composite", "timeout", "crashed", "undecided", "busy",
+RESULTS = ("prime", "composite", "too_big", "timeout", "crashed", "undecided", "busy",
            "cancelled", "stopped")
 
 

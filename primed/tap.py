@@ -13,6 +13,8 @@ from twisted.python import usage
 
 from primed import fdlimit, proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
+from primed.proofpool import DEFAULT_PROVE_MAX_QUEUED, DEFAULT_PROVE_TIMEOUT
+from primed.proving import DEFAULT_PROVE_MAX_DIGITS
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS
@@ -53,6 +55,16 @@ def _atLeast(name, least):
     return coerce
 
 
+def _choice(name, choices):
+    def coerce(value):
+        if value not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    coerce.coerceDoc = f"One of {', '.join(choices)}."
+    return coerce
+
+
 def _seconds(name):
     def coerce(value):
         try:
@@ -88,6 +100,10 @@ class Options(usage.Options):
          "Bind TCP (tcp:, tcp6: and ssl: endpoints) and UDP with SO_REUSEPORT, so several "
          "primed processes can share the ports, one core each."],
         ["verbose", "v", "Log every request and its verdict, once, when it is known."],
+        ["prove", None,
+         "Answer T only for proven primes: probable primes above 3.3e24 are proved "
+         "(PARI's APR-CL and ECPP with primed[prove], FLINT otherwise) in worker "
+         "processes; E when no proof can be given (too long, out of time, too busy)."],
     ]
 
     optParameters = [
@@ -122,6 +138,21 @@ class Options(usage.Options):
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
          _seconds("drain-timeout")],
+        ["prove-workers", None, os.cpu_count() or 1,
+         "With --prove: worker processes proving primes.", _positiveInt("prove-workers")],
+        ["prove-max-digits", None, DEFAULT_PROVE_MAX_DIGITS,
+         "With --prove: longest probable prime proved, in digits; longer ones are "
+         "answered E at once (composites still F).", _positiveInt("prove-max-digits")],
+        ["prove-timeout", None, DEFAULT_PROVE_TIMEOUT,
+         "With --prove: seconds one proof may run; then it is answered E and its "
+         "worker interrupted.", _seconds("prove-timeout")],
+        ["prove-max-queued", None, DEFAULT_PROVE_MAX_QUEUED,
+         "With --prove: proofs waiting for a worker, over all clients (a quarter of "
+         "it per source); beyond it a probable prime is answered E.",
+         _positiveInt("prove-max-queued")],
+        ["prover", None, "auto",
+         "With --prove: auto (PARI when cypari2 is installed, else FLINT), pari or flint.",
+         _choice("prover", ("auto", "pari", "flint"))],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
@@ -182,6 +213,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--udp: {e}")
 
     def postOptions(self):
+        if self["prove-timeout"] <= 0:
+            raise usage.UsageError("--prove-timeout must be more than 0 seconds")
+        if self["prover"] == "pari" and self["prove"]:
+            try:
+                import cypari2  # noqa: F401
+            except ImportError:
+                raise usage.UsageError("--prover pari: cypari2 is not installed "
+                                       "(pip install 'primed[prove]')")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         if self["no-udp"]:
@@ -231,6 +270,23 @@ def _serverEndpoint(reactor, description: str, config=None, option: str = "--lis
         raise usage.UsageError(message)
 
 
+def _proofPool(reactor, config):
+    """
+    With C{--prove}, the pool of prover processes; L{None} otherwise.
+    """
+    if not config["prove"]:
+        return None
+    from primed.proofpool import ProofPool
+
+    return ProofPool(
+        reactor,
+        config["prove-workers"],
+        timeout=config["prove-timeout"],
+        maxQueued=config["prove-max-queued"],
+        engine=config["prover"],
+    )
+
+
 def makeService(config, reactor=None):
     """
     Build the primed service from parsed L{Options}: a L{MultiService}
@@ -261,6 +317,8 @@ def makeService(config, reactor=None):
         drainTimeout=config["drain-timeout"],
         reusePort=config["reuseport"],
         verbose=config["verbose"],
+        proofPool=_proofPool(reactor, config),
+        proveMaxDigits=config["prove-max-digits"],
     )
     top = service.MultiService()
     primed.setName("primed")

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.proofpool import ProofUnavailable
 from primed.fastpath import streamWriter
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
@@ -111,7 +112,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._lost = True
         self.setTimeout(None)
         self._held.clear()
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
+            self.checker.requesterLost(self)  # --prove: cancel its proofs
         if PAUSED_BY_POOL in self._paused:
             self.checker.cancelRoomWaiter(self._poolHasRoom)
         self.factory.disconnected(self)
@@ -267,7 +270,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                     out = []
                 slot = [None]
                 pending.append(slot)
-                checker.submit(number).addCallbacks(
+                checker.submit(number, self).addCallbacks(
                     self._checked, self._checkFailed, (slot, line), None, (slot, line)
                 )
                 continue
@@ -310,8 +313,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def _checkFailed(self, failure, slot: list, line: bytes) -> None:
         if self._lost or failure.check(CheckAbandoned):
             return  # nobody to answer: gone, or cut off by a stop
-        self._log.failure("Checking a {digits}-digit number failed", failure,
-                          digits=len(line))
+        if not failure.check(ProofUnavailable):  # --prove: E, counted and logged there
+            self._log.failure("Checking a {digits}-digit number failed", failure,
+                              digits=len(line))
         slot[0] = INVALID_REPLY
         self.counters.tcpInvalid += 1
         self._flushPending()

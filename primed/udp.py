@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.proofpool import ProofUnavailable
 from primed.counters import Counters
 from primed.fastpath import datagramWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
@@ -121,7 +122,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
                 counters.udpNotPrime += 1
         elif checker.hasRoom():
             self.inflight += 1
-            checker.submit(number).addCallbacks(
+            checker.submit(number, addr).addCallbacks(
                 self._checked, self._checkFailed, (line, addr), None, (line, addr)
             )
             return
@@ -212,8 +213,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         if failure.check(CheckAbandoned):
             self._done()  # a stop past its deadline: no reply
             return
-        self._log.failure("Checking a {digits}-digit number failed", failure,
-                          digits=len(line))
+        if not failure.check(ProofUnavailable):  # --prove: E, counted and logged there
+            self._log.failure("Checking a {digits}-digit number failed", failure,
+                              digits=len(line))
         self.counters.udpInvalid += 1
         self._reply(INVALID_REPLY, line, addr)
         self._done()
