@@ -88,8 +88,8 @@ class ProvingChecker(PrimeChecker):
     def _checked(self, probablyPrime: bool, number: int, requester, outer: "_Ask"):
         if outer.called:
             return  # cancelled while the thread pool checked it
-        if not probablyPrime or number < DETERMINISTIC_LIMIT:
-            outer.callback(probablyPrime)
+        if not probablyPrime:  # (above INLINE_MAX_BITS: far above the limit)
+            outer.callback(False)
             return
         outer.proof = self._prove(number, requester)
         outer.proof.chainDeferred(outer)
