@@ -17,8 +17,9 @@ What the pool promises:
     (C{SIGINT}, PARI) or killed and replaced (FLINT).
   - A number asked again while it waits or runs joins that proof.
   - Waiting proofs are bounded: C{maxQueued} in all and C{perSource} per
-    source, served round-robin by source (L{SourceQueue}); beyond either
-    bound the ask fails at once with L{ProofUnavailable} (C{"busy"}).
+    source, served round-robin by source
+    (L{primed.sourcequeue.SourceQueue}); beyond either bound the ask fails
+    at once with L{ProofUnavailable} (C{"busy"}).
   - Cancelling an ask's L{Deferred} (the client is gone) drops its proof
     when nobody else waits for it: unstarted, it never runs; running, the
     worker is interrupted.
@@ -31,8 +32,7 @@ What the pool promises:
 
 import os
 import sys
-from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 import primed
 from primed.counters import CheckTimes
+from primed.sourcequeue import SourceQueue
 
 #: Upper bounds, in seconds, of the proof duration histogram.
 PROOF_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -81,83 +82,6 @@ class _Job:
         self.started = 0.0
         self.timer = None
         self.ident = 0
-
-
-class SourceQueue:
-    """
-    Waiting work, served round-robin by source: one item of each source
-    in turn, in the order sources first queued, each source's items first
-    come, first served.
-    """
-
-    def __init__(self):
-        self._bySource: Dict[object, Deque] = {}
-        self._turns: Deque = deque()  # sources with work, next first
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def countFor(self, source) -> int:
-        items = self._bySource.get(source)
-        return len(items) if items else 0
-
-    def push(self, source, item, first: bool = False) -> None:
-        """
-        Queue C{item} for C{source}; C{first} puts it ahead of the source's
-        other items, and the source at the head of the turns.
-        """
-        items = self._bySource.get(source)
-        if items is None:
-            items = self._bySource[source] = deque()
-            if first:
-                self._turns.appendleft(source)
-            else:
-                self._turns.append(source)
-        elif first:
-            self._turns.remove(source)
-            self._turns.appendleft(source)
-        if first:
-            items.appendleft(item)
-        else:
-            items.append(item)
-        self.size += 1
-
-    def pop(self):
-        """
-        The next item, taking turns between sources.
-
-        @raise IndexError: nothing is queued.
-        """
-        source = self._turns.popleft()
-        items = self._bySource[source]
-        item = items.popleft()
-        if items:
-            self._turns.append(source)
-        else:
-            del self._bySource[source]
-        self.size -= 1
-        return item
-
-    def remove(self, source, item) -> None:
-        items = self._bySource.get(source)
-        if items is None or item not in items:
-            return
-        items.remove(item)
-        self.size -= 1
-        if not items:
-            del self._bySource[source]
-            self._turns.remove(source)
-
-    def clear(self) -> list:
-        """
-        Empty the queue. @return: everything it held.
-        """
-        everything = [item for items in self._bySource.values() for item in items]
-        self._bySource.clear()
-        self._turns.clear()
-        self.size = 0
-        return everything
 
 
 class _Worker(ProcessProtocol):
