@@ -193,6 +193,16 @@ class FlintPoolTests(PoolMixin, unittest.TestCase):
     engine = "flint"
 
     @defer.inlineCallbacks
+    def test_arnault(self):
+        """
+        FLINT 3's fmpz_is_prime does not return on Arnault's 397-digit
+        strong pseudoprime; the prover's BPSW test first answers F at once
+        (without it this proof runs out of time).
+        """
+        pool = yield defer.ensureDeferred(self.readyPool(timeout=10))
+        self.assertIs((yield pool.prove(STRONG_PSEUDOPRIMES[2], "a")), False)
+
+    @defer.inlineCallbacks
     def test_timeoutReplacesTheWorker(self):
         """
         FLINT cannot be interrupted: its worker is killed and replaced.
