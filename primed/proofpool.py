@@ -210,6 +210,7 @@ class ProofPool:
         self._stopping = False
         self._stopped: Optional[defer.Deferred] = None
         self._readyWaiters: List[defer.Deferred] = []
+        self._roomWaiters: List = []
 
     # Life.
 
@@ -299,11 +300,49 @@ class ProofPool:
         """Proofs running now."""
         return sum(1 for w in self.workers if w.job is not None)
 
-    def prove(self, number: int, source=None) -> defer.Deferred:
+    def hasRoom(self, source) -> bool:
+        """
+        Whether a new proof for C{source} would be queued now rather than
+        refused: the queue and C{source}'s quota are not full, or a worker
+        is idle.
+        """
+        return (len(self.queue) < self.maxQueued
+                and self.queue.countFor(source) < self.perSource) or (
+            self._idleWorker() is not None)
+
+    def notifyRoom(self, callback) -> None:
+        """
+        Call C{callback} once, when a waiting proof leaves the queue (it
+        starts, or is cancelled): room, perhaps, for the caller's source,
+        which asks L{hasRoom} again.
+        """
+        self._roomWaiters.append(callback)
+
+    def cancelRoomWaiter(self, callback) -> None:
+        if callback in self._roomWaiters:
+            self._roomWaiters.remove(callback)
+
+    def _roomSoon(self) -> None:
+        """
+        Tell the room waiters, in a later reactor turn: the caller may be
+        in the middle of a waiter's own processing.
+        """
+        if self._roomWaiters:
+            self.reactor.callLater(0, self._roomMade)
+
+    def _roomMade(self) -> None:
+        waiters, self._roomWaiters = self._roomWaiters, []
+        for callback in waiters:
+            callback()
+
+    def prove(self, number: int, source=None, admitted: bool = False) -> defer.Deferred:
         """
         Prove C{number} (a probable prime, usually) prime or composite.
 
         @param source: who asks (an address): the unit of fairness.
+        @param admitted: the caller asked L{hasRoom} when the request came
+            (before its thread-pool check): queue it even if the queue
+            filled since, by at most the checks in flight.
         @return: a L{Deferred} firing with C{True} (proven prime) or
             C{False} (composite), or failing with L{ProofUnavailable};
             cancel it when nobody needs the answer any more.
@@ -314,11 +353,8 @@ class ProofPool:
                 return self._refuse("stopped")
             if self._failedStarts >= 3 and not any(w.ready for w in self.workers):
                 return self._refuse("crashed")
-            if len(self.queue) >= self.maxQueued or (
-                self.queue.countFor(source) >= self.perSource
-            ):
-                if not self._idleWorker():
-                    return self._refuse("busy")
+            if not admitted and not self.hasRoom(source):
+                return self._refuse("busy")
             job = self._jobs[number] = _Job(number, source)
             self._nextIdent += 1
             job.ident = self._nextIdent
@@ -344,6 +380,7 @@ class ProofPool:
             if worker is None:
                 return
             job = self.queue.pop()
+            self._roomSoon()
             job.worker = worker
             job.started = self.reactor.seconds()
             job.timer = self.reactor.callLater(self.timeout, self._timedOut, job)
@@ -359,6 +396,7 @@ class ProofPool:
         self._forget(job)
         if job.worker is None:
             self.queue.remove(job.source, job)
+            self._roomSoon()
         else:
             job.worker.interrupt(self.interruptible)
 

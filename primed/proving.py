@@ -28,7 +28,6 @@ from twisted.internet import defer
 from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
 from primed.primality import DETERMINISTIC_LIMIT, INLINE_MAX_BITS, is_prime
 from primed.proofpool import ProofUnavailable
-from primed.sources import sourceKey
 
 __all__ = ["DEFAULT_PROVE_MAX_DIGITS", "ProvingChecker", "ProofUnavailable"]
 
@@ -46,32 +45,64 @@ class ProvingChecker(PrimeChecker):
     """
     A L{PrimeChecker} whose T answers are proofs.
 
+    The thread pool's fair queue (L{primed.fairqueue}) is used as without
+    C{--prove}; the proof pool keeps its own queue with the same rules
+    (round-robin by source, a quota per source, a lost connection's work
+    dropped: L{cancel}).
+
     @ivar proofPool: the L{primed.proofpool.ProofPool} proofs run in.
-    @ivar tooBig: probable primes answered E for their length.
     """
 
     def __init__(self, reactor, threadpool, proofPool,
                  maxDigits: int = DEFAULT_PROVE_MAX_DIGITS,
-                 maxQueued: int = DEFAULT_MAX_QUEUED):
+                 maxQueued: int = DEFAULT_MAX_QUEUED,
+                 maxQueuedPerSource: int = 0):
         """
         @param maxDigits: C{--prove-max-digits}.
         """
         PrimeChecker.__init__(self, reactor, threadpool, maxQueued=maxQueued,
-                              inlineMaxBits=PROVEN_INLINE_MAX_BITS)
+                              inlineMaxBits=PROVEN_INLINE_MAX_BITS,
+                              maxQueuedPerSource=maxQueuedPerSource)
         self.proofPool = proofPool
         self.proveMaxDigits = maxDigits
         self._tooBig = 10**maxDigits
         self._asks: Dict[object, Set[defer.Deferred]] = {}
+        # PrimeChecker's are the fair queue's own: proofs need room too.
+        self.cancel = self._cancel
+        self.hasRoom = self._hasRoom
+        self.notifyRoom = self._notifyRoom
+        self.cancelRoomWaiter = self._cancelRoomWaiter
 
-    def submit(self, number: int, requester=None) -> defer.Deferred:
+    def _hasRoom(self, source) -> bool:
+        """
+        Whether C{source} may submit a big number now: room in the thread
+        pool's fair queue and in the proof pool's, for its source.  A TCP
+        connection without room stops reading until L{notifyRoom}'s call; a
+        UDP request is dropped, as without C{--prove}.
+        """
+        return self.queue.hasRoom(source) and self.proofPool.hasRoom(source)
+
+    def _notifyRoom(self, source, callback) -> None:
+        if self.proofPool.hasRoom(source):
+            self.queue.notifyRoom(source, callback)
+        else:
+            self.proofPool.notifyRoom(callback)
+
+    def _cancelRoomWaiter(self, callback) -> None:
+        self.queue.cancelRoomWaiter(callback)
+        self.proofPool.cancelRoomWaiter(callback)
+
+    def submit(self, number: int, source=None, connection=None) -> defer.Deferred:
         """
         Check C{number}, proving it prime when BPSW says it is.
 
-        @param requester: who asks: a TCP protocol (whose loss, told by
-            L{requesterLost}, cancels its proofs) or a UDP C{(host, port)}.
-            Proofs are shared fairly between their sources.
+        @param source: who asks (L{primed.sources.sourceKey}): proofs are
+            shared fairly between sources.
+        @param connection: the TCP protocol asking (or, for UDP, the
+            source): L{cancel} cancels its checks and proofs.
         @return: a L{Deferred} firing with C{True} or C{False}, or failing
-            with L{ProofUnavailable}.
+            with L{ProofUnavailable} (or, its connection lost, with
+            L{primed.checker.CheckCancelled} or L{defer.CancelledError}).
         """
         if number.bit_length() <= INLINE_MAX_BITS:
             # Cheap enough for the reactor thread, as without --prove.
@@ -79,49 +110,50 @@ class ProvingChecker(PrimeChecker):
                 return defer.succeed(is_prime(number))
             if not is_prime(number):
                 return defer.succeed(False)
-            return self._track(self._prove(number, requester), requester)
+            return self._track(self._prove(number, source), connection)
         outer = _Ask()
-        check = PrimeChecker.submit(self, number)
-        check.addCallback(self._checked, number, requester, outer).addErrback(outer.fail)
-        return self._track(outer, requester)
+        check = PrimeChecker.submit(self, number, source, connection)
+        check.addCallback(self._checked, number, source, outer).addErrback(outer.fail)
+        return self._track(outer, connection)
 
-    def _checked(self, probablyPrime: bool, number: int, requester, outer: "_Ask"):
+    def _checked(self, probablyPrime: bool, number: int, source, outer: "_Ask"):
         if outer.called:
             return  # cancelled while the thread pool checked it
         if not probablyPrime:  # (above INLINE_MAX_BITS: far above the limit)
             outer.callback(False)
             return
-        outer.proof = self._prove(number, requester)
+        outer.proof = self._prove(number, source)
         outer.proof.chainDeferred(outer)
 
-    def _prove(self, number: int, requester) -> defer.Deferred:
+    def _prove(self, number: int, source) -> defer.Deferred:
         if number >= self._tooBig:
             self.proofPool.results["too_big"] += 1
             return defer.fail(ProofUnavailable("too_big"))
-        return self.proofPool.prove(number, sourceKey(requester))
+        return self.proofPool.prove(number, source, admitted=True)
 
-    def _track(self, d: defer.Deferred, requester) -> defer.Deferred:
-        if requester is None or isinstance(requester, tuple) or d.called:
-            return d  # UDP: no loss to hear of
-        asks = self._asks.setdefault(requester, set())
+    def _track(self, d: defer.Deferred, connection) -> defer.Deferred:
+        if connection is None or d.called:
+            return d
+        asks = self._asks.setdefault(connection, set())
         asks.add(d)
 
         def untrack(result):
             asks.discard(d)
-            if not asks and self._asks.get(requester) is asks:
-                del self._asks[requester]
+            if not asks and self._asks.get(connection) is asks:
+                del self._asks[connection]
             return result
 
         d.addBoth(untrack)
         return d
 
-    def requesterLost(self, requester) -> None:
+    def _cancel(self, connection) -> None:
         """
-        C{requester} (a TCP connection) is gone: its proofs, waiting or
-        running, are cancelled (another asker of the same number keeps its
-        own).
+        C{connection} is gone: its checks waiting for a thread are dropped
+        (the fair queue's C{cancel}), and its proofs, waiting or running,
+        cancelled (another asker of the same number keeps its own).
         """
-        for d in list(self._asks.pop(requester, ())):
+        self.queue.cancel(connection)
+        for d in list(self._asks.pop(connection, ())):
             d.cancel()
 
 

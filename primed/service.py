@@ -134,6 +134,7 @@ class PrimedService(service.Service):
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
         maxQueued: int = DEFAULT_MAX_QUEUED,
+        maxQueuedPerSource: int = 0,
         maxInflight: int = DEFAULT_MAX_INFLIGHT,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -167,12 +168,15 @@ class PrimedService(service.Service):
         self.threadpool = threadpool
         self.proofPool = proofPool
         if proofPool is None:
-            self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+            self.checker = PrimeChecker(
+                reactor, threadpool, maxQueued=maxQueued, maxQueuedPerSource=maxQueuedPerSource
+            )
         else:
             from primed.proving import DEFAULT_PROVE_MAX_DIGITS, ProvingChecker
 
             self.checker = ProvingChecker(
                 reactor, threadpool, proofPool, maxQueued=maxQueued,
+                maxQueuedPerSource=maxQueuedPerSource,
                 maxDigits=proveMaxDigits or DEFAULT_PROVE_MAX_DIGITS,
             )
         #: What every protocol counts; L{primed.metrics} reads it.
@@ -248,12 +252,14 @@ class PrimedService(service.Service):
                            transport=transport, address=address)
         self._log.info(
             "Limits: {maxDigits} digits, {threads} check threads, "
-            "{maxQueued} pool checks queued, {maxInflight} replies in flight per "
+            "{maxQueued} pool checks queued ({perSource} per source), "
+            "{maxInflight} replies in flight per "
             "connection, {maxConnections} connections, idle timeout {idle}s, "
             "drain timeout {drain}s",
             maxDigits=self.maxDigits,
             threads=self.threads,
             maxQueued=self.checker.maxQueued,
+            perSource=self.checker.maxQueuedPerSource,
             maxInflight=self.factory.maxInflight,
             maxConnections=self.factory.maxConnections,
             idle=self.factory.idleTimeout,

@@ -103,7 +103,7 @@ class Options(usage.Options):
         ["prove", None,
          "Answer T only for proven primes: probable primes above 3.3e24 are proved "
          "(PARI's APR-CL and ECPP with primed[prove], FLINT otherwise) in worker "
-         "processes; E when no proof can be given (too long, out of time, too busy)."],
+         "processes; E when no proof can be given (too long, out of time)."],
     ]
 
     optParameters = [
@@ -116,6 +116,12 @@ class Options(usage.Options):
          "Big-number checks running or waiting for a thread, over all clients; "
          "beyond it TCP clients wait and UDP requests are dropped.",
          _positiveInt("max-queued")],
+        ["max-queued-per-source", None, 0,
+         "Big-number checks one source (an IPv4 address, an IPv6 /64) may have "
+         "running or waiting; beyond it its TCP connections wait and its UDP "
+         "requests are dropped. 0: a quarter of --max-queued. The last quarter "
+         "of --max-queued is kept for sources with nothing queued.",
+         _atLeast("max-queued-per-source", 0)],
         ["max-inflight", None, DEFAULT_MAX_INFLIGHT,
          "Replies pending on one TCP connection before it stops reading.",
          _positiveInt("max-inflight")],
@@ -148,7 +154,7 @@ class Options(usage.Options):
          "worker interrupted.", _seconds("prove-timeout")],
         ["prove-max-queued", None, DEFAULT_PROVE_MAX_QUEUED,
          "With --prove: proofs waiting for a worker, over all clients (a quarter of "
-         "it per source); beyond it a probable prime is answered E.",
+         "it per source); beyond it TCP clients wait and UDP requests are dropped.",
          _positiveInt("prove-max-queued")],
         ["prover", None, "auto",
          "With --prove: auto (PARI when cypari2 is installed, else FLINT), pari or flint.",
@@ -311,6 +317,7 @@ def makeService(config, reactor=None):
         threads=config["threads"],
         maxDigits=config["max-digits"],
         maxQueued=config["max-queued"],
+        maxQueuedPerSource=config["max-queued-per-source"],
         maxInflight=config["max-inflight"],
         maxConnections=config["max-connections"],
         idleTimeout=config["idle-timeout"],

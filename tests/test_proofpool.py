@@ -158,7 +158,17 @@ class ProofPoolTests(PoolMixin, unittest.TestCase):
         asks.append(pool.prove(M127, "a"))
         self.assertEqual(self.failureResultOf(asks[-1], ProofUnavailable).value.reason, "busy")
         self.assertEqual(pool.results["busy"], 2)
-        for d in asks[:-1]:
+        self.assertFalse(pool.hasRoom("a"))
+        self.assertFalse(pool.hasRoom("c"))  # the queue is full
+        admitted = pool.prove(M127 + 8, "a", admitted=True)  # asked hasRoom earlier
+        self.assertEqual(len(pool.queue), 4)
+        room = []
+        pool.notifyRoom(lambda: room.append(pool.hasRoom("c")))
+        asks[1].cancel()  # a's first waiting proof leaves the queue
+        self.failureResultOf(asks[1])
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual(room, [False])  # still 3 waiting: full
+        for d in asks[2:-1] + [asks[0], admitted]:
             d.cancel()
             self.failureResultOf(d)
 

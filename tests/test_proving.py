@@ -29,10 +29,22 @@ class HandProofPool:
         self.asked = []
         self.results = dict.fromkeys(RESULTS, 0)
 
-    def prove(self, number, source=None):
+    room = True
+
+    def prove(self, number, source=None, admitted=False):
+        assert admitted  # the checker asked hasRoom first
         d = defer.Deferred(lambda d: self.cancelled.append(number))
         self.asked.append((number, source, d))
         return d
+
+    def hasRoom(self, source):
+        return self.room
+
+    def notifyRoom(self, callback):
+        self.roomWaiters.append(callback)
+
+    def cancelRoomWaiter(self, callback):
+        self.roomWaiters.remove(callback)
 
     cancelled: list
 
@@ -43,6 +55,7 @@ class ProvingCheckerTests(unittest.TestCase):
         self.threads = HandDrivenPool()
         self.proofs = HandProofPool()
         self.proofs.cancelled = []
+        self.proofs.roomWaiters = []
         self.checker = ProvingChecker(self.reactor, self.threads, self.proofs, maxDigits=130)
 
     def test_inlineOnlyBelowTheProvenLimit(self):
@@ -72,7 +85,7 @@ class ProvingCheckerTests(unittest.TestCase):
         self.assertEqual((self.proofs.asked, self.threads.work), ([], []))
 
     def test_inlineProbablePrimeIsProved(self):
-        d = self.checker.submit(SMALL_PRIME, ("192.0.2.1", 5))
+        d = self.checker.submit(SMALL_PRIME, "192.0.2.1", object())
         [(number, source, proof)] = self.proofs.asked
         self.assertEqual((number, source), (SMALL_PRIME, "192.0.2.1"))
         self.assertEqual(self.threads.work, [])
@@ -108,21 +121,39 @@ class ProvingCheckerTests(unittest.TestCase):
     def test_lostConnectionCancels(self):
         connection = object()
         other = object()
-        mine = self.checker.submit(SMALL_PRIME, connection)
-        theirs = self.checker.submit(SMALL_PRIME, other)
-        waiting = self.checker.submit(BIG_PRIME, connection)  # still in a thread
-        self.checker.requesterLost(connection)
+        mine = self.checker.submit(SMALL_PRIME, "a", connection)
+        theirs = self.checker.submit(SMALL_PRIME, "b", other)
+        running = self.checker.submit(BIG_PRIME, "a", connection)  # in a thread
+        self.checker.cancel(connection)
         self.failureResultOf(mine, defer.CancelledError)
-        self.failureResultOf(waiting, defer.CancelledError)
+        self.failureResultOf(running, defer.CancelledError)
         self.assertEqual(self.proofs.cancelled, [SMALL_PRIME])
         self.assertNoResult(theirs)
         self.threads.runAll()  # the thread's result goes nowhere
         self.assertEqual(len(self.proofs.asked), 2)
-        self.checker.requesterLost(connection)  # twice: nothing left
+        self.checker.cancel(connection)  # twice: nothing left
         self.assertEqual(self.checker._asks.keys(), {other})
         self.proofs.asked[1][2].callback(True)
         self.assertIs(self.successResultOf(theirs), True)
         self.assertEqual(self.checker._asks, {})
+
+    def test_roomForProofs(self):
+        """
+        A big number needs room in the proof pool too; a TCP connection
+        waiting for it is called back by the proof pool.
+        """
+        self.assertTrue(self.checker.hasRoom("a"))
+        self.proofs.room = False
+        self.assertFalse(self.checker.hasRoom("a"))
+        calls = []
+        self.checker.notifyRoom("a", lambda: calls.append(1))
+        self.assertEqual(len(self.proofs.roomWaiters), 1)
+        self.proofs.roomWaiters.pop()()
+        self.assertEqual(calls, [1])
+        waiter = lambda: None  # noqa: E731
+        self.checker.notifyRoom("a", waiter)
+        self.checker.cancelRoomWaiter(waiter)
+        self.assertEqual(self.proofs.roomWaiters, [])
 
     def test_threadFailure(self):
         d = self.checker.submit(BIG_PRIME)
@@ -140,6 +171,7 @@ class ProtocolTests(unittest.TestCase):
         self.reactor = ThreadlessReactor()
         self.proofs = HandProofPool()
         self.proofs.cancelled = []
+        self.proofs.roomWaiters = []
         self.checker = ProvingChecker(self.reactor, HandDrivenPool(), self.proofs)
 
     def test_tcp(self):
