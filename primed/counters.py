@@ -49,6 +49,7 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tlsPlainTextClosed",
     )
 
     def __init__(self):

@@ -265,7 +265,9 @@ class PrimedService(service.Service):
             # that drops the answers owed to a client that half-closes.
             from primed.tls import HalfCloseableTLSFactory
 
-            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+            factory = HalfCloseableTLSFactory(
+                tlsContext, self.factory, self.reactor, self.counters
+            )
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
             factory = proxyEndpoint.wrapFactory(factory)
