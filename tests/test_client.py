@@ -161,7 +161,7 @@ class PrimedClientTests(unittest.TestCase):
         self.assertIs(error, PrimedConnectionLost)
         self.assertEqual(
             str(self.got[0][1]),
-            "connection lost before 2 answers arrived (Connection was closed cleanly.);"
+            "the server closed the connection without answering (perhaps over its connection limit);"
             " then 6 reconnection attempts failed (Connection refused)",
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -209,7 +209,7 @@ class PrimedClientTests(unittest.TestCase):
         self.assertEqual(len(self.endpoint.attempts), 1)
         [(name, error)] = self.got
         self.assertEqual(
-            str(error), "connection lost before 1 answers arrived (Connection was closed cleanly.)"
+            str(error), "the server closed the connection without answering (perhaps over its connection limit)"
         )
 
     def test_silenceReconnects(self):
@@ -265,8 +265,8 @@ class PrimedClientTests(unittest.TestCase):
         [(name, error)] = self.got
         self.assertEqual(
             str(error),
-            "connection lost before 1 answers arrived (Connection was closed cleanly.);"
-            " then 1 reconnection attempts failed (TLS: certificate is not for x)",
+            "the server closed the connection without answering (perhaps over its connection limit);"
+            " then 1 reconnection attempt failed (TLS: certificate is not for x)",
         )
 
     def test_firstConnectNotRetried(self):
@@ -442,8 +442,8 @@ class PrimedClientTests(unittest.TestCase):
         self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
         self.assertEqual(
             str(self.got[1][1]),
-            "connection lost before 2 answers arrived (Connection was refused by other side:"
-            " second loss.); then 1 reconnection attempts failed (Connection refused)",
+            "connection lost with 2 answers owed (Connection was refused by other side:"
+            " second loss.); then 1 reconnection attempt failed (Connection refused)",
         )
 
     def test_check(self):

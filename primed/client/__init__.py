@@ -24,6 +24,7 @@ from primed.client.base import (
     DEFAULT_TCP_TIMEOUT,
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
+    PrimedClosed,
     PrimedConnectionLost,
     PrimedError,
     PrimedProtocolError,
@@ -33,6 +34,7 @@ from primed.client.base import (
     PrimedTLSError,
     _request,
     describeError,
+    plural,
 )
 from primed.client.tcp import PrimedClientProtocol, connect, connectEndpoint
 from primed.client.udp import PrimedUDPClient
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_UDP_TIMEOUT",
     "PrimedClient",
     "PrimedClientProtocol",
+    "PrimedClosed",
     "PrimedConnectionLost",
     "PrimedError",
     "PrimedProtocolError",
@@ -260,10 +263,16 @@ class PrimedClient:
         if attempts:
             # Attempts were made, so this reason is the last one's, not the
             # loss that started them (both are reset together).
-            message = describeError(first.value)
-            message += f"; then {attempts} reconnection attempts failed"
-            message += f" ({describeError(reason.value)})"
-            reason = Failure(PrimedConnectionLost(message))
+            message = firstWords = describeError(first.value)
+            lastWords = describeError(reason.value)
+            if lastWords == firstWords:
+                message += f"; the same on {plural(attempts, 'reconnection attempt')}"
+            else:
+                message += f"; then {plural(attempts, 'reconnection attempt')} failed"
+                message += f" ({lastWords})"
+            lost = PrimedConnectionLost(message)
+            lost.tlsHint = getattr(reason.value, "tlsHint", False)
+            reason = Failure(lost)
         self._fail(reason)
 
     def _fail(self, reason):

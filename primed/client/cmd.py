@@ -24,6 +24,7 @@ from primed.client import (
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
     PrimedClient,
+    PrimedProtocolError,
     PrimedUDPClient,
 )
 from primed.client.base import describeError
@@ -316,12 +317,31 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
             reason = output.error.strerror or describeError(output.error)
             stderr.write(f"primed-client: cannot write standard output: {reason}\n")
         elif not output.broken:
-            stderr.write(f"primed-client: {where}: {describeError(e)}\n")
+            stderr.write(f"primed-client: {where}: {describeError(e)}{_tlsHint(e, options)}\n")
         return 1
     finally:
         if connection is not None:
             connection.close()
     return 1 if output.broken else 0
+
+
+def _tlsHint(e, options) -> str:
+    """
+    The advice to add to error C{e}'s line when the server may be speaking
+    TLS to us in clear (see L{PrimedError.tlsHint}): C{--tls}, or a C{tls:}
+    endpoint.
+    """
+    if not getattr(e, "tlsHint", False) or options["udp"] or options["tls"]:
+        return ""
+    if options["endpoint"] is not None:
+        if options["endpoint"].startswith("tls:"):
+            return ""
+        advice = "give a tls: endpoint"
+    else:
+        advice = "try --tls"
+    if isinstance(e, PrimedProtocolError):
+        return f": {advice}"
+    return f"; if it expects TLS, {advice}"
 
 
 def _endpoint(reactor, options):

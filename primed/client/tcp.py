@@ -13,11 +13,16 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
+
 from primed.client.base import (
+    PrimedClosed,
     PrimedConnectionLost,
     PrimedProtocolError,
     PrimedTimeout,
     _request,
+    notAVerdict,
+    plural,
 )
 from primed.client.tls import handshakeFailure, isTLS
 from primed.wire import Verdict
@@ -25,6 +30,10 @@ from primed.wire import Verdict
 # Reply lines as LineReceiver hands them over, so the hot path is one dict
 # lookup; anything else goes through Verdict.fromReply.
 _VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
+# The bytes a reply line may begin with: anything else at the start of a
+# line (a TLS alert, an HTTP status line) fails at once, not only once a
+# newline or MAX_LENGTH bytes arrive, which may be never.
+_REPLY_STARTS = frozenset(verdict.reply[0] for verdict in Verdict)
 
 
 @implementer(IHandshakeListener)
@@ -43,6 +52,7 @@ class PrimedClientProtocol(LineReceiver):
     @ivar lostIdle: whether the connection closed owing no answer (primed's
         idle timeout, say): nothing was lost with it, and a new connection
         can carry on.
+    @ivar heard: whether the server has sent anything on this connection.
     @ivar ready: whether the connection can carry requests: from
         C{connectionMade} over TCP, from the end of the handshake (the
         server's certificate verified) over TLS.  Requests made earlier wait
@@ -64,6 +74,8 @@ class PrimedClientProtocol(LineReceiver):
         self.lostIdle = False
         self._timer = None
         self._lastHeard = 0.0
+        self._atLineStart = True
+        self.heard = False
         self.ready = False
         self._readyWaiters = []
 
@@ -156,6 +168,11 @@ class PrimedClientProtocol(LineReceiver):
             return
         if self.timeout is not None:
             self._lastHeard = self._clock.seconds()
+        self.heard = True
+        if self._atLineStart and data[0] not in _REPLY_STARTS:
+            self._abort(notAVerdict(data))
+            return
+        self._atLineStart = data[-1] == 10  # b"\n"
         LineReceiver.dataReceived(self, data)
 
     def lineReceived(self, line):
@@ -166,7 +183,7 @@ class PrimedClientProtocol(LineReceiver):
             try:
                 verdict = Verdict.fromReply(line)
             except ValueError:
-                self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}"))
+                self._abort(notAVerdict(line + self.delimiter))
                 return
         if not self._pending:
             self._abort(PrimedProtocolError("a reply to no request"))
@@ -176,7 +193,7 @@ class PrimedClientProtocol(LineReceiver):
     def lineLengthExceeded(self, line):
         if self._error is not None:
             return
-        self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}..."))
+        self._abort(notAVerdict(line, more=True))
 
     def _checkSilence(self):
         self._timer = None
@@ -218,13 +235,26 @@ class PrimedClientProtocol(LineReceiver):
             return
         if self._error is not None:
             error_ = self._error
+        elif not self.heard and reason.check(ConnectionDone, ConnectionLost):
+            error_ = PrimedClosed()
         else:
             error_ = PrimedConnectionLost(
-                f"connection lost before {len(pending)} answers arrived"
-                f" ({reason.getErrorMessage()})"
+                f"connection lost with {plural(len(pending), 'answer')} owed"
+                f" ({_howLost(reason)})"
             )
         for receiver in pending:
             receiver.errback(Failure(error_))
+
+
+def _howLost(reason) -> str:
+    """
+    How a connection was lost, in a few words.
+    """
+    if reason.check(ConnectionDone):
+        return "closed by the server"
+    if reason.check(ConnectionLost):
+        return "reset"
+    return reason.getErrorMessage()
 
 
 def connect(reactor, description, timeout=None) -> defer.Deferred:
