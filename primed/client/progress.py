@@ -92,9 +92,9 @@ class Progress:
     def draw(self):
         self._beforeDraw()
         text = self.text()
-        self._write("\r" + text.ljust(self._width))
-        self._width = len(text)
-        self.drawn = True
+        if self._write("\r" + text.ljust(self._width)):
+            self._width = len(text)
+            self.drawn = True
 
     def erase(self):
         """
@@ -113,7 +113,7 @@ class Progress:
             self._loop.stop()
         self.erase()
 
-    def _write(self, text):
+    def _write(self, text) -> bool:
         try:
             self._stream.write(text)
             self._stream.flush()
@@ -122,6 +122,8 @@ class Progress:
             if self._loop.running:
                 self._loop.stop()
             self.drawn = False
+            return False
+        return True
 
 
 class SharedTerminal:
