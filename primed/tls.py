@@ -43,6 +43,9 @@ C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
 """
 
+import os
+import stat
+
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -224,3 +227,43 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
 def _describe(peer) -> str:
     host, port = getattr(peer, "host", None), getattr(peer, "port", None)
     return f"{host}:{port}" if host is not None else str(peer)
+
+
+def privateKeyPath(description: str) -> str:
+    """
+    The private key file of an C{ssl:} server endpoint string (behind
+    C{haproxy:} or not), as Twisted's parser reads it: C{privateKey=}, by
+    default C{server.pem}.  Fields are split at colons a backslash does not
+    escape, as Twisted splits them.
+    """
+    fields, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if equals and name == "privateKey":
+            return value
+    return "server.pem"
+
+
+def readableByOthers(path: str) -> bool:
+    """
+    Whether every user of the machine may read C{path}.  Readable by its
+    group is fine: Debian's C{ssl-cert} group exists for that.  A file that
+    cannot be looked at says nothing (Twisted has read it already).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IROTH)

@@ -363,3 +363,81 @@ class WrappedProtocolTests(CertificatesMixin, unittest.TestCase):
         logged = [e for e in events if "not a TLS handshake" in e.get("log_format", "")]
         self.assertEqual([e["refused"] for e in logged], [1, 4])
         self.assertEqual(counters.tlsPlainTextClosed, 5)
+
+
+class KeyPermissionTests(CertificatesMixin, unittest.TestCase):
+    """
+    A private key file every user may read draws one warning when the
+    listener starts, naming the file and the fix; group-readable (Debian's
+    C{ssl-cert} convention) does not.
+    """
+
+    def keyWithMode(self, mode, name="key.pem"):
+        import os
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="primed-key-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, name)
+        shutil.copy(self.paths["key"], path)
+        os.chmod(path, mode)
+        return path
+
+    def warnings(self, *keys):
+        from twisted.internet import reactor
+        from twisted.logger import globalLogPublisher
+
+        events = []
+
+        def observe(event):
+            if "private key" in str(event.get("log_format", "")):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        argv = []
+        for key in keys:
+            escaped = key.replace(":", "\\:")
+            argv += ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={escaped}"
+                                 f":certKey={self.paths['cert']}"]
+        config = tap.Options()
+        config.parseOptions([*argv, "--no-udp", "--threads", "1"])
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        return events
+
+    def test_worldReadable(self):
+        from twisted.logger import formatEvent
+
+        key = self.keyWithMode(0o644)
+        [event] = self.warnings(key)
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertEqual(
+            formatEvent(event),
+            f"The private key file {key} is readable by every user: run "
+            f"'chmod o-r {key}' (or 'chmod 640 {key}', group-readable)",
+        )
+
+    def test_onceForTwoListeners(self):
+        key = self.keyWithMode(0o604, name="a:key.pem")  # a colon, escaped
+        self.assertEqual([e["path"] for e in self.warnings(key, key)], [key])
+
+    def test_ownerOrGroupOnly(self):
+        self.assertEqual(self.warnings(self.keyWithMode(0o600), self.keyWithMode(0o640)), [])
+
+
+class PrivateKeyPathTests(unittest.TestCase):
+    def test_paths(self):
+        from primed.tls import privateKeyPath
+
+        for description, path in [
+            ("ssl:8443:privateKey=/etc/primed/key.pem:certKey=/etc/primed/cert.pem",
+             "/etc/primed/key.pem"),
+            ("haproxy:ssl:8443:certKey=c.pem:privateKey=k.pem", "k.pem"),
+            ("ssl:8443:privateKey=C\\:\\\\keys\\\\k.pem", "C:\\keys\\k.pem"),
+            ("ssl:8443:certKey=both.pem", "server.pem"),
+            ("ssl:8443", "server.pem"),
+        ]:
+            self.assertEqual(privateKeyPath(description), path, description)
