@@ -327,7 +327,7 @@ class TerminalRun:
     writes, standard output a file.
     """
 
-    def __init__(self, test, *args):
+    def __init__(self, test, *args, stdinTerminal=False):
         import pty
 
         self.test = test
@@ -338,7 +338,7 @@ class TerminalRun:
         with open(self.outPath, "wb") as out:
             self.process = subprocess.Popen(
                 clientCommand() + [str(a) for a in args],
-                stdin=subprocess.PIPE, stdout=out, stderr=slave,
+                stdin=slave if stdinTerminal else subprocess.PIPE, stdout=out, stderr=slave,
             )
         os.close(slave)
         test.addCleanup(self.kill)
@@ -349,7 +349,7 @@ class TerminalRun:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-        if not self.process.stdin.closed:
+        if self.process.stdin is not None and not self.process.stdin.closed:
             self.process.stdin.close()
 
     def readUntil(self, condition, timeout=60):
@@ -381,7 +381,8 @@ class TerminalRun:
         Close standard input, read the terminal to its end, wait for the
         exit status; return it and the output.
         """
-        self.process.stdin.close()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         self.readUntil(lambda screen: False)
         code = self.process.wait(60)
         self.elapsed = time.monotonic() - self.started
@@ -474,6 +475,29 @@ class ProgressTests(SharedDaemonTestCase):
             run.readUntil(lambda screen: screen != b"", timeout=0.5)
         code, output = run.finish()
         self.assertEqual((code, output, run.screen), (0, b"17\tprime\n", b""))
+
+    def test_typedOnTerminal(self):
+        """
+        Standard input the terminal too: numbers typed one at a time draw no
+        line over what is typed; numbers pasted or piped in by the thousand
+        do.
+        """
+        run = TerminalRun(self, "--port", self.daemon.tcpPort, stdinTerminal=True)
+        os.write(run.master, b"17\n")
+        self.assertTrue(run.readUntil(lambda screen: screen == b"17\r\n"))  # the echo
+        for _ in range(1200):  # until the answer is out: the run then waits
+            with open(run.outPath, "rb") as f:
+                if f.read() == b"17\tprime\n":
+                    break
+            with self.assertRaises(AssertionError):
+                run.readUntil(lambda screen: screen != b"17\r\n", timeout=0.05)
+        with self.assertRaises(AssertionError):  # five redraw intervals
+            run.readUntil(lambda screen: screen != b"17\r\n", timeout=0.5)
+        os.write(run.master, b"18\n" * 1000)
+        self.assertTrue(run.readUntil(lambda screen: b"1,001 answered, " in screen))
+        os.write(run.master, b"\x04")  # end of input
+        code, output = run.finish()
+        self.assertEqual((code, output), (0, b"17\tprime\n" + b"18\tnot prime\n" * 1000))
 
     def test_errorLineAlone(self):
         """

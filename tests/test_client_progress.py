@@ -110,6 +110,26 @@ class ProgressTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.stream.getvalue()), drawn)  # stopped
 
+    def test_waitForFlow(self):
+        """
+        C{waitForFlow}: nothing while answers come as fast as a person
+        types (here 9 a tenth of a second, and none); from the first tenth
+        with 10, the usual line, kept even when answers slow down.
+        """
+        progress = Progress(self.clock, self.stream, lambda: self.answered, waitForFlow=True)
+        progress.start()
+        for tick, more in enumerate([1, 0, 9, 0, 5], 1):
+            self.answered += more
+            self.advanceTo(tick * INTERVAL)
+        self.assertEqual(self.stream.getvalue(), "")
+        self.answered += 10
+        self.advanceTo(6 * INTERVAL)
+        self.assertTrue(progress.drawn)
+        self.assertEqual(render(self.stream.getvalue())[:13], "25 answered, ")
+        self.advanceTo(7 * INTERVAL)
+        self.assertEqual(self.stream.getvalue().count("\r"), 2)
+        progress.stop()
+
     def test_stopBeforeDrawn(self):
         """
         A run over before the first redraw writes nothing at all.
@@ -213,11 +233,12 @@ class WhenShownTests(unittest.TestCase):
         self.addCleanup(stream.close)
         return stream
 
-    def progress(self, argv, stdout, stderr):
+    def progress(self, argv, stdout, stderr, stdin=None):
         options = Options()
         options.parseOptions(argv)
         output = Output(stdout, False)
-        return clientcmd._progress(task.Clock(), options, stdout, stderr, output), output
+        progress = clientcmd._progress(task.Clock(), options, stdin, stdout, stderr, output)
+        return progress, output
 
     def test_decision(self):
         terminal, pipe = self.terminal(), self.pipe()
@@ -231,6 +252,21 @@ class WhenShownTests(unittest.TestCase):
         ]:
             progress, output = self.progress(argv, io.BytesIO(), stderr)
             self.assertEqual(progress is not None, shown, (argv, stderr))
+
+    def test_typedOnTerminal(self):
+        """
+        Standard input a terminal: the line waits for answers faster than
+        typing, unless C{--progress}; a pipe or a file does not wait.
+        """
+        terminal, pipe = self.terminal(), self.pipe()
+        for argv, stdin, waits in [
+            ([], terminal.fileno(), True),
+            (["--progress"], terminal.fileno(), False),
+            ([], pipe.fileno(), False),
+            ([], None, False),
+        ]:
+            progress, output = self.progress(argv, io.BytesIO(), terminal, stdin)
+            self.assertEqual(progress._waiting, waits, (argv, stdin))
 
     def test_sharedTerminal(self):
         """

@@ -310,7 +310,7 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
             reader.more()
 
     reader = None
-    progress = _progress(reactor, options, stdout, stderr, output)
+    progress = _progress(reactor, options, stdin, stdout, stderr, output)
     job = Run(send, window, output.write, output.flush, wantInput)
     if progress is not None:
         progress.count = lambda: job.answered
@@ -345,6 +345,13 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
     return 1 if output.broken else 0
 
 
+def _isDescriptorTerminal(fd) -> bool:
+    try:
+        return os.isatty(fd)
+    except (TypeError, OSError):  # not a descriptor
+        return False
+
+
 def _isTerminal(stream) -> bool:
     try:
         return os.isatty(stream.fileno())
@@ -352,19 +359,23 @@ def _isTerminal(stream) -> bool:
         return False
 
 
-def _progress(reactor, options, stdout, stderr, output):
+def _progress(reactor, options, stdin, stdout, stderr, output):
     """
     The progress line, if this run shows one: C{--progress}; or, unless
     C{--no-progress}, when standard error is a terminal and the numbers
     come from standard input (a long run: the arguments' are over at once).
     When standard output is a terminal too, each answer first erases the
-    line, and each redraw first prints the answers.
+    line, and each redraw first prints the answers.  When standard input is
+    a terminal, the line waits for answers faster than anyone types
+    (L{Progress}'s C{waitForFlow}), unless C{--progress}.
     """
     if options["no-progress"]:
         return None
     if not options["progress"] and (options["numbers"] or not _isTerminal(stderr)):
         return None
-    progress = Progress(reactor, stderr, lambda: 0, beforeDraw=output.flush)
+    typed = not options["progress"] and _isDescriptorTerminal(stdin)
+    progress = Progress(reactor, stderr, lambda: 0, beforeDraw=output.flush,
+                        waitForFlow=typed)
     if _isTerminal(stdout) and _isTerminal(stderr):
         output.shareTerminal(progress)
     return progress

@@ -16,6 +16,9 @@ from twisted.internet import task
 
 #: Seconds between redraws: at most ten a second.
 INTERVAL = 0.1
+#: Answers in one interval (100 a second) that no one typing reaches: see
+#: C{waitForFlow}.
+FLOW = 10
 #: Seconds of history the rate is measured over: recent enough to show a
 #: slowdown, long enough not to flicker.
 RATE_WINDOW = 2.0
@@ -46,12 +49,18 @@ class Progress:
     @ivar drawn: whether the line is on the screen now.
     """
 
-    def __init__(self, clock, stream, count, beforeDraw=lambda: None):
+    def __init__(self, clock, stream, count, beforeDraw=lambda: None, waitForFlow=False):
         """
         @param clock: an L{IReactorTime}.
         @param beforeDraw: called before each redraw: when standard output
             is the same terminal, it flushes the answers, so they never
             land after the progress line on its row.
+        @param waitForFlow: draw nothing until answers come faster than
+            anyone types (L{FLOW} in one interval), then go on as usual:
+            for standard input on a terminal, where a person typing numbers
+            must not see the line written over what they type, while
+            numbers piped into a terminal (C{seq ... | script -c
+            primed-client}) still get it.
         """
         self._clock = clock
         self._stream = stream
@@ -62,6 +71,8 @@ class Progress:
         self._started = None
         self._samples = collections.deque()  # (time, count), oldest first
         self._width = 0
+        self._waiting = waitForFlow
+        self._lastCount = 0
         self.drawn = False
 
     def start(self):
@@ -90,6 +101,13 @@ class Progress:
         )
 
     def draw(self):
+        if self._waiting:
+            count = self.count()
+            flowing = count - self._lastCount >= FLOW
+            self._lastCount = count
+            if not flowing:
+                return
+            self._waiting = False
         self._beforeDraw()
         text = self.text()
         if self._write("\r" + text.ljust(self._width)):
