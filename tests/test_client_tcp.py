@@ -144,6 +144,20 @@ class TCPProtocolTests(unittest.TestCase):
             failure = self.failureResultOf(d, PrimedProtocolError)
             self.assertEqual((str(failure.value), failure.value.tlsHint), (message, tls))
 
+    def test_emptyRead(self):
+        """
+        An empty read (no transport makes one, but a wrapper might) changes
+        nothing: the next read still starts a line.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        d = protocol.check(2)
+        protocol.dataReceived(b"")
+        self.assertFalse(protocol.heard)
+        protocol.dataReceived(b"X")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedProtocolError)
+
     def test_notAReplyAfterReplies(self):
         """
         A bad first byte is caught at the start of any read that begins a

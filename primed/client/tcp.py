@@ -8,12 +8,11 @@ L{primed.client.PrimedClient} builds on it to survive a lost connection.
 import collections
 
 from twisted.internet import defer, endpoints
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from primed.client.base import (
     PrimedClosed,
@@ -168,7 +167,11 @@ class PrimedClientProtocol(LineReceiver):
             return
         if self.timeout is not None:
             self._lastHeard = self._clock.seconds()
+        if not data:
+            return
         self.heard = True
+        # One look per read, not per line: a read that starts a line (most
+        # do, replies being 2 bytes) must start it with T, F or E.
         if self._atLineStart and data[0] not in _REPLY_STARTS:
             self._abort(notAVerdict(data))
             return
