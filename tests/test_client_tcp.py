@@ -152,7 +152,7 @@ class TCPProtocolTests(unittest.TestCase):
         protocol, transport = connected(transport=AbortingTransport())
         d = protocol.check(2)
         protocol.dataReceived(b"")
-        self.assertFalse(protocol.heard)
+        self.assertIs(protocol.heard, False)
         protocol.dataReceived(b"X")
         self.assertTrue(transport.aborted)
         lose(protocol, transport)

@@ -72,15 +72,15 @@ class PrimedClosed(PrimedConnectionLost):
 SHOWN_BYTES = 32
 
 
-def notAVerdict(received: bytes, more: bool = False) -> PrimedProtocolError:
+def notAVerdict(received: bytes) -> PrimedProtocolError:
     """
-    The error for a server that sent C{received} (the start of it, if
-    C{more}) where a verdict line was due, showing it printably (Python's
-    C{repr} of bytes) and cut at L{SHOWN_BYTES}; a TLS record (a handshake
-    or an alert: what a TLS server answers plain text with) is named.
+    The error for a server that sent C{received} where a verdict line was
+    due, showing it printably (Python's C{repr} of bytes) and cut at
+    L{SHOWN_BYTES}; a TLS record (a handshake or an alert: what a TLS
+    server answers plain text with) is named.
     """
     shown = repr(received[:SHOWN_BYTES])
-    if more or len(received) > SHOWN_BYTES:
+    if len(received) > SHOWN_BYTES:
         shown += "..."
     looksLikeTLS = received[:1] in (b"\x15", b"\x16") and received[1:2] in (b"", b"\x03")
     message = f"the server sent {shown}, not a verdict"

@@ -196,7 +196,8 @@ class PrimedClientProtocol(LineReceiver):
     def lineLengthExceeded(self, line):
         if self._error is not None:
             return
-        self._abort(notAVerdict(line, more=True))
+        # Longer than MAX_LENGTH, so longer than what is shown of it.
+        self._abort(notAVerdict(line))
 
     def _checkSilence(self):
         self._timer = None
