@@ -648,7 +648,11 @@ class FailureTests(unittest.TestCase):
             silent.listen(1)
             port = silent.getsockname()[1]
             result = primedClient("--port", port, "--timeout", "0.5", "17")
-        self.assertOneLineError(result, f"127.0.0.1:{port}", "no reply")
+        # Silent from the start: not tried again (it took 4 timeouts).
+        line = self.assertOneLineError(result, f"127.0.0.1:{port}", "no reply")
+        self.assertEqual(
+            line, f"primed-client: 127.0.0.1:{port}: no reply for 0.5 s;"
+                  " if it expects TLS, try --tls")
 
     def test_notPrimed(self):
         """

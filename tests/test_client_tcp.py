@@ -308,6 +308,45 @@ class TCPTimeoutTests(unittest.TestCase):
         lose(protocol, transport)
         failure = self.failureResultOf(d, PrimedTimeout)
         self.assertEqual(str(failure.value), "no reply for 5 s")
+        self.assertIs(failure.value.tlsHint, True)  # not a byte: TLS, perhaps
+
+    def test_silenceAfterBytes(self):
+        """
+        A timeout after the server said something: no TLS advice.
+        """
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        protocol.check(2)
+        d = protocol.check(17)
+        protocol.dataReceived(b"T\n")
+        clock.advance(5)
+        lose(protocol, transport)
+        self.assertIs(self.failureResultOf(d, PrimedTimeout).value.tlsHint, False)
+
+    def test_closedQuickOrLate(self):
+        """
+        Closed without a byte: right after the first request (under 2 s),
+        L{PrimedClosed.quick}; later, how long the server waited.
+        """
+        from primed.client import PrimedClosed
+
+        for waited, quick, message in [
+            (0, True, "the server closed the connection without answering"
+                      " (perhaps over its connection limit)"),
+            (1.9, True, "the server closed the connection without answering"
+                        " (perhaps over its connection limit)"),
+            (2, False, "the server closed the connection after 2 s without answering"),
+            (9.6, False, "the server closed the connection after 10 s without answering"),
+        ]:
+            clock = task.Clock()
+            protocol, transport = connected(30.0, clock)
+            clock.advance(7)
+            d = protocol.check(2)
+            clock.advance(waited)
+            protocol.check(3).addErrback(lambda f: None)
+            lose(protocol, transport)
+            error = self.failureResultOf(d, PrimedClosed).value
+            self.assertEqual((error.quick, str(error)), (quick, message), waited)
 
     def test_progressPostpones(self):
         """

@@ -113,7 +113,9 @@ class PrimedClient:
     restart).  A connection closed owing nothing (primed's idle timeout) is
     replaced when the next request comes, for free.  What no new
     connection would change fails at once: a certificate refused
-    (L{PrimedTLSError}), a server that is not primed (L{PrimedProtocolError}).
+    (L{PrimedTLSError}), a server that is not primed (L{PrimedProtocolError}),
+    and, until the server has answered once, silence (a timeout, or a close
+    long after the requests: L{_silentFromTheStart}).
 
     @ivar protocol: the connection in use, or L{None} between connections.
     @ivar reconnections: connections made after the first, for the curious.
@@ -140,6 +142,7 @@ class PrimedClient:
         self._firstLoss = None  # what started them
         self._closed = False
         self._everConnected = False
+        self._everAnswered = False
 
     def connect(self) -> defer.Deferred:
         """
@@ -249,13 +252,32 @@ class PrimedClient:
             return
         if self._firstLoss is None:
             self._firstLoss = reason
-        if reason.check(PrimedTLSError, PrimedProtocolError) or self._attempts >= self.retries:
+        if (
+            reason.check(PrimedTLSError, PrimedProtocolError)
+            or self._attempts >= self.retries
+            or self._silentFromTheStart(reason)
+        ):
             self._giveUp(reason)
             return
         self._attempts += 1
         self._connecting = self._reactor.callLater(
             _reconnectDelay(self._attempts), self._reconnect
         )
+
+    def _silentFromTheStart(self, reason) -> bool:
+        """
+        Whether C{reason} is silence from a server that has answered
+        nothing yet: a timeout, or a close that came only after one.  Such
+        a server is not known to be primed (a TLS server, an HTTP server
+        waiting for a request), and trying again would only wait as long
+        again; a close right after the requests (a connection limit, a
+        balancer without a backend) is retried as any loss is.
+        """
+        if self._everAnswered:
+            return False
+        if reason.check(PrimedTimeout):
+            return True
+        return bool(reason.check(PrimedClosed)) and not reason.value.quick
 
     def _giveUp(self, reason):
         first, attempts = self._firstLoss, self._attempts
@@ -290,6 +312,7 @@ class PrimedClient:
             unanswered.remove(ask)
         self._attempts = 0
         self._firstLoss = None
+        self._everAnswered = True
         ask.receiver.callback(verdict)
 
     def _failed(self, ask, reason):

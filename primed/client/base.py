@@ -57,15 +57,20 @@ class PrimedProtocolError(PrimedError):
 class PrimedClosed(PrimedConnectionLost):
     """
     The server closed the connection without sending a byte, though
-    requests were sent on it: over its connection limit, stopping, or a
-    server that does not speak plain text (a TLS port that closes at once).
+    requests were sent on it.  At once (L{quick}): over its connection
+    limit, stopping, a balancer without a backend, or a server that does
+    not speak plain text (a TLS port that closes at once).  After a
+    silence: a server that gave up waiting for something else.
+
+    @ivar quick: whether the close came right after the requests.
     """
 
     tlsHint = True
 
     def __init__(self, message="the server closed the connection without answering"
-                 " (perhaps over its connection limit)"):
+                 " (perhaps over its connection limit)", quick=True):
         PrimedConnectionLost.__init__(self, message)
+        self.quick = quick
 
 
 #: How much of what a server that is not primed sent is shown.

@@ -33,6 +33,10 @@ _VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
 # line (a TLS alert, an HTTP status line) fails at once, not only once a
 # newline or MAX_LENGTH bytes arrive, which may be never.
 _REPLY_STARTS = frozenset(verdict.reply[0] for verdict in Verdict)
+#: Seconds: a server that closes a connection sooner than this after a
+#: request, without a byte, refused it (L{PrimedClosed.quick}); later, it
+#: gave up waiting for something else.
+QUICK_CLOSE = 2.0
 
 
 @implementer(IHandshakeListener)
@@ -205,11 +209,30 @@ class PrimedClientProtocol(LineReceiver):
             return
         silence = self._clock.seconds() - self._lastHeard
         if silence >= self.timeout:
-            self._abort(PrimedTimeout(f"no reply for {self.timeout:g} s"))
+            timeout = PrimedTimeout(f"no reply for {self.timeout:g} s")
+            # Silent from the start: perhaps a TLS server waiting for a
+            # record header.
+            timeout.tlsHint = not self.heard
+            self._abort(timeout)
         else:
             self._timer = self._clock.callLater(
                 self.timeout - silence, self._checkSilence
             )
+
+    def _closedUnanswered(self):
+        """
+        Closed before the server sent a byte: at once, or after a silence
+        (measured from the first request, when there is a clock).
+        """
+        if self._clock is None:
+            return PrimedClosed()
+        waited = self._clock.seconds() - self._lastHeard
+        if waited < QUICK_CLOSE:
+            return PrimedClosed()
+        return PrimedClosed(
+            f"the server closed the connection after {waited:.0f} s without answering",
+            quick=False,
+        )
 
     def _abort(self, exception):
         """
@@ -240,7 +263,7 @@ class PrimedClientProtocol(LineReceiver):
         if self._error is not None:
             error_ = self._error
         elif not self.heard and reason.check(ConnectionDone, ConnectionLost):
-            error_ = PrimedClosed()
+            error_ = self._closedUnanswered()
         else:
             error_ = PrimedConnectionLost(
                 f"connection lost with {plural(len(pending), 'answer')} owed"
