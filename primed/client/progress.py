@@ -5,9 +5,9 @@ most ten times a second, says how many were answered, how fast and for how
 long; it is erased when the run ends, so only the answers (or the one error
 line) stay.
 
-It costs the run one integer increment per answer (L{primed.client.io.Run}
-counts them anyway) and one short write every tenth of a second: the line
-is drawn by a timer, never by the answers themselves.
+It costs the run one integer increment per answer
+(L{primed.client.io.Run.answered}) and one short write every tenth of a
+second: the line is drawn by a timer, never by the answers themselves.
 """
 
 import collections
