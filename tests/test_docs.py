@@ -326,3 +326,75 @@ class LayoutTests(unittest.TestCase):
         table = text.split("\nThe modules\n===========\n", 1)[1].split("\nThe rest", 1)[0]
         named = set(re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M))
         self.assertEqual(sorted(named ^ (moduleFiles() - {"primed/__init__.py"})), [])
+
+
+def protocolExamples():
+    """
+    The example table of C{docs/protocol.rst}: (request bytes, reply letter)
+    pairs, the request's escapes (C{\\n}, C{\\r}, C{\\t}, C{\\xNN}) decoded.
+    """
+    with open(os.path.join(DOCS, "protocol.rst"), encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^``(.+?)``\s+``([TFE])``\s", text, re.M)
+
+    def decode(escaped):
+        out = bytearray()
+        i = 0
+        while i < len(escaped):
+            if escaped.startswith("\\x", i):
+                out.append(int(escaped[i + 2:i + 4], 16))
+                i += 4
+            elif escaped[i] == "\\":
+                out += {"n": b"\n", "r": b"\r", "t": b"\t"}[escaped[i + 1]]
+                i += 2
+            else:
+                out += escaped[i].encode("utf-8")
+                i += 1
+        return bytes(out)
+
+    return [(decode(request), reply) for request, reply in rows]
+
+
+class ProtocolExamplesTests(unittest.TestCase):
+    """
+    The wire protocol page's examples are what the installed daemon answers.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        from support import Daemon
+
+        cls.daemon = Daemon()
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def test_examplesRead(self):
+        examples = protocolExamples()
+        self.assertGreaterEqual(len(examples), 15)
+        self.assertIn((b"\t+0007 \n", "T"), examples)
+        self.assertIn((b"1\x007\n", "E"), examples)
+
+    def test_tcp(self):
+        """
+        All the examples on one connection, pipelined: one reply each, in
+        order.
+        """
+        from support import ask
+
+        examples = protocolExamples()
+        payload = b"".join(request for request, _ in examples)
+        expected = "".join(reply + "\n" for _, reply in examples).encode("ascii")
+        self.assertEqual(ask(self.daemon.tcpPort, payload), expected)
+
+    def test_udp(self):
+        """
+        Each example in a datagram of its own.
+        """
+        from support import askUDP
+
+        for request, reply in protocolExamples():
+            self.assertEqual(askUDP(self.daemon.udpPort, request),
+                             (reply + "\n").encode("ascii"), request)
