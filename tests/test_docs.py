@@ -398,3 +398,81 @@ class ProtocolExamplesTests(unittest.TestCase):
         for request, reply in protocolExamples():
             self.assertEqual(askUDP(self.daemon.udpPort, request),
                              (reply + "\n").encode("ascii"), request)
+
+
+class TwistOutputTests(unittest.TestCase):
+    """
+    C{twist primed}'s output, as docs/operating/logging.rst describes it:
+    Twisted's JSON events (RFC 7464 records) when standard output is not a
+    terminal, plain text lines when it is.
+    """
+
+    def run_twist(self, stdout, readFd):
+        """
+        Start the installed C{twist primed} on ports of its own with
+        C{stdout}, read C{readFd} until it has logged that it listens on
+        TCP, stop it, and return what it wrote.
+        """
+        import select
+        import signal
+        import time
+
+        process = subprocess.Popen(
+            [os.path.join(BIN, "twist"), "primed", "--listen", "tcp:0:interface=127.0.0.1",
+             "--no-udp"],
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir())
+        self.addCleanup(process.wait, 20)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        output = b""
+        deadline = time.monotonic() + 30
+        while re.search(rb"Listening for[^\n]*\n", output) is None:
+            remaining = deadline - time.monotonic()
+            self.assertGreater(remaining, 0, output)
+            ready, _, _ = select.select([readFd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(readFd, 65536)
+                except OSError:  # a pty whose other end closed
+                    chunk = b""
+                self.assertTrue(chunk, output)
+                output += chunk
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(20), -signal.SIGTERM)
+        return output.decode("utf-8", "replace")
+
+    def test_jsonWhenPiped(self):
+        """
+        Piped, every line is one of Twisted's JSON events.
+        """
+        import json
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        try:
+            output = self.run_twist(write, read)
+        finally:
+            os.close(write)
+        lines = output.split("\n")[:-1]  # after the last newline: a partial line
+        # RFC 7464 JSON text sequences: a record separator, then the object.
+        self.assertTrue(all(line.startswith("\x1e{") for line in lines), lines)
+        events = [json.loads(line[1:]) for line in lines]
+        self.assertIn("Listening for {transport} on {address}",
+                      [event.get("log_format") for event in events])
+        self.assertTrue(all("log_namespace" in event for event in events), events)
+
+    def test_textOnATerminal(self):
+        """
+        On a terminal (a pseudo-terminal here), plain text lines.
+        """
+        import pty
+
+        controller, terminal = pty.openpty()
+        self.addCleanup(os.close, controller)
+        try:
+            output = self.run_twist(terminal, controller)
+        finally:
+            os.close(terminal)
+        self.assertRegex(output, r"\[primed\.service\.PrimedService#info\] "
+                                 r"Listening for TCP on 127\.0\.0\.1:\d+")
+        self.assertNotIn('"log_format"', output)
