@@ -49,6 +49,9 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tcpSourceQuota",
+        "udpSourceQuota",
+        "poolDiscarded",
     )
 
     def __init__(self):

@@ -134,6 +134,7 @@ class PrimedService(service.Service):
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
         maxQueued: int = DEFAULT_MAX_QUEUED,
+        maxQueuedPerSource: int = 0,
         maxInflight: int = DEFAULT_MAX_INFLIGHT,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -160,7 +161,9 @@ class PrimedService(service.Service):
         if threadpool is None:
             threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
-        self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+        self.checker = PrimeChecker(
+            reactor, threadpool, maxQueued=maxQueued, maxQueuedPerSource=maxQueuedPerSource
+        )
         #: What every protocol counts; L{primed.metrics} reads it.
         self.counters = Counters()
         self.factory = PrimeLineFactory(
@@ -232,12 +235,14 @@ class PrimedService(service.Service):
                            transport=transport, address=address)
         self._log.info(
             "Limits: {maxDigits} digits, {threads} check threads, "
-            "{maxQueued} pool checks queued, {maxInflight} replies in flight per "
+            "{maxQueued} pool checks queued ({perSource} per source), "
+            "{maxInflight} replies in flight per "
             "connection, {maxConnections} connections, idle timeout {idle}s, "
             "drain timeout {drain}s",
             maxDigits=self.maxDigits,
             threads=self.threads,
             maxQueued=self.checker.maxQueued,
+            perSource=self.checker.maxQueuedPerSource,
             maxInflight=self.factory.maxInflight,
             maxConnections=self.factory.maxConnections,
             idle=self.factory.idleTimeout,

@@ -67,6 +67,7 @@ class OptionsTests(unittest.TestCase):
             (["--proxy-timeout", "-1"], "proxy-timeout"),
             (["--proxy-max-header", "10"], "proxy-max-header"),
             (["--proxy-max-header", "big"], "proxy-max-header"),
+            (["--max-queued-per-source", "-1"], "max-queued-per-source"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(option, str(error), args)
@@ -125,10 +126,29 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(primed.factory.idleTimeout, 9)
         self.assertTrue(primed.factory.verbose)
         self.assertEqual(primed.checker.maxQueued, 5)
+        self.assertEqual(primed.checker.maxQueuedPerSource, 1)  # a quarter, at least 1
         top = tap.makeService(parse("--max-digits", "50"), reactor)
         top.privilegedStartService()
         (udp,) = top.getServiceNamed("primed").datagramProtocols
         self.assertEqual(udp.maxDigits, 50)
+
+    def test_fairQueueOptions(self):
+        """
+        C{--max-queued-per-source} reaches the fair queue (0: a quarter of
+        C{--max-queued}), which hands the pool one check per thread; the
+        option is in C{--help} with its default.
+        """
+        reactor = ThreadlessReactor()
+        primed = tap.makeService(
+            parse("--max-queued", "40", "--max-queued-per-source", "7", "--threads", "3"),
+            reactor,
+        ).getServiceNamed("primed")
+        self.assertEqual((primed.checker.maxQueued, primed.checker.maxQueuedPerSource), (40, 7))
+        self.assertEqual(primed.checker.queue.concurrency, 3)
+        primed = tap.makeService(parse("--max-queued", "40"), reactor).getServiceNamed("primed")
+        self.assertEqual(primed.checker.maxQueuedPerSource, 10)
+        self.assertIn("--max-queued-per-source=", str(tap.Options()))
+        self.assertIn("a quarter of --max-queued", tap.Options().docs["max-queued-per-source"])
 
     def test_severalUDPPorts(self):
         """
