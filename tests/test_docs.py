@@ -255,14 +255,15 @@ def moduleFiles():
 
 def readmeLayout():
     """
-    The files and folders README.rst's layout tree names, as paths: a line
+    The files and folders README.rst's layout tree names, as a list of
+    paths in the tree's order: a line
     indented under C{primed/} names C{primed/NAME}, under C{client/}
     C{primed/client/NAME}; several names may share a line, comma-separated.
     """
     with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
         text = f.read()
     tree = text.split("\nLayout\n======\n", 1)[1].split("::\n", 1)[1]
-    paths, parents = set(), []
+    paths, parents = [], []
     for line in tree.splitlines():
         if not line.strip():
             if paths:
@@ -276,7 +277,7 @@ def readmeLayout():
             parents.pop()
         prefix = "".join(parent for _, parent in parents)
         for name in names:
-            paths.add(prefix + name)
+            paths.append(prefix + name)
         if names[-1].endswith("/"):
             parents.append((indent, names[-1]))
     return paths
@@ -311,6 +312,8 @@ class LayoutTests(unittest.TestCase):
         exists, and so does every top-level folder it names.
         """
         tree = readmeLayout()
+        self.assertEqual(sorted(p for p in set(tree) if tree.count(p) > 1), [])
+        tree = set(tree)
         listed = {path for path in tree if path.endswith(".py")}
         self.assertEqual(sorted(listed ^ (moduleFiles() - {"primed/__init__.py"})), [])
         for path in tree - listed:
@@ -324,7 +327,9 @@ class LayoutTests(unittest.TestCase):
         with open(os.path.join(DOCS, "design", "index.rst"), encoding="utf-8") as f:
             text = f.read()
         table = text.split("\nThe modules\n===========\n", 1)[1].split("\nThe rest", 1)[0]
-        named = set(re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M))
+        named = re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M)
+        self.assertEqual(sorted(n for n in set(named) if named.count(n) > 1), [])
+        named = set(named)
         self.assertEqual(sorted(named ^ (moduleFiles() - {"primed/__init__.py"})), [])
 
 
