@@ -25,14 +25,16 @@ BIG_LINE = b"%d\n" % BIG_PRIME
 class ResetSocket(socket.socket):
     """
     A real socket (the protocol looks for one under its transport) whose
-    pending error says the peer reset the connection, or not.
+    pending error says the peer reset the connection, or not; reading it
+    clears it, as the kernel does.
     """
 
     error = 0
 
     def getsockopt(self, level, option, *args):
         if (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR):
-            return self.error
+            error, self.error = self.error, 0
+            return error
         return socket.socket.getsockopt(self, level, option, *args)
 
 
@@ -60,11 +62,11 @@ class Harness:
     One pool thread, C{maxQueued} places, C{perSource} per source.
     """
 
-    def __init__(self, maxQueued=64, perSource=0, **options):
+    def __init__(self, maxQueued=64, perSource=0, concurrency=1, **options):
         self.reactor = ThreadlessReactor()
         self.pool = HandDrivenPool()
         self.checker = makeChecker(self.pool, self.reactor, maxQueued=maxQueued,
-                                   maxQueuedPerSource=perSource, concurrency=1)
+                                   maxQueuedPerSource=perSource, concurrency=concurrency)
         self.factory = makeFactory(self.checker, self.reactor, **options)
         self.counters = self.factory.counters
 
@@ -238,6 +240,42 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(harness.pool.work, [])
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(harness.checker.queued, 0)
+
+    def test_secondRunningCheckAfterAResetDiscarded(self):
+        """
+        Two checks running when the reset is noticed: the second one's
+        result, arriving before the transport reports the loss, is
+        discarded too (counted), not counted as answered; the reset is
+        logged once.
+        """
+        from test_tcp import captureLog, logged
+
+        events = captureLog(self)
+        harness = Harness(maxQueued=8, perSource=3, concurrency=2)
+        sock = ResetSocket()
+        self.addCleanup(sock.close)
+        protocol, transport = harness.connect("192.0.2.1", sock)
+        protocol.dataReceived(BIG_LINE * 5)
+        sock.error = errno.ECONNRESET
+        harness.runOne()
+        harness.runOne()
+        self.assertEqual(harness.counters.poolDiscarded, 2)
+        self.assertEqual(harness.counters.tcpPrime, 0)
+        self.assertEqual(harness.checker.queue.cancelled, 1)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(logged(events, "reset"), ["Connection from 192.0.2.1:40000 reset: "
+                                                   "dropping its queued checks"])
+
+    def test_pausesCounted(self):
+        """
+        Each time a source's quota stops a connection, it is counted.
+        """
+        harness = Harness(maxQueued=8, perSource=1)
+        protocol, _ = harness.connect()
+        protocol.dataReceived(BIG_LINE * 3)
+        self.assertEqual(harness.counters.tcpSourceQuota, 1)
+        harness.runOne()
+        self.assertEqual(harness.counters.tcpSourceQuota, 2)
 
     def test_pausedConnectionWithoutErrorAnswered(self):
         harness = Harness(maxQueued=8, perSource=2)
