@@ -266,6 +266,19 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(logged(events, "reset"), ["Connection from 192.0.2.1:40000 reset: "
                                                    "dropping its queued checks"])
 
+    def test_resetsOfTwoConnectionsAddUp(self):
+        harness = Harness(maxQueued=8, perSource=1)
+        for host in ("192.0.2.1", "192.0.2.2"):
+            sock = ResetSocket()
+            self.addCleanup(sock.close)
+            protocol, transport = harness.connect(host, sock)
+            protocol.dataReceived(BIG_LINE * 2)
+            sock.error = errno.ECONNRESET
+        harness.runOne()
+        harness.runOne()
+        self.assertEqual(harness.counters.poolDiscarded, 2)
+        self.assertEqual(harness.pool.work, [])
+
     def test_pausesCounted(self):
         """
         Each time a source's quota stops a connection, it is counted.
