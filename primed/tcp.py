@@ -395,6 +395,11 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._checkClear()
 
     def _poolHasRoom(self) -> None:
+        if self._peerReset():
+            # Reset while it waited without reading: its held lines must not
+            # hand the pool a check nobody will read.
+            self._lose()
+            return
         self._unpause(PAUSED_BY_POOL)
 
     def _lose(self) -> None:

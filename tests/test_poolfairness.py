@@ -266,6 +266,31 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(harness.checker.queue.cancelled, 1)
         self.assertEqual(harness.pool.work, [])
 
+    def test_resetWhileWaitingForRoomRunsNothing(self):
+        """
+        A connection paused for its source's quota, with no check of its
+        own, is reset meanwhile: when room comes it must not hand the pool
+        a check first (a vanished client's work, a whole check per paused
+        connection); it is aborted when woken, and nothing runs for it.
+        """
+        harness = Harness(maxQueued=8, perSource=2)
+        socks = [ResetSocket(), ResetSocket()]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        first, firstTransport = harness.connect("192.0.2.1", socks[0])
+        first.dataReceived(BIG_LINE * 3)
+        second, secondTransport = harness.connect("192.0.2.1", socks[1])
+        second.dataReceived(BIG_LINE * 2)
+        self.assertEqual(secondTransport.producerState, "paused")
+        for sock in socks:
+            sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(firstTransport.aborted)
+        self.assertTrue(getattr(secondTransport, "aborted", False))
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queued, 0)
+        self.assertEqual(harness.checker.queue.roomWaiters(), 0)
+
     def test_lostWhileWaitingForRoom(self):
         harness = Harness(maxQueued=8, perSource=1)
         protocol, _ = harness.connect()
