@@ -27,10 +27,11 @@ Three things shape it beyond a plain L{LineReceiver}:
     drops its checks still waiting in the pool's fair queue
     (L{primed.fairqueue}) without running them; a check already running
     finishes and its result is discarded.  A connection that is not reading
-    (paused) would learn of a reset only from its next write; when a pool
-    reply is due on a paused connection, its socket's pending error is read
-    first (L{_peerReset}), so the rest of its work is dropped before the
-    pool starts any more of it.
+    (paused, or half-closed) would learn of a reset only from its next
+    write; when a pool reply is due on such a connection, or it is woken
+    for pool room, its socket's pending error is read first
+    (L{_peerReset}), so the rest of its work is dropped before the pool
+    starts any more of it.
 """
 
 from collections import deque
@@ -337,8 +338,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def _peerReset(self) -> bool:
         """
         Whether the peer reset this connection: a paused connection does
-        not read, so the reactor has not seen it.  A half-close (FIN) is no
-        reset: its answers are still owed.
+        not read, nor does a half-closed one (Twisted stops at the FIN), so
+        the reactor has not seen it.  A half-close (FIN) is no reset: its
+        answers are still owed.
         """
         probe = self._resetProbe
         if probe is None:
@@ -349,7 +351,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if self._lost:
             self.counters.poolDiscarded += 1
             return  # nobody to answer: not counted as answered
-        if self._paused and self._peerReset():
+        if (self._paused or self._readClosed) and self._peerReset():
             self.counters.poolDiscarded += 1
             self._lose()
             return

@@ -211,6 +211,27 @@ class LostConnectionTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(harness.checker.queue.cancelled, 0)
 
+    def test_halfClosedThenResetNoticedAtItsNextReply(self):
+        """
+        A half-closed connection reads no more (Twisted stops reading at
+        the FIN), so a later reset (the client killed) is as invisible as
+        on a paused one: at its next reply the pending error is read and
+        its waiting checks are dropped before the pool starts the next.
+        """
+        harness = Harness()
+        sock = ResetSocket()
+        self.addCleanup(sock.close)
+        protocol, transport = harness.connect("192.0.2.1", sock)
+        protocol.dataReceived(BIG_LINE * 3)
+        protocol.readConnectionLost()
+        self.assertEqual(protocol._paused, set())
+        sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(transport.aborted)
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queue.cancelled, 2)
+        self.assertEqual(harness.counters.poolDiscarded, 1)
+
     def test_pausedConnectionNoticesResetAtItsNextReply(self):
         """
         A connection paused for the pool does not read, so it cannot see a
