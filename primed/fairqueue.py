@@ -293,17 +293,21 @@ class FairQueue:
         """
         One job is done: deliver its result first (its caller may cancel
         more work in response, which must not be started), then give its
-        place to a waiting job, and its room to a waiting caller.
+        place to a waiting job, and its room to a waiting caller.  The
+        source counts the job until its result is delivered: what its
+        caller submits in response (a connection's next held line) comes
+        from a busy source, for the back of the line, not from a newcomer
+        for the head, ahead of the sources waiting.
         """
         self.running -= 1
         self.queued -= 1
-        share.count -= 1
-        if not share.count and not share.connections:
-            del self._sources[share.key]
         if isinstance(result, Failure):
             d.errback(result)
         else:
             d.callback(result)
+        share.count -= 1
+        if not share.count and not share.connections:
+            del self._sources[share.key]
         self._dispatch()
         self._roomMade()
 

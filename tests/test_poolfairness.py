@@ -113,6 +113,27 @@ class FairShareTests(unittest.TestCase):
             harness.runOne()
         self.assertEqual(loneTransport.value(), b"T\n" * 3)
 
+    def test_nextHeldLineIsNoNewcomer(self):
+        """
+        A connection held by C{--max-inflight} submits its next big number
+        from its previous one's result, when that source has, for a moment,
+        nothing running or waiting: it is a busy source all the same, and
+        goes behind the other address's waiting check, not ahead of it.
+        """
+        harness = Harness(maxInflight=1)
+        hog, hogTransport = harness.connect("192.0.2.1")
+        victim, victimTransport = harness.connect("192.0.2.2")
+        hog.dataReceived(BIG_LINE * 3)
+        victim.dataReceived(BIG_LINE)
+        harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n")
+        harness.runOne()
+        self.assertEqual(victimTransport.value(), b"T\n")
+        self.assertEqual(hogTransport.value(), b"T\n")
+        while harness.pool.work:
+            harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n" * 3)
+
     def test_quotaPausesOnlyThatSource(self):
         """
         A source over its quota stops reading (counted); another source's
