@@ -27,11 +27,10 @@ Three things shape it beyond a plain L{LineReceiver}:
     drops its checks still waiting in the pool's fair queue
     (L{primed.fairqueue}) without running them; a check already running
     finishes and its result is discarded.  A connection that is not reading
-    (paused, or half-closed) would learn of a reset only from its next
-    write; when a pool reply is due on such a connection, or it is woken
-    for pool room, its socket's pending error is read first
-    (L{_peerReset}), so the rest of its work is dropped before the pool
-    starts any more of it.
+    (paused, half-closed) would learn of a reset only from its next write;
+    when a pool reply is due on it, or pool room, its socket's pending error
+    is read first (L{_peerReset}), so the rest of its work is dropped
+    before the pool starts any more of it.
 """
 
 from collections import deque
@@ -337,10 +336,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _peerReset(self) -> bool:
         """
-        Whether the peer reset this connection: a paused connection does
-        not read, nor does a half-closed one (Twisted stops at the FIN), so
-        the reactor has not seen it.  A half-close (FIN) is no reset: its
-        answers are still owed.
+        Whether the peer reset this connection, unseen by the reactor while
+        it does not read (paused, or half-closed: Twisted stops at the FIN).
+        A half-close (FIN) is no reset: its answers are still owed.
         """
         probe = self._resetProbe
         if probe is None:
@@ -398,8 +396,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _poolHasRoom(self) -> None:
         if self._peerReset():
-            # Reset while it waited without reading: its held lines must not
-            # hand the pool a check nobody will read.
+            # Reset while it waited: start no check for its held lines.
             self._lose()
             return
         self._unpause(PAUSED_BY_POOL)
@@ -500,4 +497,3 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             request=line[:80],
             verdict=reply[:1].decode(),
         )
-
