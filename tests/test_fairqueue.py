@@ -83,7 +83,7 @@ class OrderTests(unittest.TestCase):
         queue = self.make()
         queue.submit("busy", "b", "busy0")  # runs
         for n in range(3):
-            queue.submit("hog", "h", f"hog{n}")  # first in line
+            queue.submit("hog", "h", f"hog{n}")  # a newcomer: next
         queue.submit("busy", "b", "busy1")  # busy has one running: the back
         self.assertEqual(self.drain(), ["busy0", "hog0", "busy1", "hog1", "hog2"])
 
