@@ -114,6 +114,21 @@ class OrderTests(unittest.TestCase):
         for source in "abc":
             self.assertIn(f"{source}1", started)
 
+    def test_newcomerAndRingTakeTurns(self):
+        """
+        After the ring's turn comes a newcomer's: a backlog cannot keep a
+        newcomer waiting for more than one of its jobs.
+        """
+        queue = self.make()
+        for n in range(5):
+            queue.submit("hog", "h", f"hog{n}")  # hog0 runs
+        queue.submit("a", "a", "a0")
+        self.executor.finish("hog0")  # a0, a newcomer's turn
+        queue.submit("b", "b", "b0")
+        self.executor.finish("a0")  # hog1, the ring's turn
+        self.executor.finish("hog1")  # b0, a newcomer's again
+        self.assertEqual(self.executor.started, ["hog0", "a0", "hog1", "b0"])
+
     def test_roundRobinByConnectionWithinASource(self):
         queue = self.make()
         for n in range(4):
