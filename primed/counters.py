@@ -52,6 +52,7 @@ class Counters:
         "tcpSourceQuota",
         "udpSourceQuota",
         "poolDiscarded",
+        "tlsPlainTextClosed",
     )
 
     def __init__(self):

@@ -156,6 +156,12 @@ class PrimedCollector:
             "--max-digits plus 64 bytes.",
             value=counters.linesTooLong,
         )
+        yield CounterMetricFamily(
+            "primed_tls_plaintext_closed",
+            "Connections to a TLS listener closed at once because their first byte "
+            "cannot begin a TLS handshake (a client without TLS).",
+            value=counters.tlsPlainTextClosed,
+        )
         yield GaugeMetricFamily(
             "primed_pool_threads", "Threads checking big numbers (--threads).",
             value=primed.threads,

@@ -9,7 +9,7 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 
 import os
 import socket
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
@@ -182,6 +182,7 @@ class PrimedService(service.Service):
         self.tcpPorts: List = []
         self.udpPorts: List = []
         self._served: List[Tuple[str, str]] = []
+        self._keysChecked: Set[str] = set()
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
@@ -270,7 +271,10 @@ class PrimedService(service.Service):
             # that drops the answers owed to a client that half-closes.
             from primed.tls import HalfCloseableTLSFactory
 
-            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+            factory = HalfCloseableTLSFactory(
+                tlsContext, self.factory, self.reactor, self.counters
+            )
+            self._warnReadableKey(description)
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
             factory = proxyEndpoint.wrapFactory(factory)
@@ -292,6 +296,25 @@ class PrimedService(service.Service):
             reason = result[0].value
             raise CannotListenError(None, description, getattr(reason, "socketError", reason))
         return result[0]
+
+    def _warnReadableKey(self, description: str) -> None:
+        """
+        One warning per private key file that every user may read: a key
+        others can read is no longer private (the TLS documentation says
+        so; Twisted accepts it silently).
+        """
+        from primed.tls import privateKeyPath, readableByOthers
+
+        path = os.path.abspath(privateKeyPath(description))
+        if path in self._keysChecked:
+            return
+        self._keysChecked.add(path)
+        if readableByOthers(path):
+            self._log.warn(
+                "The private key file {path} is readable by every user: run "
+                "'chmod o-r {path}' (or 'chmod 640 {path}', group-readable)",
+                path=path,
+            )
 
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(

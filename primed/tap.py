@@ -165,6 +165,22 @@ class Options(usage.Options):
                              f"Run '{runner} primed --help' for the options.\n")
             raise SystemExit(2)
 
+    def opt_version(self):
+        """
+        Display primed's version, then Twisted's, and exit.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        import twisted
+
+        try:
+            primed = version("primed")
+        except PackageNotFoundError:  # run from a source tree
+            primed = "(not installed)"
+        print(f"primed {primed}")
+        print(f"Twisted {twisted.__version__}")
+        sys.exit(0)
+
     def opt_listen(self, description):
         """
         Serve TCP on this Twisted server endpoint (tcp:PORT:interface=HOST,

@@ -68,6 +68,7 @@ MODULES = {
     "client/io": ["tests/test_client_io.py", "tests/test_client_cmd.py"],
     "client/cmd": ["tests/test_client_cmd.py"],
     "client/udp": ["tests/test_client_udp.py"],
+    "client/progress": ["tests/test_client_progress.py", "tests/test_client_cmd.py"],
 }
 
 

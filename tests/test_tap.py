@@ -95,6 +95,69 @@ class OptionsTests(unittest.TestCase):
             self.assertNotIn("  ", doc or "", name)
 
 
+class VersionTests(unittest.TestCase):
+    """
+    C{twistd primed --version}: primed's version (the installed
+    distribution's, so it follows setup.cfg), then Twisted's.
+    """
+
+    def setupVersion(self):
+        import configparser
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+        return config["metadata"]["version"]
+
+    def expected(self):
+        from importlib.metadata import version
+
+        import twisted
+
+        return f"primed {version('primed')}\nTwisted {twisted.__version__}\n"
+
+    def test_option(self):
+        import io
+        import sys
+
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        with self.assertRaises(SystemExit) as caught:
+            parse("--version")
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(stdout.getvalue(), self.expected())
+        self.assertIn(f"primed {self.setupVersion()}\n", stdout.getvalue())
+
+    def test_notInstalled(self):
+        import io
+        import sys
+        from importlib import metadata
+
+        def missing(name):
+            raise metadata.PackageNotFoundError(name)
+
+        self.patch(metadata, "version", missing)
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        self.assertRaises(SystemExit, parse, "--version")
+        self.assertTrue(stdout.getvalue().startswith("primed (not installed)\nTwisted "))
+
+    def test_twistdAndTwist(self):
+        """
+        Both runners, as installed: the plugin's option, not the runner's.
+        """
+        import subprocess
+        import sys
+
+        from support import twistdCommand
+
+        for argv in [twistdCommand() + ["primed", "--version"],
+                     [sys.executable, "-m", "twisted", "primed", "--version"]]:
+            result = subprocess.run(argv, capture_output=True, timeout=60,
+                                    cwd=os.path.dirname(__file__))
+            self.assertEqual((result.returncode, result.stdout.decode(), result.stderr),
+                             (0, self.expected(), b""), argv)
+
+
 class MakeServiceTests(unittest.TestCase):
     def test_listensOnDefaults(self):
         reactor = ThreadlessReactor()
