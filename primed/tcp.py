@@ -27,10 +27,10 @@ Three things shape it beyond a plain L{LineReceiver}:
     drops its checks still waiting in the pool's fair queue
     (L{primed.fairqueue}) without running them; a check already running
     finishes and its result is discarded.  A connection that is not reading
-    (paused) would learn of a reset only from its next write; when a pool
-    reply is due on a paused connection, its socket's pending error is read
-    first (L{_peerReset}), so the rest of its work is dropped before the
-    pool starts any more of it.
+    (paused, half-closed) would learn of a reset only from its next write;
+    when a pool reply is due on it, or pool room, its socket's pending error
+    is read first (L{_peerReset}), so the rest of its work is dropped
+    before the pool starts any more of it.
 """
 
 from collections import deque
@@ -336,9 +336,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _peerReset(self) -> bool:
         """
-        Whether the peer reset this connection: a paused connection does
-        not read, so the reactor has not seen it.  A half-close (FIN) is no
-        reset: its answers are still owed.
+        Whether the peer reset this connection, unseen by the reactor while
+        it does not read (paused, or half-closed: Twisted stops at the FIN).
+        A half-close (FIN) is no reset: its answers are still owed.
         """
         probe = self._resetProbe
         if probe is None:
@@ -349,7 +349,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if self._lost:
             self.counters.poolDiscarded += 1
             return  # nobody to answer: not counted as answered
-        if self._paused and self._peerReset():
+        if (self._paused or self._readClosed) and self._peerReset():
             self.counters.poolDiscarded += 1
             self._lose()
             return
@@ -395,6 +395,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._checkClear()
 
     def _poolHasRoom(self) -> None:
+        if self._peerReset():
+            # Reset while it waited: start no check for its held lines.
+            self._lose()
+            return
         self._unpause(PAUSED_BY_POOL)
 
     def _lose(self) -> None:
@@ -493,4 +497,3 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             request=line[:80],
             verdict=reply[:1].decode(),
         )
-

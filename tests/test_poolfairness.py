@@ -115,6 +115,27 @@ class FairShareTests(unittest.TestCase):
             harness.runOne()
         self.assertEqual(loneTransport.value(), b"T\n" * 3)
 
+    def test_nextHeldLineIsNoNewcomer(self):
+        """
+        A connection held by C{--max-inflight} submits its next big number
+        from its previous one's result, when that source has, for a moment,
+        nothing running or waiting: it is a busy source all the same, and
+        goes behind the other address's waiting check, not ahead of it.
+        """
+        harness = Harness(maxInflight=1)
+        hog, hogTransport = harness.connect("192.0.2.1")
+        victim, victimTransport = harness.connect("192.0.2.2")
+        hog.dataReceived(BIG_LINE * 3)
+        victim.dataReceived(BIG_LINE)
+        harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n")
+        harness.runOne()
+        self.assertEqual(victimTransport.value(), b"T\n")
+        self.assertEqual(hogTransport.value(), b"T\n")
+        while harness.pool.work:
+            harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n" * 3)
+
     def test_quotaPausesOnlyThatSource(self):
         """
         A source over its quota stops reading (counted); another source's
@@ -212,6 +233,27 @@ class LostConnectionTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"T\n" * 3)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(harness.checker.queue.cancelled, 0)
+
+    def test_halfClosedThenResetNoticedAtItsNextReply(self):
+        """
+        A half-closed connection reads no more (Twisted stops reading at
+        the FIN), so a later reset (the client killed) is as invisible as
+        on a paused one: at its next reply the pending error is read and
+        its waiting checks are dropped before the pool starts the next.
+        """
+        harness = Harness()
+        sock = ResetSocket()
+        self.addCleanup(sock.close)
+        protocol, transport = harness.connect("192.0.2.1", sock)
+        protocol.dataReceived(BIG_LINE * 3)
+        protocol.readConnectionLost()
+        self.assertEqual(protocol._paused, set())
+        sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(transport.aborted)
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queue.cancelled, 2)
+        self.assertEqual(harness.counters.poolDiscarded, 1)
 
     def test_pausedConnectionNoticesResetAtItsNextReply(self):
         """
@@ -316,6 +358,31 @@ class LostConnectionTests(unittest.TestCase):
         self.assertTrue(transport.aborted)
         self.assertEqual(harness.checker.queue.cancelled, 1)
         self.assertEqual(harness.pool.work, [])
+
+    def test_resetWhileWaitingForRoomRunsNothing(self):
+        """
+        A connection paused for its source's quota, with no check of its
+        own, is reset meanwhile: when room comes it must not hand the pool
+        a check first (a vanished client's work, a whole check per paused
+        connection); it is aborted when woken, and nothing runs for it.
+        """
+        harness = Harness(maxQueued=8, perSource=2)
+        socks = [ResetSocket(), ResetSocket()]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        first, firstTransport = harness.connect("192.0.2.1", socks[0])
+        first.dataReceived(BIG_LINE * 3)
+        second, secondTransport = harness.connect("192.0.2.1", socks[1])
+        second.dataReceived(BIG_LINE * 2)
+        self.assertEqual(secondTransport.producerState, "paused")
+        for sock in socks:
+            sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(firstTransport.aborted)
+        self.assertTrue(getattr(secondTransport, "aborted", False))
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queued, 0)
+        self.assertEqual(harness.checker.queue.roomWaiters(), 0)
 
     def test_lostWhileWaitingForRoom(self):
         harness = Harness(maxQueued=8, perSource=1)
