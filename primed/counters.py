@@ -49,6 +49,9 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tlsHandshakeTimeouts",
+        "proxyUntrusted",
+        "proxyRefused",
     )
 
     def __init__(self):

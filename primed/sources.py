@@ -20,9 +20,9 @@ once the header is read; until then the connection is the balancer's.
 """
 
 import ipaddress
-from typing import Optional
+from typing import Dict, Optional
 
-__all__ = ["sourceKey"]
+__all__ = ["sourceKey", "SourceCounts", "Unattributed"]
 
 
 def sourceKey(peer) -> Optional[str]:
@@ -64,3 +64,71 @@ def _ipv6Key(host: str) -> Optional[str]:
         return str(mapped)
     network = ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
     return str(network)
+
+
+class Unattributed:
+    """
+    The address of a connection whose source is not known yet: a
+    balancer's connection to a C{haproxy:} listener, before its PROXY
+    header names the client.  L{sourceKey} gives L{None} for it, so it is
+    not counted against the balancer's own address; the header's source is
+    counted once it is read.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address):
+        self.address = address
+
+    def __repr__(self) -> str:
+        host, port = getattr(self.address, "host", None), getattr(self.address, "port", None)
+        where = f"{host}:{port}" if host is not None else str(self.address)
+        return f"balancer {where}"
+
+
+class SourceCounts:
+    """
+    Open connections per source, against a limit (C{--max-connections-per-source}).
+
+    Touched from the reactor thread only.  Only sources with connections
+    open have an entry: its size is bounded by the connection limit.
+
+    @ivar limit: connections one source may hold open; 0 for no limit (then
+        nothing is counted at all).
+    @ivar refused: connections refused for being over the limit.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.refused = 0
+        self.open: Dict[str, int] = {}
+
+    def admit(self, key: Optional[str]) -> bool:
+        """
+        Count one more connection from C{key} unless that would pass the
+        limit.
+
+        @return: L{True} if admitted (then L{release} it once closed, when
+            C{key} is not L{None} and there is a limit), L{False} if
+            refused (counted in L{refused}).
+        """
+        if key is None or not self.limit:
+            return True
+        count = self.open.get(key, 0)
+        if count >= self.limit:
+            self.refused += 1
+            return False
+        self.open[key] = count + 1
+        return True
+
+    def release(self, key: Optional[str]) -> None:
+        """
+        One connection L{admit}ted for C{key} has closed.
+        """
+        if key is None or not self.limit:
+            return
+        count = self.open.get(key, 0) - 1
+        if count > 0:
+            self.open[key] = count
+        else:
+            self.open.pop(key, None)

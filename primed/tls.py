@@ -26,6 +26,18 @@ L{HalfCloseableTLSFactory} also lets the wrapped factory refuse a
 connection (primed's connection limit returns L{None}), which Twisted's
 L{TLSMemoryBIOFactory} turns into an unhandled error.
 
+A handshake has a deadline (C{--handshake-timeout}): a connection that
+never starts or never finishes one costs its client nothing but holds a
+descriptor and a slot under C{--max-connections}; without the deadline
+only C{--idle-timeout} (minutes) closed it.  Timeouts are counted and
+logged at most once per 10 seconds.
+
+The TLS settings follow Mozilla's "intermediate" profile: TLS 1.2 and 1.3
+only, and on TLS 1.2 only AEAD suites with forward secrecy (ECDHE with
+AES-GCM or ChaCha20-Poly1305; L{INTERMEDIATE_CIPHERS}).  Twisted's default
+list still offers CBC suites, which testssl.sh reports as obsolete and
+LUCKY13-prone.
+
 This module overrides one private method of L{TLSMemoryBIOProtocol},
 C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
@@ -33,10 +45,25 @@ shape since Twisted 11 and the tests cover both ways of half-closing.
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from primed.ratelog import Throttle
+
+#: Seconds a TLS connection may take to complete its handshake.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: Mozilla's "intermediate" TLS 1.2 suites (OpenSSL names), in its order:
+#: ECDHE key exchange, AEAD ciphers only.  TLS 1.3's suites are all AEAD and
+#: are not set by this list.
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -49,6 +76,33 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     """
 
     readClosed = False
+    _handshakeTimer = None
+
+    def makeConnection(self, transport):
+        timeout = self.factory.handshakeTimeout
+        if timeout:
+            self._handshakeTimer = self.factory.reactor.callLater(
+                timeout, self._handshakeTimedOut)
+        TLSMemoryBIOProtocol.makeConnection(self, transport)
+
+    def _checkHandshakeStatus(self):
+        TLSMemoryBIOProtocol._checkHandshakeStatus(self)
+        if self._handshakeDone:
+            self._cancelHandshakeTimer()
+
+    def _cancelHandshakeTimer(self):
+        timer, self._handshakeTimer = self._handshakeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshakeTimedOut(self):
+        self._handshakeTimer = None
+        self.factory.handshakeTimedOut(self.transport.getPeer())
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self._cancelHandshakeTimer()
+        TLSMemoryBIOProtocol.connectionLost(self, reason)
 
     def _wrappedHalfCloseable(self):
         if self.disconnecting or not self._handshakeDone:
@@ -119,9 +173,43 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     """
 
     protocol = HalfCloseableTLSProtocol
+    _log = Logger()
 
-    def __init__(self, contextFactory, wrappedFactory):
+    def __init__(self, contextFactory, wrappedFactory, reactor=None,
+                 handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT):
+        """
+        @param reactor: for the handshake deadline; the global reactor by
+            default.
+        @param handshakeTimeout: seconds a connection may take to complete
+            its handshake; 0 for no limit.
+        """
         TLSMemoryBIOFactory.__init__(self, contextFactory, False, wrappedFactory)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.handshakeTimeout = handshakeTimeout
+        counters = getattr(wrappedFactory, "counters", None)
+        self.counters = counters
+        self.timedOut = 0
+        self._timeoutLog = Throttle(reactor)
+
+    def handshakeTimedOut(self, peer) -> None:
+        """
+        Count and (at most every 10 seconds) log a handshake that missed its
+        deadline.
+        """
+        self.timedOut += 1
+        if self.counters is not None:
+            self.counters.tlsHandshakeTimeouts += 1
+        if self._timeoutLog.ready():
+            host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+            self._log.warn(
+                "Closed TLS connection from {peer}: no handshake within {timeout:g}s "
+                "({count} so far)",
+                peer=f"{host}:{port}" if host is not None else str(peer),
+                timeout=self.handshakeTimeout,
+                count=self.counters.tlsHandshakeTimeouts if self.counters else self.timedOut,
+            )
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)
