@@ -79,6 +79,9 @@ class Cluster:
             "-n", "-l", "-", "--pidfile=", "primed",
             "--listen", f"haproxy:tcp:8809:interface={address}:backlog=1024",
             "--udp", f"{address}:8808", "--drain-timeout", "5",
+            # The balancers, as contrib/ and README.rst say: nginx's and
+            # HAProxy's addresses on the balancer host.
+            "--proxy-from", self.address("lb"), "--proxy-from", self.haproxyAddress,
             *(arg.format(address=address) for arg in self.backendArgs),
         ] + (["--verbose"] if self.verbose else [])
         process = self.network.start(host, f"primed-{host}", argv)
