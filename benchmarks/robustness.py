@@ -5,7 +5,9 @@ saturated, idle connections, over-long input, and a graceful stop.
 
     python benchmarks/robustness.py [--hog-seconds 8] [--saturate-seconds 6]
                                     [--idle-connections 1000]
-                                    [--hogs 50] [--scenarios ABHSILD]
+                                    [--hogs 50] [--scenarios ABHSILDMTF]
+                                    [--metrics-slow 300] [--silent-tls 1100]
+                                    [--flooders 8] [--hostile-seconds 15]
 
 Every scenario starts its own C{twistd -n -l - --pidfile= primed --listen
 tcp:0:interface=127.0.0.1 --udp 127.0.0.1:0} (options added per scenario
@@ -35,6 +37,10 @@ Scenarios:
      exit, replies received; then the same with --drain-timeout 1 cutting
      the work off (the log line with the count is printed)
 
+  M, T, F  issue 21's attacks: slowloris on the --metrics port, 1100 silent
+     TLS connections from one address, a TLS handshake flood from one
+     address; see benchmarks/_hostile.py
+
 Latency is measured from the request's send to its reply's last byte, one
 request in flight at a time, a probe every 10 ms.  RSS is sampled every
 10 ms (VmRSS); growth is the peak minus the value just before the scenario.
@@ -54,8 +60,9 @@ import threading
 import time
 
 try:
-    from benchmarks import _servers
+    from benchmarks import _hostile, _servers
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    import _hostile
     import _servers
 
 HOST = "127.0.0.1"
@@ -477,7 +484,9 @@ def scenarioI(table, args):
     count = args.idle_connections
     name = f"I {count} idle"
     limit = raiseFileLimit(count + 200)  # the daemon inherits it
-    with Primed() as daemon:
+    # All from one address: the per-source limit (256 by default) is not
+    # what this scenario measures.
+    with Primed(["--max-connections-per-source", "0"]) as daemon:
         print(f"{name}: {daemon.describe()}  (RLIMIT_NOFILE {limit})", flush=True)
         probe(daemon.tcpPort, 0.1, [(b"13\n", b"T\n"), (MID_PRIME_LINE, b"T\n")])
         time.sleep(0.3)
@@ -629,6 +638,9 @@ SCENARIOS = {
     "I": scenarioI,
     "L": scenarioL,
     "D": scenarioD,
+    "M": lambda table, args: _hostile.scenarioM(table, args, Primed, raiseFileLimit),
+    "T": lambda table, args: _hostile.scenarioT(table, args, Primed, raiseFileLimit),
+    "F": lambda table, args: _hostile.scenarioF(table, args, Primed, raiseFileLimit),
 }
 
 
@@ -645,7 +657,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="pool threads for S and D (the daemon's default: cores)")
     parser.add_argument("--hogs", type=int, default=50, help="hogs in scenario H (50)")
-    parser.add_argument("--scenarios", default="ABHSILD", help="which to run (ABHSILD)")
+    parser.add_argument("--scenarios", default="ABHSILDMTF", help="which to run (ABHSILDMTF)")
+    _hostile.addArguments(parser)
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
