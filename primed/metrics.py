@@ -146,13 +146,14 @@ class PrimedCollector:
             "with none to close instead, or during a stop), per_source "
             "(--max-connections-per-source), untrusted_proxy (a haproxy: listener's "
             "peer not in --proxy-from), proxy_header (no valid PROXY header within "
-            "--proxy-timeout).",
+            "--proxy-timeout), handshake_rate (--max-handshakes-per-source).",
             labels=["reason"],
         )
         refused.add_metric(["limit"], factory.refused)
         refused.add_metric(["per_source"], factory.sources.refused)
         refused.add_metric(["untrusted_proxy"], counters.proxyUntrusted)
         refused.add_metric(["proxy_header"], counters.proxyRefused)
+        refused.add_metric(["handshake_rate"], primed.handshakeRates.refused)
         yield refused
         yield GaugeMetricFamily(
             "primed_tcp_connections_per_source_limit",

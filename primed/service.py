@@ -25,7 +25,8 @@ from primed.counters import Counters
 from primed.ratelog import LineBudget
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
-from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from primed.sources import SourceRates
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKES_PER_SOURCE
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 #: Seconds a stop waits for pending answers before cutting connections.
@@ -145,6 +146,7 @@ class PrimedService(service.Service):
         threadpool=None,
         maxPerSource: int = 0,
         handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshakesPerSource: float = 0,
     ):
         """
         @param tcpEndpoints: C{(description, endpoint)} pairs, the endpoint
@@ -170,6 +172,8 @@ class PrimedService(service.Service):
         #: --verbose's lines, TCP and UDP together.
         self.verboseLines = LineBudget(reactor)
         self.handshakeTimeout = handshakeTimeout
+        #: New TLS connections per source and second, over every ssl: listener.
+        self.handshakeRates = SourceRates(handshakesPerSource, reactor)
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -290,7 +294,7 @@ class PrimedService(service.Service):
             from primed.tls import HalfCloseableTLSFactory
 
             factory = HalfCloseableTLSFactory(tlsContext, self.factory, self.reactor,
-                                              self.handshakeTimeout)
+                                              self.handshakeTimeout, self.handshakeRates)
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
             factory = proxyEndpoint.wrapFactory(factory)

@@ -22,7 +22,7 @@ once the header is read; until then the connection is the balancer's.
 import ipaddress
 from typing import Dict, Optional
 
-__all__ = ["sourceKey", "SourceCounts", "Unattributed"]
+__all__ = ["sourceKey", "SourceCounts", "SourceRates", "Unattributed"]
 
 
 def sourceKey(peer) -> Optional[str]:
@@ -132,3 +132,62 @@ class SourceCounts:
             self.open[key] = count
         else:
             self.open.pop(key, None)
+
+
+class SourceRates:
+    """
+    New connections per source and second, against a limit: a token bucket
+    per source holding at most C{rate} tokens, refilled at C{rate} a second,
+    one token per connection.  A source may open C{rate} connections at
+    once, then C{rate} a second.
+
+    Only sources that have spent tokens recently are kept: an entry whose
+    bucket has refilled is dropped when the table is swept (every
+    L{SWEEP_EVERY} admissions), so the table holds at most the sources seen
+    in the last second or so.
+
+    @ivar rate: connections a second; 0 for no limit (nothing is kept).
+    @ivar refused: connections refused for being over the rate.
+    """
+
+    SWEEP_EVERY = 1024
+
+    def __init__(self, rate: float, clock):
+        self.rate = rate
+        self.clock = clock
+        self.refused = 0
+        self.buckets: Dict[str, list] = {}
+        self._untilSweep = self.SWEEP_EVERY
+
+    def admit(self, key: Optional[str]) -> bool:
+        """
+        Take a token for one new connection from C{key}.
+
+        @return: L{False} (counted in L{refused}) if the source has none.
+        """
+        if key is None or not self.rate:
+            return True
+        now = self.clock.seconds()
+        self._untilSweep -= 1
+        if self._untilSweep <= 0:
+            self._sweep(now)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            self.buckets[key] = [self.rate - 1, now]
+            return True
+        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            self.refused += 1
+            return False
+        bucket[0] = tokens - 1
+        return True
+
+    def _sweep(self, now: float) -> None:
+        self._untilSweep = self.SWEEP_EVERY
+        rate = self.rate
+        full = [key for key, (tokens, last) in self.buckets.items()
+                if tokens + (now - last) * rate >= rate]
+        for key in full:
+            del self.buckets[key]

@@ -17,7 +17,7 @@ from primed.ratelog import VERBOSE_LINES_PER_SECOND
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS
-from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKES_PER_SOURCE
 
 # Twisted's own default backlog (50) drops SYNs when a few hundred clients
 # connect at once, and they retry only after a second: match --max-connections.
@@ -133,6 +133,10 @@ class Options(usage.Options):
          "Seconds a connection to an ssl: listener may take to complete its TLS "
          "handshake before it is closed; 0 never closes.",
          _seconds("handshake-timeout")],
+        ["max-handshakes-per-source", None, DEFAULT_HANDSHAKES_PER_SOURCE,
+         "New connections to ssl: listeners one source may open at once, and then "
+         "per second; more are closed at once, before any TLS work; 0 for no limit.",
+         _atLeast("max-handshakes-per-source", 0)],
         ["proxy-max-header", None, proxy.DEFAULT_MAX_HEADER,
          "Longest PROXY v2 header accepted on a haproxy: listener, in bytes "
          f"(at least {proxy.MIN_MAX_HEADER}; v1 headers are at most 107).",
@@ -297,6 +301,7 @@ def makeService(config, reactor=None):
         maxConnections=config["max-connections"],
         maxPerSource=config["max-connections-per-source"],
         handshakeTimeout=config["handshake-timeout"],
+        handshakesPerSource=config["max-handshakes-per-source"],
         idleTimeout=config["idle-timeout"],
         drainTimeout=config["drain-timeout"],
         reusePort=config["reuseport"],

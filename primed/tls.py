@@ -32,6 +32,14 @@ descriptor and a slot under C{--max-connections}; without the deadline
 only C{--idle-timeout} (minutes) closed it.  Timeouts are counted and
 logged at most once per 10 seconds.
 
+A handshake costs the reactor thread about 0.6 ms of CPU, a plain
+connection a tenth of that: one source completing handshakes in a loop
+delayed every other client's answers by tens of milliseconds
+(C{benchmarks/robustness.py}, scenario F).  So each source may start at
+most C{--max-handshakes-per-source} TLS connections at once and then as
+many a second (L{primed.sources.SourceRates}); more are closed as soon as
+they are accepted, before any handshake work.
+
 The TLS settings follow Mozilla's "intermediate" profile: TLS 1.2 and 1.3
 only, and on TLS 1.2 only AEAD suites with forward secrecy (ECDHE with
 AES-GCM or ChaCha20-Poly1305; L{INTERMEDIATE_CIPHERS}).  Twisted's default
@@ -52,9 +60,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from primed.ratelog import Throttle
+from primed.sources import sourceKey
 
 #: Seconds a TLS connection may take to complete its handshake.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: New TLS connections one source may open at once, and then per second.
+DEFAULT_HANDSHAKES_PER_SOURCE = 50
 
 #: Mozilla's "intermediate" TLS 1.2 suites (OpenSSL names), in its order:
 #: ECDHE key exchange, AEAD ciphers only.  TLS 1.3's suites are all AEAD and
@@ -176,12 +187,14 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     _log = Logger()
 
     def __init__(self, contextFactory, wrappedFactory, reactor=None,
-                 handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT):
+                 handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT, rates=None):
         """
         @param reactor: for the handshake deadline; the global reactor by
             default.
         @param handshakeTimeout: seconds a connection may take to complete
             its handshake; 0 for no limit.
+        @param rates: the L{primed.sources.SourceRates} new connections are
+            admitted by, shared by every TLS listener; L{None} for no limit.
         """
         TLSMemoryBIOFactory.__init__(self, contextFactory, False, wrappedFactory)
         if reactor is None:
@@ -191,7 +204,9 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
         counters = getattr(wrappedFactory, "counters", None)
         self.counters = counters
         self.timedOut = 0
+        self.rates = rates
         self._timeoutLog = Throttle(reactor)
+        self._rateLog = Throttle(reactor)
 
     def handshakeTimedOut(self, peer) -> None:
         """
@@ -212,6 +227,14 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
             )
 
     def buildProtocol(self, addr):
+        rates = self.rates
+        if rates is not None and not rates.admit(sourceKey(addr)):
+            if self._rateLog.ready():
+                self._log.warn(
+                    "Closed new TLS connection from {peer}: over {rate:g} new TLS "
+                    "connections a second from one source ({refused} refused so far)",
+                    peer=getattr(addr, "host", addr), rate=rates.rate, refused=rates.refused)
+            return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

@@ -26,7 +26,7 @@ import urllib.request
 
 from twisted.trial import unittest
 
-from support import CertificatesMixin, Daemon, ask, readAll
+from support import CertificatesMixin, Daemon, ask, askTLS, readAll
 
 V1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 4444 8809\r\n"
 _METRICS = re.compile(r"Serving metrics on http://([0-9.]+):(\d+)/metrics")
@@ -247,6 +247,32 @@ class SilentTLSTests(CertificatesMixin, unittest.TestCase):
         # Rate-limited logs: one line per 10 s per kind, not one per connection.
         self.assertLessEqual(len([l for l in d.log if "Per-source connection limit" in l]), 2)
         self.assertLessEqual(len([l for l in d.log if "no handshake within" in l]), 2)
+
+
+class HandshakeRateTests(CertificatesMixin, unittest.TestCase):
+    def test_newTLSConnectionsPerSourceBounded(self):
+        """
+        With C{--max-handshakes-per-source 5}, 30 TLS connections opened at
+        once from 127.0.0.2: about 5 are kept (a few more as the allowance
+        refills), the rest are closed at once, counted and logged; a TLS
+        client from 127.0.0.1 meanwhile is served.
+        """
+        paths = self.paths
+        with Daemon("--listen", f"ssl:0:interface=127.0.0.1:privateKey={paths['key']}"
+                                f":certKey={paths['cert']}", "--no-udp",
+                    "--max-handshakes-per-source", "5",
+                    "--metrics", "tcp:0:interface=127.0.0.1") as d:
+            url = metricsURL(d)
+            socks = [connectFrom("127.0.0.2", d.tlsPort) for _ in range(30)]
+            try:
+                waitFor(lambda: refused(scrape(url), "handshake_rate") >= 20, 10,
+                        "20 refused over the rate")
+                reply, _ = askTLS(d.tlsPort, b"17\n", paths["ca"])
+                d.waitForLog("new TLS connections a second from one source")
+            finally:
+                for sock in socks:
+                    sock.close()
+        self.assertEqual(reply, b"T\n")
 
 
 class TrustedBalancerTests(unittest.TestCase):

@@ -110,6 +110,7 @@ class CollectorTests(unittest.TestCase):
         self.assertEqual(self.value(page, refused, reason="per_source"), 0)
         self.assertEqual(self.value(page, refused, reason="untrusted_proxy"), 0)
         self.assertEqual(self.value(page, refused, reason="proxy_header"), 0)
+        self.assertEqual(self.value(page, refused, reason="handshake_rate"), 0)
         self.assertEqual(self.value(page, "primed_tcp_connections_evicted_total"), 0)
         self.assertEqual(self.value(page, "primed_tls_handshake_timeouts_total"), 0)
         self.assertEqual(self.value(page, "primed_verbose_lines_left_out_total"), 0)

@@ -232,7 +232,7 @@ class PrometheusTests(unittest.TestCase):
             "primed_tcp_connections_refused_total": {
                 frozenset({"reason": r}.items()): n
                 for r, n in {"limit": 2, "per_source": 0, "untrusted_proxy": 0,
-                             "proxy_header": 0}.items()
+                             "proxy_header": 0, "handshake_rate": 0}.items()
             },
             "primed_tcp_connections": scalar(0),
             "primed_udp_ignored_total": scalar(1),

@@ -230,3 +230,87 @@ class TrustedBalancerTests(unittest.TestCase):
         self.assertEqual(str(parseNetwork("::1")), "::1/128")
         for bad in ("", "10.0.0.0/33", "host.example", "1.2.3"):
             self.assertRaises(ValueError, parseNetwork, bad)
+
+
+class SourceRatesTests(unittest.TestCase):
+    def test_burstThenRate(self):
+        """
+        A source may open C{rate} connections at once, then C{rate} a
+        second; other sources have their own allowance.
+        """
+        from twisted.internet.task import Clock
+
+        from primed.sources import SourceRates
+
+        clock = Clock()
+        rates = SourceRates(3, clock)
+        self.assertEqual([rates.admit("a") for _ in range(4)], [True, True, True, False])
+        self.assertTrue(rates.admit("b"))
+        clock.advance(0.34)
+        self.assertEqual([rates.admit("a") for _ in range(2)], [True, False])
+        clock.advance(10)
+        self.assertEqual([rates.admit("a") for _ in range(4)], [True, True, True, False])
+        self.assertEqual(rates.refused, 3)
+        self.assertTrue(all(rates.admit(None) for _ in range(10)))
+
+    def test_noLimit(self):
+        from twisted.internet.task import Clock
+
+        from primed.sources import SourceRates
+
+        rates = SourceRates(0, Clock())
+        self.assertTrue(all(rates.admit("a") for _ in range(1000)))
+        self.assertEqual(rates.buckets, {})
+
+    def test_refilledSourcesForgotten(self):
+        """
+        The table keeps only sources whose bucket is not full again.
+        """
+        from twisted.internet.task import Clock
+
+        from primed.sources import SourceRates
+
+        clock = Clock()
+        rates = SourceRates(5, clock)
+        rates.SWEEP_EVERY = rates._untilSweep = 10
+        for n in range(9):
+            rates.admit(f"192.0.2.{n}")
+        self.assertEqual(len(rates.buckets), 9)
+        clock.advance(1)
+        rates.admit("198.51.100.1")  # the tenth: a sweep
+        self.assertEqual(list(rates.buckets), ["198.51.100.1"])
+
+
+class HandshakeRateTests(unittest.TestCase):
+    def test_tlsFactoryRefusesOverRate(self):
+        """
+        The TLS factory refuses a source's connections over its rate before
+        building anything, logs once, and leaves other sources alone; a
+        balancer's connection (unattributed) is not limited.
+        """
+        from twisted.internet import protocol
+        from twisted.internet.task import Clock
+
+        from primed.sources import SourceRates, Unattributed
+        from primed.tls import HalfCloseableTLSFactory
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        rates = SourceRates(2, clock)
+        from twisted.internet.ssl import CertificateOptions
+
+        factory = HalfCloseableTLSFactory(
+            CertificateOptions(), protocol.Factory.forProtocol(protocol.Protocol), clock, 0,
+            rates)
+        built = [factory.buildProtocol(ip("192.0.2.1", n)) for n in range(4)]
+        self.assertEqual([p is not None for p in built], [True, True, False, False])
+        self.assertIsNotNone(factory.buildProtocol(ip("192.0.2.2")))
+        for _ in range(5):
+            self.assertIsNotNone(factory.buildProtocol(Unattributed(ip("10.0.0.9"))))
+        self.assertEqual(rates.refused, 2)
+        lines = [formatEvent(e) for e in events if "new TLS connections" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "Closed new TLS connection from 192.0.2.1: over 2 new TLS connections a "
+            "second from one source (1 refused so far)"])

@@ -33,6 +33,7 @@ class OptionsTests(unittest.TestCase):
         self.assertFalse(options["verbose"])
         self.assertEqual(options["max-connections-per-source"], 256)
         self.assertEqual(options["handshake-timeout"], 10)
+        self.assertEqual(options["max-handshakes-per-source"], 50)
         self.assertEqual(options["proxy-from"], [])
         self.assertEqual(options["metrics-timeout"], 2)
 
@@ -59,6 +60,7 @@ class OptionsTests(unittest.TestCase):
         """
         text = str(tap.Options())
         for option in ("--max-connections-per-source", "--handshake-timeout", "--proxy-from",
+                       "--max-handshakes-per-source",
                        "--metrics-timeout", "--verbose"):
             self.assertIn(option, text)
         self.assertIn("a quarter of --max-connections", " ".join(text.split()))
