@@ -16,13 +16,15 @@ own daemon through robustness's L{Primed}, talks to it over loopback only
      worst latency and failures (target: every probe answered, <= 2 s), and
      the share of the silent connections primed closed within 30 s
      (target: >= 95 %)
-  F  C{--flooders} (8) C{openssl s_time -new} processes (at nice 19: an
+  F  C{--flooders} (4) processes of 8 asyncio tasks each (at nice 19: an
      attacker's handshakes cost its own CPU, here they share the cores with
-     the daemon) completing TLS handshakes in a loop from 127.0.0.1; the
+     the daemon) completing TLS handshakes in a loop from 127.0.0.1, going
+     on when refused; the
      same probe from 127.0.0.2 without a flood, with the flood against a
-     second daemon (what the flood costs the machine), and with the flood
-     against the probed daemon: p50/p99/max, the daemon's CPU and the
-     handshakes a second achieved.  Does one source's handshake flood slow
+     second daemon (what the flood costs the machine), with the flood
+     against the probed daemon (C{--max-handshakes-per-source} at its
+     default, 50), and against one without that limit: p50/p99/max, the
+     probed daemon's CPU and the handshakes a second achieved.  Does one source's handshake flood slow
      the others enough to need a per-source rate limit?
 """
 
@@ -31,6 +33,7 @@ import re
 import select
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -305,51 +308,85 @@ def scenarioT(table, args, Primed, raiseFileLimit):
 
 
 def scenarioF(table, args, Primed, raiseFileLimit):
-    name = f"F TLS handshake flood, {args.flooders} x openssl s_time"
+    name = f"F TLS handshake flood, {args.flooders} x 8 tasks"
     directory = tempfile.mkdtemp(prefix="primed-bench-tls-")
     key, cert = _certificate(directory)
     extra = ["--listen", f"ssl:0:interface={HOST}:privateKey={key}:certKey={cert}"]
-    with Primed(extra) as daemon, Primed(extra) as other:
-        print(f"{name}: {daemon.describe()}", flush=True)
-        ports = {"flood": int(_waitLog(daemon, _TLS).group(1)),
-                 "flood elsewhere": int(_waitLog(other, _TLS).group(1))}
-        phases = {}
+    unlimited = extra + ["--max-handshakes-per-source", "0"]
+    with Primed(extra) as daemon, Primed(unlimited) as open_:
+        print(f"{name}: {daemon.describe()}; and {open_.describe()}", flush=True)
         # "flood elsewhere" floods a second daemon and probes the first: what
         # the flood's CPU costs the machine, not the probed reactor.
-        for phase in ("quiet", "flood elsewhere", "flood"):
+        # "flood, no rate limit" floods and probes a third daemon, without
+        # --max-handshakes-per-source.
+        targets = {"quiet": (daemon, None), "flood elsewhere": (daemon, open_),
+                   "flood": (daemon, daemon), "flood, no rate limit": (open_, open_)}
+        phases = {}
+        for phase, (probed, flooded) in targets.items():
             flooders = []
-            tlsPort = ports.get(phase)
-            if tlsPort is not None:
+            if flooded is not None:
+                tlsPort = int(_waitLog(flooded, _TLS).group(1))
                 # niced: an attacker's handshakes cost its own machine's CPU,
                 # not the server's; here they share two cores with it.
                 flooders = [subprocess.Popen(
-                    ["nice", "-n", "19", "openssl", "s_time", "-connect", f"{HOST}:{tlsPort}", "-new",
-                     "-time", str(int(args.hostile_seconds) + 2)],
+                    ["nice", "-n", "19", sys.executable, "-c", _FLOODER, HOST, str(tlsPort),
+                     str(args.hostile_seconds + 2), "8"],
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                     for _ in range(args.flooders)]
                 time.sleep(1)
-            cpu = _cpu(daemon.proc.pid)
-            prober = Prober(daemon.tcpPort, interval=0.05)
+            cpu = _cpu(probed.proc.pid)
+            prober = Prober(probed.tcpPort, interval=0.05)
             prober.start()
             time.sleep(args.hostile_seconds)
             prober.stop()
-            cpu = (_cpu(daemon.proc.pid) - cpu) / args.hostile_seconds
-            handshakes = 0
+            cpu = (_cpu(probed.proc.pid) - cpu) / args.hostile_seconds
+            handshakes = refusedCount = 0
             for flooder in flooders:
                 out, _ = flooder.communicate(timeout=60)
-                found = re.search(rb"(\d+) connections in [\d.]+s", out)
-                handshakes += int(found.group(1)) if found else 0
-            phases[phase] = (prober.samples, handshakes, cpu)
-    for phase, (samples, handshakes, cpu) in phases.items():
+                found = re.search(rb"handshakes (\d+) refused (\d+)", out)
+                if found:
+                    handshakes += int(found.group(1))
+                    refusedCount += int(found.group(2))
+            phases[phase] = (prober.samples, handshakes, refusedCount, cpu)
+    for phase, (samples, handshakes, refusedCount, cpu) in phases.items():
         latencies = [seconds for _, seconds, ok in samples if ok]
         failed = sum(1 for _, _, ok in samples if not ok)
         table.add(name, f"probe {phase}: p50 / p99 / max",
                   f"{_ms(_percentile(latencies, 0.5))} / {_ms(_percentile(latencies, 0.99))} / "
                   f"{_ms(max(latencies, default=float('nan')))}, {failed} failed",
                   "max <= 2 s", failed == 0 and max(latencies, default=9) <= 2.0)
+        seconds = args.hostile_seconds + 2
         table.add(name, f"daemon CPU {phase}", f"{cpu:.2f} cores"
-                  + (f"; {handshakes / (args.hostile_seconds + 2):.0f} handshakes/s"
-                     if handshakes else ""))
+                  + (f"; flood: {handshakes / seconds:.0f} handshakes/s, "
+                     f"{refusedCount / seconds:.0f} refused/s"
+                     if handshakes or refusedCount else ""))
+
+
+#: One flooding process: C{argv[4]} asyncio tasks each completing TLS
+#: handshakes (no certificate check) with C{argv[1]:argv[2]} in a loop for
+#: C{argv[3]} seconds, going on whatever happens to a connection.
+_FLOODER = """
+import asyncio, ssl, sys, time
+host, port, seconds, tasks = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+counts = [0, 0]
+async def flood(deadline):
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=context), 5)
+            counts[0] += 1
+            writer.transport.abort()
+        except Exception:
+            counts[1] += 1
+async def main():
+    deadline = time.monotonic() + seconds
+    await asyncio.gather(*(flood(deadline) for _ in range(tasks)))
+asyncio.run(main())
+print("handshakes %d refused %d" % tuple(counts))
+"""
 
 
 def _cpu(pid):
@@ -368,7 +405,7 @@ def addArguments(parser):
                         help="silent TLS connections in scenario T (1100)")
     parser.add_argument("--silent-wait", type=float, default=40.0,
                         help="seconds scenario T waits for primed to close them (40)")
-    parser.add_argument("--flooders", type=int, default=8,
-                        help="openssl s_time processes in scenario F (8)")
+    parser.add_argument("--flooders", type=int, default=4,
+                        help="flooding processes (8 connections each) in scenario F (4)")
     parser.add_argument("--hostile-seconds", type=float, default=15.0,
                         help="probing time in scenarios M and F, per phase (15)")
