@@ -180,7 +180,7 @@ class PrimedCollector:
         )
         yield CounterMetricFamily(
             "primed_verbose_lines_left_out",
-            "--verbose request lines not logged, over the limit of 100 a second.",
+            "--verbose request lines not logged, over --verbose-rate.",
             value=primed.verboseLines.leftOut,
         )
         metricsPort = self.metricsFactory

@@ -51,7 +51,8 @@ class LineBudget:
     """
     At most C{perSecond} lines in each second (a window starting at the
     first line after the last one closed); the lines left out are counted
-    in L{leftOut} and reported in one line when their window closes.
+    in L{leftOut} and reported in one line when their window closes.  0:
+    no limit.
     """
 
     _log = Logger(namespace="primed.verbose")
@@ -69,8 +70,10 @@ class LineBudget:
     def allow(self) -> bool:
         """
         @return: whether one more line may be logged now; if not, it is
-            counted as left out.
+            counted as left out.  Always, when C{perSecond} is 0.
         """
+        if not self.perSecond:
+            return True
         now = self.reactor.seconds()
         if now >= self._windowEnd:
             self._windowEnd = now + 1.0

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
-from primed.ratelog import LineBudget
+from primed.ratelog import VERBOSE_LINES_PER_SECOND, LineBudget
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
 from primed.sources import SourceRates
@@ -147,6 +147,7 @@ class PrimedService(service.Service):
         maxPerSource: int = 0,
         handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         handshakesPerSource: float = 0,
+        verboseRate: int = VERBOSE_LINES_PER_SECOND,
     ):
         """
         @param tcpEndpoints: C{(description, endpoint)} pairs, the endpoint
@@ -170,7 +171,7 @@ class PrimedService(service.Service):
         #: What every protocol counts; L{primed.metrics} reads it.
         self.counters = Counters()
         #: --verbose's lines, TCP and UDP together.
-        self.verboseLines = LineBudget(reactor)
+        self.verboseLines = LineBudget(reactor, verboseRate)
         self.handshakeTimeout = handshakeTimeout
         #: New TLS connections per source and second, over every ssl: listener.
         self.handshakeRates = SourceRates(handshakesPerSource, reactor)

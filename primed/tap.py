@@ -95,7 +95,7 @@ class Options(usage.Options):
          "primed processes can share the ports, one core each."],
         ["verbose", "v",
          "Log every request and its verdict, once, when it is known; at most "
-         f"{VERBOSE_LINES_PER_SECOND} lines a second, then a count of those left out."],
+         "--verbose-rate lines a second, then a count of those left out."],
     ]
 
     optParameters = [
@@ -145,6 +145,10 @@ class Options(usage.Options):
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
          _seconds("drain-timeout")],
+        ["verbose-rate", None, VERBOSE_LINES_PER_SECOND,
+         "Most --verbose request lines a second; those left out are counted in one "
+         "line a second. 0 for no limit.",
+         _atLeast("verbose-rate", 0)],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
@@ -302,6 +306,7 @@ def makeService(config, reactor=None):
         maxPerSource=config["max-connections-per-source"],
         handshakeTimeout=config["handshake-timeout"],
         handshakesPerSource=config["max-handshakes-per-source"],
+        verboseRate=config["verbose-rate"],
         idleTimeout=config["idle-timeout"],
         drainTimeout=config["drain-timeout"],
         reusePort=config["reuseport"],

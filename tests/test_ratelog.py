@@ -53,6 +53,15 @@ class LineBudgetTests(unittest.TestCase):
         self.assertEqual(len([e for e in events if "left out" in formatEvent(e)]), 2)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_noLimit(self):
+        """
+        C{0}: every line, nothing counted or scheduled.
+        """
+        clock = Clock()
+        budget = LineBudget(clock, perSecond=0)
+        self.assertTrue(all(budget.allow() for _ in range(1000)))
+        self.assertEqual((budget.leftOut, clock.getDelayedCalls()), (0, []))
+
     def test_nothingLeftOutNothingReported(self):
         clock = Clock()
         budget = LineBudget(clock, perSecond=3)

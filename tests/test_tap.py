@@ -34,6 +34,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["max-connections-per-source"], 256)
         self.assertEqual(options["handshake-timeout"], 10)
         self.assertEqual(options["max-handshakes-per-source"], 50)
+        self.assertEqual(options["verbose-rate"], 100)
         self.assertEqual(options["proxy-from"], [])
         self.assertEqual(options["metrics-timeout"], 2)
 
@@ -60,11 +61,11 @@ class OptionsTests(unittest.TestCase):
         """
         text = str(tap.Options())
         for option in ("--max-connections-per-source", "--handshake-timeout", "--proxy-from",
-                       "--max-handshakes-per-source",
+                       "--max-handshakes-per-source", "--verbose-rate",
                        "--metrics-timeout", "--verbose"):
             self.assertIn(option, text)
         self.assertIn("a quarter of --max-connections", " ".join(text.split()))
-        self.assertIn("100 lines a second", " ".join(text.split()))
+        self.assertIn("at most --verbose-rate lines a second", " ".join(text.split()))
 
     def test_givenValuesReplaceDefaults(self):
         options = parse("--listen", "tcp:1234", "--listen", "tcp6:1235:interface=\\:\\:1",
