@@ -5,9 +5,10 @@ saturated, idle connections, over-long input, and a graceful stop.
 
     python benchmarks/robustness.py [--hog-seconds 8] [--saturate-seconds 6]
                                     [--idle-connections 1000]
-                                    [--hogs 50] [--scenarios ABHSILDMTF]
+                                    [--hogs 50] [--scenarios ABHSILD]
+                                    [--baseline-python PYTHON]
                                     [--metrics-slow 300] [--silent-tls 1100]
-                                    [--flooders 8] [--hostile-seconds 15]
+                                    [--flooders 4] [--hostile-seconds 15]
 
 Every scenario starts its own C{twistd -n -l - --pidfile= primed --listen
 tcp:0:interface=127.0.0.1 --udp 127.0.0.1:0} (options added per scenario
@@ -36,6 +37,15 @@ Scenarios:
   D  drain: big primes plus a pipeline of small requests, SIGTERM, time to
      exit, replies received; then the same with --drain-timeout 1 cutting
      the work off (the log line with the count is printed)
+  V  the pool's fairness over TCP (issue 21): a victim's 1332-digit prime
+     alone and while a neighbour keeps 40 3376-digit primes queued
+  R  a neighbour pipelines 40 3376-digit primes and resets after 1 s; the
+     victim's 969-digit prime then, and the CPU spent afterwards
+  U  the same fairness over UDP: a neighbour floods, the victim retries
+     every 2 s
+  (V, R and U: see benchmarks/_fairness.py; with --baseline-python they
+  also run against that interpreter's primed, e.g. a virtualenv of an
+  older commit, for the figures before the change.  Not run by default.)
 
   M, T, F  issue 21's attacks: slowloris on the --metrics port, 1100 silent
      TLS connections from one address, a TLS handshake flood from one
@@ -60,8 +70,9 @@ import threading
 import time
 
 try:
-    from benchmarks import _hostile, _servers
+    from benchmarks import _fairness, _hostile, _servers
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    import _fairness
     import _hostile
     import _servers
 
@@ -641,6 +652,9 @@ SCENARIOS = {
     "M": lambda table, args: _hostile.scenarioM(table, args, Primed, raiseFileLimit),
     "T": lambda table, args: _hostile.scenarioT(table, args, Primed, raiseFileLimit),
     "F": lambda table, args: _hostile.scenarioF(table, args, Primed, raiseFileLimit),
+    "V": lambda table, args: _fairness.scenarioV(table, args, Primed),
+    "R": lambda table, args: _fairness.scenarioR(table, args, Primed),
+    "U": lambda table, args: _fairness.scenarioU(table, args, Primed),
 }
 
 
@@ -657,7 +671,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="pool threads for S and D (the daemon's default: cores)")
     parser.add_argument("--hogs", type=int, default=50, help="hogs in scenario H (50)")
-    parser.add_argument("--scenarios", default="ABHSILDMTF", help="which to run (ABHSILDMTF)")
+    parser.add_argument("--scenarios", default="ABHSILD",
+                        help="which to run (ABHSILD; also V, R, U, M, T, F)")
+    parser.add_argument("--baseline-python", default=None,
+                        help="for V, R and U: also run that interpreter's primed")
     _hostile.addArguments(parser)
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)

@@ -52,6 +52,10 @@ class Counters:
         "tlsHandshakeTimeouts",
         "proxyUntrusted",
         "proxyRefused",
+        "tcpSourceQuota",
+        "udpSourceQuota",
+        "poolDiscarded",
+        "tlsPlainTextClosed",
     )
 
     def __init__(self):

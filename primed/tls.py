@@ -46,12 +46,28 @@ AES-GCM or ChaCha20-Poly1305; L{INTERMEDIATE_CIPHERS}).  Twisted's default
 list still offers CBC suites, which testssl.sh reports as obsolete and
 LUCKY13-prone.
 
+A plain-text client on a TLS port (C{primed-client} without C{--tls},
+C{nc}) sends C{17\n}; OpenSSL waits for the 5 bytes of a record header,
+so the client waits for its timeout and learns nothing.  Every TLS
+connection starts with the client's handshake record, whose first byte is
+22 (0x16); a connection whose first byte is anything else is answered
+with a fatal C{unexpected_message} alert, as RFC 8446 (section 5) asks of
+an unexpected record type, and closed at once.  The alert tells a client
+that reads it (C{primed-client} does) that this port speaks TLS.  Behind
+C{haproxy:} the PROXY header is read first, by the layer outside this
+one, so the check sees the first byte of TLS.  Plain TCP listeners never
+build this protocol: the check costs them nothing.
+
 This module overrides one private method of L{TLSMemoryBIOProtocol},
 C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
 """
 
+import os
+import stat
+
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -115,6 +131,37 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
         self._cancelHandshakeTimer()
         TLSMemoryBIOProtocol.connectionLost(self, reason)
 
+    _firstByteSeen = False
+
+    def dataReceived(self, data):
+        if not self._firstByteSeen:
+            self._firstByteSeen = True
+            if data[:1] != HANDSHAKE_RECORD:
+                self._refusePlainText(data)
+                return
+        if self._lostTLSConnection:
+            return
+        TLSMemoryBIOProtocol.dataReceived(self, data)
+
+    def _refusePlainText(self, data):
+        """
+        The first bytes of this connection cannot begin a TLS handshake:
+        send a fatal alert and close, without OpenSSL (which would wait for
+        a whole record header).  The wrapped protocol sees a connection
+        closed cleanly before its handshake, and so answers nothing.
+        """
+        self.factory.refusedPlainText(self.transport.getPeer(), data)
+        # Nothing more goes through OpenSSL: what TLSMemoryBIOProtocol
+        # would do after its own fatal error.
+        self._lostTLSConnection = True
+        self._reason = Failure(ConnectionDone("not TLS"))
+        self.transport.write(UNEXPECTED_MESSAGE_ALERT)
+        # Closed like a finished connection: the wrapped protocol may be the
+        # transport's producer, which would be resumed rather than closed.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def _wrappedHalfCloseable(self):
         if self.disconnecting or not self._handshakeDone:
             return None
@@ -176,21 +223,36 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
         self.transport.loseConnection()
 
 
+#: The first byte of a TLS handshake record (RFC 8446, 5.1), which every
+#: TLS connection starts with: the client's hello.
+HANDSHAKE_RECORD = b"\x16"
+
+#: A TLS record (type 21, alert; version 3.1, as OpenSSL writes before a
+#: version is agreed; length 2) holding a fatal (2) C{unexpected_message}
+#: (10) alert.
+UNEXPECTED_MESSAGE_ALERT = b"\x15\x03\x01\x00\x02\x02\x0a"
+
+
 class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     """
     A server-side L{TLSMemoryBIOFactory} building
     L{HalfCloseableTLSProtocol}s, refusing a connection its wrapped factory
     refuses.
+
+    @ivar plainTextRefused: connections closed because their first byte
+        cannot begin a TLS handshake; also counted in C{counters}.
     """
 
     protocol = HalfCloseableTLSProtocol
     _log = Logger()
 
-    def __init__(self, contextFactory, wrappedFactory, reactor=None,
+    def __init__(self, contextFactory, wrappedFactory, reactor=None, counters=None,
                  handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT, rates=None):
         """
-        @param reactor: for the handshake deadline; the global reactor by
-            default.
+        @param reactor: the clock of the handshake deadline and of the
+            rate-limited logs; the global reactor by default.
+        @param counters: a L{primed.counters.Counters} to count in
+            (C{tlsPlainTextClosed}, C{tlsHandshakeTimeouts}), or L{None}.
         @param handshakeTimeout: seconds a connection may take to complete
             its handshake; 0 for no limit.
         @param rates: the L{primed.sources.SourceRates} new connections are
@@ -200,13 +262,34 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.handshakeTimeout = handshakeTimeout
-        counters = getattr(wrappedFactory, "counters", None)
         self.counters = counters
+        self.plainTextRefused = 0
+        self._lastLog = None
+        self.handshakeTimeout = handshakeTimeout
         self.timedOut = 0
         self.rates = rates
         self._timeoutLog = Throttle(reactor)
         self._rateLog = Throttle(reactor)
+
+    def refusedPlainText(self, peer, data):
+        """
+        Count a connection closed for not speaking TLS; log it unless one
+        was logged in the last 10 seconds (anyone may connect: the log must
+        not flood).
+        """
+        self.plainTextRefused += 1
+        if self.counters is not None:
+            self.counters.tlsPlainTextClosed += 1
+        now = self.reactor.seconds()
+        if self._lastLog is None or now - self._lastLog >= 10:
+            self._lastLog = now
+            self._log.warn(
+                "Closed connection from {peer} to a TLS port: it began with {start!r}, "
+                "not a TLS handshake (a client without TLS?); {refused} so far",
+                peer=_describe(peer),
+                start=data[:16],
+                refused=self.plainTextRefused,
+            )
 
     def handshakeTimedOut(self, peer) -> None:
         """
@@ -217,11 +300,10 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
         if self.counters is not None:
             self.counters.tlsHandshakeTimeouts += 1
         if self._timeoutLog.ready():
-            host, port = getattr(peer, "host", None), getattr(peer, "port", None)
             self._log.warn(
                 "Closed TLS connection from {peer}: no handshake within {timeout:g}s "
                 "({count} so far)",
-                peer=f"{host}:{port}" if host is not None else str(peer),
+                peer=_describe(peer),
                 timeout=self.handshakeTimeout,
                 count=self.counters.tlsHandshakeTimeouts if self.counters else self.timedOut,
             )
@@ -239,3 +321,48 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
+
+
+def _describe(peer) -> str:
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
+
+
+def privateKeyPath(description: str) -> str:
+    """
+    The private key file of an C{ssl:} server endpoint string (behind
+    C{haproxy:} or not), as Twisted's parser reads it: C{privateKey=}, by
+    default C{server.pem}.  Fields are split at colons a backslash does not
+    escape, as Twisted splits them.
+    """
+    fields, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if equals and name == "privateKey":
+            return value
+    return "server.pem"
+
+
+def readableByOthers(path: str) -> bool:
+    """
+    Whether every user of the machine may read C{path}.  Readable by its
+    group is fine: Debian's C{ssl-cert} group exists for that.  A file that
+    cannot be looked at says nothing (Twisted has read it already).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IROTH)

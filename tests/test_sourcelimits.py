@@ -302,8 +302,8 @@ class HandshakeRateTests(unittest.TestCase):
         from twisted.internet.ssl import CertificateOptions
 
         factory = HalfCloseableTLSFactory(
-            CertificateOptions(), protocol.Factory.forProtocol(protocol.Protocol), clock, 0,
-            rates)
+            CertificateOptions(), protocol.Factory.forProtocol(protocol.Protocol), clock,
+            handshakeTimeout=0, rates=rates)
         built = [factory.buildProtocol(ip("192.0.2.1", n)) for n in range(4)]
         self.assertEqual([p is not None for p in built], [True, True, False, False])
         self.assertIsNotNone(factory.buildProtocol(ip("192.0.2.2")))
