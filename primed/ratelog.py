@@ -55,7 +55,7 @@ class LineBudget:
     no limit.
     """
 
-    _log = Logger(namespace="primed.verbose")
+    _log = Logger()
 
     def __init__(self, reactor, perSecond: int = VERBOSE_LINES_PER_SECOND):
         self.reactor = reactor

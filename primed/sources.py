@@ -54,7 +54,8 @@ def sourceKey(peer) -> Optional[str]:
 
 
 def _ipv6Key(host: str) -> Optional[str]:
-    host = host.partition("%")[0]  # a link-local zone is not part of the address
+    # A link-local zone (fe80::1%eth0) parses (Python 3.9+), and the /64
+    # below is built from the address bits alone: the zone is dropped.
     try:
         address = ipaddress.IPv6Address(host)
     except ValueError:
@@ -123,10 +124,9 @@ class SourceCounts:
 
     def release(self, key: Optional[str]) -> None:
         """
-        One connection L{admit}ted for C{key} has closed.
+        One connection L{admit}ted for C{key} has closed.  (Nothing was
+        counted for L{None}, or without a limit: nothing to do then.)
         """
-        if key is None or not self.limit:
-            return
         count = self.open.get(key, 0) - 1
         if count > 0:
             self.open[key] = count

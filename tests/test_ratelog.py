@@ -29,7 +29,48 @@ class ThrottleTests(unittest.TestCase):
         self.assertEqual([throttle.ready(), throttle.ready()], [True, False])
 
 
+class DefaultsTests(unittest.TestCase):
+    def test_defaults(self):
+        """
+        One line per 10 seconds; 100 --verbose lines a second.
+        """
+        clock = Clock()
+        throttle = Throttle(clock)
+        self.assertTrue(throttle.ready())
+        clock.advance(9.99)
+        self.assertFalse(throttle.ready())
+        clock.advance(0.01)
+        self.assertTrue(throttle.ready())
+        budget = LineBudget(clock)
+        self.assertEqual(sum(budget.allow() for _ in range(150)), 100)
+
+
 class LineBudgetTests(unittest.TestCase):
+    def test_reportAtTheWindowsEnd(self):
+        """
+        The count of lines left out is logged when their second is over,
+        not later; the next window's count starts
+        from nothing; a stop with nothing left out logs nothing.
+        """
+        events = capture(self)
+        clock = Clock()
+        clock.advance(1000)
+        budget = LineBudget(clock, perSecond=1)
+        budget.stop()  # nothing pending
+        budget.allow()
+        clock.advance(0.5)
+        self.assertFalse(budget.allow())
+        clock.advance(0.49)
+        self.assertEqual([e for e in events if "left out" in formatEvent(e)], [])
+        clock.advance(0.01)
+        reports = [e for e in events if "left out" in formatEvent(e)]
+        self.assertEqual([e["count"] for e in reports], [1])
+        self.assertEqual(reports[0]["log_namespace"], "primed.ratelog.LineBudget")
+        budget.allow()
+        budget.allow()
+        clock.advance(1)
+        self.assertEqual([e["count"] for e in events if "left out" in formatEvent(e)], [1, 1])
+
     def test_perSecondThenCount(self):
         """
         At most C{perSecond} lines in a second; the rest are counted, and

@@ -271,14 +271,42 @@ class SourceRatesTests(unittest.TestCase):
         from primed.sources import SourceRates
 
         clock = Clock()
+        clock.advance(100)
         rates = SourceRates(5, clock)
         rates.SWEEP_EVERY = rates._untilSweep = 10
-        for n in range(9):
+        for _ in range(5):
+            rates.admit("203.0.113.1")  # spent: kept by every sweep
+        for n in range(4):
             rates.admit(f"192.0.2.{n}")
-        self.assertEqual(len(rates.buckets), 9)
-        clock.advance(1)
+        clock.advance(0.2)  # the four refilled, the spent one not yet
+        self.assertEqual(len(rates.buckets), 5)  # no sweep before the tenth
         rates.admit("198.51.100.1")  # the tenth: a sweep
-        self.assertEqual(list(rates.buckets), ["198.51.100.1"])
+        self.assertEqual(sorted(rates.buckets), ["198.51.100.1", "203.0.113.1"])
+        for n in range(10):
+            rates.admit(f"198.51.100.{n + 2}")  # and the count starts again
+        self.assertEqual(len(rates.buckets), 12)
+
+    def test_partialTokensKept(self):
+        """
+        A refused connection keeps what has refilled: at 2 a second, a
+        quarter second gives half a token, not enough; another quarter
+        gives a whole one.  A sweep right after spending keeps the spent
+        bucket.
+        """
+        from twisted.internet.task import Clock
+
+        from primed.sources import SourceRates
+
+        clock = Clock()
+        clock.advance(100)
+        rates = SourceRates(2, clock)
+        self.assertEqual([rates.admit("a"), rates.admit("a")], [True, True])
+        clock.advance(0.25)
+        self.assertFalse(rates.admit("a"))
+        clock.advance(0.25)
+        self.assertTrue(rates.admit("a"))
+        rates._sweep(clock.seconds())
+        self.assertFalse(rates.admit("a"))
 
 
 class HandshakeRateTests(unittest.TestCase):
