@@ -79,6 +79,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     _log = Logger()
     #: The client's address when a PROXY header gave it (L{primed.proxy}).
     peerAddress = None
+    #: The source (L{primed.sources.sourceKey}) this connection is counted
+    #: against by the connection limits, or L{None}; kept by the factory.
+    source = None
     #: The fair queue's source key, found at the first pool check.
     _source = _UNKNOWN
     #: L{resetProbe} of the transport, made when first needed.
@@ -96,6 +99,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._draining = False
         self._processing = 0
         self._clear = False  # see FastReads._checkClear
+        # Whether a complete request has arrived.  Until then _checkClear
+        # keeps the short paths off, so only _framedDataReceived needs to
+        # note the first one: nothing per read once it has.
+        self._requested = False
 
     # Connection life.
 
@@ -207,6 +214,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         lines = data.split(b"\n")
         self._buffer = lines.pop()
         if lines:
+            self._requested = True
             self.resetTimeout()
             if self._held or self._paused & _HOLDING:
                 self._held.extend(lines)
@@ -230,6 +238,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         """
         L{LineReceiver}'s interface: handle one request line.
         """
+        self._requested = True
         if self._held or self._paused & _HOLDING:
             self._held.append(line)
         else:
@@ -457,6 +466,14 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._pause(PAUSED_BY_DRAIN)
         self._finishIfDone()
 
+    def hasRequested(self) -> bool:
+        """
+        Whether a complete request has arrived on this connection: one that
+        has not (a TLS handshake or PROXY header never finished, a line never
+        ended) is the first to go when the connection limit is reached.
+        """
+        return self._requested
+
     def unansweredCount(self) -> int:
         """
         Complete requests received and not answered yet.
@@ -491,6 +508,8 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _logVerdict(self, line: bytes, reply: bytes) -> None:
+        if not self.factory.verboseLines.allow():
+            return
         self._log.info(
             "{peer} asked {request!r}: {verdict}",
             peer=self._peer(),
