@@ -49,9 +49,13 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tlsHandshakeTimeouts",
+        "proxyUntrusted",
+        "proxyRefused",
         "tcpSourceQuota",
         "udpSourceQuota",
         "poolDiscarded",
+        "tlsPlainTextClosed",
     )
 
     def __init__(self):

@@ -9,7 +9,7 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 
 import os
 import socket
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
@@ -22,8 +22,11 @@ from twisted.python.failure import Failure
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
+from primed.ratelog import VERBOSE_LINES_PER_SECOND, LineBudget
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
+from primed.sources import SourceRates
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKES_PER_SOURCE
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 #: Seconds a stop waits for pending answers before cutting connections.
@@ -142,6 +145,12 @@ class PrimedService(service.Service):
         reusePort: bool = False,
         verbose: bool = False,
         threadpool=None,
+        maxPerSource: int = 0,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshakesPerSource: float = 0,
+        verboseRate: int = VERBOSE_LINES_PER_SECOND,
+        proofPool=None,
+        proveMaxDigits: Optional[int] = None,
     ):
         """
         @param tcpEndpoints: C{(description, endpoint)} pairs, the endpoint
@@ -149,6 +158,9 @@ class PrimedService(service.Service):
         @param threadpool: the pool to check big numbers in; by default a new
             L{ThreadPool} of C{threads} threads, started and stopped with the
             service.
+        @param proofPool: with C{--prove}, the L{primed.proofpool.ProofPool}
+            probable primes are proved in, started and stopped with the
+            service; C{proveMaxDigits} bounds what it is given.
         """
         self.reactor = reactor
         self.tcpEndpoints = list(tcpEndpoints)
@@ -161,11 +173,26 @@ class PrimedService(service.Service):
         if threadpool is None:
             threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
-        self.checker = PrimeChecker(
-            reactor, threadpool, maxQueued=maxQueued, maxQueuedPerSource=maxQueuedPerSource
-        )
+        self.proofPool = proofPool
+        if proofPool is None:
+            self.checker = PrimeChecker(
+                reactor, threadpool, maxQueued=maxQueued, maxQueuedPerSource=maxQueuedPerSource
+            )
+        else:
+            from primed.proving import DEFAULT_PROVE_MAX_DIGITS, ProvingChecker
+
+            self.checker = ProvingChecker(
+                reactor, threadpool, proofPool, maxQueued=maxQueued,
+                maxQueuedPerSource=maxQueuedPerSource,
+                maxDigits=proveMaxDigits or DEFAULT_PROVE_MAX_DIGITS,
+            )
         #: What every protocol counts; L{primed.metrics} reads it.
         self.counters = Counters()
+        #: --verbose's lines, TCP and UDP together.
+        self.verboseLines = LineBudget(reactor, verboseRate)
+        self.handshakeTimeout = handshakeTimeout
+        #: New TLS connections per source and second, over every ssl: listener.
+        self.handshakeRates = SourceRates(handshakesPerSource, reactor)
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -175,6 +202,8 @@ class PrimedService(service.Service):
             idleTimeout=idleTimeout,
             verbose=verbose,
             counters=self.counters,
+            maxPerSource=maxPerSource,
+            verboseLines=self.verboseLines,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -182,6 +211,7 @@ class PrimedService(service.Service):
         self.tcpPorts: List = []
         self.udpPorts: List = []
         self._served: List[Tuple[str, str]] = []
+        self._keysChecked: Set[str] = set()
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
@@ -203,7 +233,13 @@ class PrimedService(service.Service):
                 _noDelay(port)
                 inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ssl: is TLS too
                 kind = "TLS" if _tlsContext(inner) is not None else "TCP"
-                served.append((kind, self._describe(port.getHost(), description)))
+                where = self._describe(port.getHost(), description)
+                if inner is not endpoint:  # haproxy:
+                    trusted = getattr(endpoint, "trusted", None)
+                    where += (" (expects a PROXY header from "
+                              + (", ".join(map(str, trusted)) if trusted
+                                 else "any address") + ")")
+                served.append((kind, where))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)
                 self.udpPorts.append(port)
@@ -230,14 +266,23 @@ class PrimedService(service.Service):
                 # pool cannot be stopped cleanly after a failed start.
                 self._stopListening()
                 raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}")
+        if self.proofPool is not None:
+            self._startProving()
         for transport, address in self._served:
             self._log.info("Listening for {transport} on {address}",
                            transport=transport, address=address)
+        if any(hasattr(endpoint, "wrapFactory") and getattr(endpoint, "trusted", None) is None
+               for _, endpoint in self.tcpEndpoints):
+            self._log.warn(
+                "PROXY headers are accepted from any address: anyone who reaches a "
+                "haproxy: listener can claim any client address; name the balancers "
+                "with --proxy-from ADDRESS[/PREFIX]")
         self._log.info(
             "Limits: {maxDigits} digits, {threads} check threads, "
             "{maxQueued} pool checks queued ({perSource} per source), "
             "{maxInflight} replies in flight per "
-            "connection, {maxConnections} connections, idle timeout {idle}s, "
+            "connection, {maxConnections} connections, {connectionsPerSource} per source, "
+            "idle timeout {idle}s, handshake timeout {handshake}s, "
             "drain timeout {drain}s",
             maxDigits=self.maxDigits,
             threads=self.threads,
@@ -245,10 +290,33 @@ class PrimedService(service.Service):
             perSource=self.checker.maxQueuedPerSource,
             maxInflight=self.factory.maxInflight,
             maxConnections=self.factory.maxConnections,
+            connectionsPerSource=self.factory.maxPerSource or "no limit",
+            handshake=self.handshakeTimeout,
             idle=self.factory.idleTimeout,
             drain=self.drainTimeout,
         )
         self.listening.callback(list(self._served))
+
+    def _startProving(self) -> None:
+        pool = self.proofPool
+        self._log.info(
+            "Proving: probable primes up to {digits} digits are proved in {workers} "
+            "worker process(es), {timeout}s each at most, {queued} waiting at most",
+            digits=self.checker.proveMaxDigits, workers=pool.size, timeout=pool.timeout,
+            queued=pool.maxQueued,
+        )
+
+        def ready(name):
+            if name.startswith("FLINT"):
+                self._log.warn(
+                    "Proving with {prover}: cypari2 is not installed (pip install "
+                    "'primed[prove]' for PARI, 2-3 times faster from 1000 bits)",
+                    prover=name,
+                )
+            else:
+                self._log.info("Proving with {prover}", prover=name)
+
+        pool.start().addCallback(ready)
 
     def _stopListening(self) -> None:
         """
@@ -270,7 +338,11 @@ class PrimedService(service.Service):
             # that drops the answers owed to a client that half-closes.
             from primed.tls import HalfCloseableTLSFactory
 
-            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+            factory = HalfCloseableTLSFactory(
+                tlsContext, self.factory, self.reactor, self.counters,
+                self.handshakeTimeout, self.handshakeRates,
+            )
+            self._warnReadableKey(description)
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
             factory = proxyEndpoint.wrapFactory(factory)
@@ -293,11 +365,31 @@ class PrimedService(service.Service):
             raise CannotListenError(None, description, getattr(reason, "socketError", reason))
         return result[0]
 
+    def _warnReadableKey(self, description: str) -> None:
+        """
+        One warning per private key file that every user may read: a key
+        others can read is no longer private (the TLS documentation says
+        so; Twisted accepts it silently).
+        """
+        from primed.tls import privateKeyPath, readableByOthers
+
+        path = os.path.abspath(privateKeyPath(description))
+        if path in self._keysChecked:
+            return
+        self._keysChecked.add(path)
+        if readableByOthers(path):
+            self._log.warn(
+                "The private key file {path} is readable by every user: run "
+                "'chmod o-r {path}' (or 'chmod 640 {path}', group-readable)",
+                path=path,
+            )
+
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
             counters=self.counters,
         )
+        protocol.verboseLines = self.verboseLines
         self.datagramProtocols.append(protocol)
         # A datagram the kernel cuts is never checked: see receiveBufferSize.
         maxPacketSize = receiveBufferSize(self.maxDigits)
@@ -409,11 +501,16 @@ class PrimedService(service.Service):
         # drain deadline passed, or their connection is gone): skip them, or
         # ThreadPool.stop would run every one of them before joining.
         self.checker.abandon()
+        self.verboseLines.stop()
         if self.ownsPool:
             # With no check left the workers are idle and join at once;
             # otherwise a running check may take minutes, and nobody waits
             # for its answer: leave it to its daemon thread.
             self.threadpool.stop(wait=not self.checker.queued)
+        if self.proofPool is not None:
+            # Proofs still running are owed to nobody now: the workers are
+            # killed, and the stop waits until none is left.
+            return self.proofPool.stop().addCallback(lambda _: self._log.info("Stopped"))
         self._log.info("Stopped")
 
 
@@ -456,12 +553,20 @@ def _buildTLSContext(description: str, tlsContext) -> None:
     one line instead.
     """
     try:
-        tlsContext.getContext()
+        context = tlsContext.getContext()
     except MemoryError:
         raise CannotListenError(
             None, description,
             "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
             "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
+    # Mozilla's intermediate profile (primed.tls): TLS 1.2 and 1.3, AEAD
+    # suites only on 1.2.  The context is Twisted's, cached by its options.
+    from OpenSSL import SSL
+
+    from primed.tls import INTERMEDIATE_CIPHERS
+
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(INTERMEDIATE_CIPHERS.encode("ascii"))
 
 
 def _tlsContext(endpoint):

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from primed import wire
 from primed.checker import CheckAbandoned
+from primed.proofpool import ProofUnavailable
 from primed.counters import Counters
 from primed.sources import sourceKey
 from primed.fastpath import datagramWriter
@@ -55,6 +56,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
 
     noisy = False
     _log = Logger()
+    #: The budget of C{--verbose} lines (L{primed.ratelog.LineBudget}),
+    #: shared with TCP; set by the service.  L{None}: no limit.
+    verboseLines = None
 
     def __init__(
         self,
@@ -220,14 +224,15 @@ class PrimeDatagramProtocol(DatagramProtocol):
         if failure.check(CheckAbandoned):
             self._done()  # a stop past its deadline: no reply
             return
-        self._log.failure("Checking a {digits}-digit number failed", failure,
-                          digits=len(line))
+        if not failure.check(ProofUnavailable):  # --prove: E, counted and logged there
+            self._log.failure("Checking a {digits}-digit number failed", failure,
+                              digits=len(line))
         self.counters.udpInvalid += 1
         self._reply(INVALID_REPLY, line, addr)
         self._done()
 
     def _reply(self, reply: bytes, request: bytes, addr) -> None:
-        if self.verbose:
+        if self.verbose and (self.verboseLines is None or self.verboseLines.allow()):
             self._log.info(
                 "{peer} asked {request!r}: {verdict}",
                 peer=addr,
