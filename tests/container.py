@@ -57,6 +57,10 @@ BASE_LABEL = "org.primed.test.base"
 #: What the cached base image was made from; a different recipe makes a new one.
 BASE_RECIPE = f"2: debootstrap --variant=minbase --include={PACKAGES} {SUITE}; trim {' '.join(TRIM)}"
 BASE_LOCK = "/var/tmp/primed-test-base.lock"
+#: Held by a session from its start to the end of its cleanup: a second
+#: session (another checkout's test run) waits, since each one's cleanup
+#: removes the iptables chains and bridges that appeared while it ran.
+SESSION_LOCK = "/var/tmp/primed-test-podman.lock"
 
 #: The host's CA bundle, passed to the build as the pipcert secret: HTTPS to
 #: PyPI passes through an intercepting proxy here.
@@ -253,6 +257,7 @@ class PodmanSession:
         self.host: Optional[HostNetworkState] = None
         self.imagesBefore: Set[str] = set()
         self.built = False
+        self._sessionLock = None
 
     def podman(self, *args: str, timeout: float = 120, check: bool = True,
                input: Optional[str] = None) -> subprocess.CompletedProcess:
@@ -261,6 +266,8 @@ class PodmanSession:
     # Setting up.
 
     def start(self) -> None:
+        self._sessionLock = open(SESSION_LOCK, "a")
+        fcntl.flock(self._sessionLock, fcntl.LOCK_EX)
         self.host = HostNetworkState()
         self.imagesBefore = self._images()
         base = self.baseImage()
@@ -381,6 +388,13 @@ class PodmanSession:
             _run(["ip", "link", "delete", self.bridge], 30, check=False)
         shutil.rmtree(f"/var/lib/cni/networks/{self.network}", ignore_errors=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            self._restoreHost()
+        finally:
+            if self._sessionLock is not None:
+                self._sessionLock.close()  # releases the lock
+
+    def _restoreHost(self) -> None:
         if self.host is not None:
             self.host.restore()
             # A cleanup that leaves something behind fails the session.
