@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from primed import fdlimit, proxy, sdnotify, signals, wire
+from primed import certreload, fdlimit, proxy, sdnotify, signals, wire
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.proofpool import DEFAULT_PROVE_MAX_QUEUED, DEFAULT_PROVE_TIMEOUT
 from primed.proving import DEFAULT_PROVE_MAX_DIGITS
@@ -186,6 +186,11 @@ class Options(usage.Options):
         ["prover", None, "auto",
          "With --prove: auto (PARI when cypari2 is installed, else FLINT), pari or flint.",
          _choice("prover", ("auto", "pari", "flint"))],
+        ["tls-reload-interval", None, certreload.DEFAULT_INTERVAL,
+         "Seconds between two reads of each ssl: listener's key and certificate "
+         "files: new connections get a new pair, a pair that does not load is "
+         "logged and the one in use kept; 0 never reads them again.",
+         _seconds("tls-reload-interval")],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
@@ -369,12 +374,18 @@ def makeService(config, reactor=None):
         connections += config["metrics-max-connections"]
         option += f" and --metrics-max-connections {config['metrics-max-connections']}"
     fdlimit.ensureOpenFiles(connections, option)
+    tcpEndpoints = [
+        (description, _serverEndpoint(reactor, description, config))
+        for description in config["listen"]
+    ]
+    # ssl: listeners whose files are read again (certificates rotated in place).
+    reloading = []
+    if config["tls-reload-interval"] > 0:
+        reloading = certreload.makeReloadable(
+            tcpEndpoints, lambda description: _serverEndpoint(reactor, description, config))
     primed = PrimedService(
         reactor,
-        tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description, config))
-            for description in config["listen"]
-        ],
+        tcpEndpoints=tcpEndpoints,
         udpAddresses=config["udp"],
         threads=config["threads"],
         maxDigits=config["max-digits"],
@@ -409,6 +420,11 @@ def makeService(config, reactor=None):
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)
+    if reloading:
+        reloader = certreload.CertificateReloader(
+            reloading, config["tls-reload-interval"], reactor)
+        reloader.setName("tls-reload")
+        reloader.setServiceParent(top)
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)
