@@ -127,7 +127,7 @@ class Options(usage.Options):
         ["max-queued-per-source", None, 0,
          "Big-number checks one source (an IPv4 address, an IPv6 /64) may have "
          "running or waiting; beyond it its TCP connections wait and its UDP "
-         "requests are dropped. 0: a quarter of --max-queued. The last quarter "
+         "requests are dropped. 0: a quarter of --max-queued, at least --threads. The last quarter "
          "of --max-queued is kept for sources with nothing queued.",
          _atLeast("max-queued-per-source", 0)],
         ["max-inflight", None, DEFAULT_MAX_INFLIGHT,
