@@ -34,6 +34,8 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from primed.tls import restrictContext
+
 #: Seconds between two reads of the files, by default: a Secret's update
 #: takes the kubelet a minute or so to reach the volume anyway.
 DEFAULT_INTERVAL = 10.0
@@ -96,8 +98,10 @@ class ReloadingContextFactory:
         try:
             candidate = self._load()
             # Builds the OpenSSL context: a key that does not match its
-            # certificate fails here if the parser let it through.
-            candidate.getContext()
+            # certificate fails here if the parser let it through.  The
+            # context is cached by its options, so the profile set here is
+            # the one its connections get.
+            restrictContext(candidate.getContext())
             identity = _identity(candidate)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"

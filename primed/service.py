@@ -559,14 +559,10 @@ def _buildTLSContext(description: str, tlsContext) -> None:
             None, description,
             "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
             "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
-    # Mozilla's intermediate profile (primed.tls): TLS 1.2 and 1.3, AEAD
-    # suites only on 1.2.  The context is Twisted's, cached by its options.
-    from OpenSSL import SSL
+    # The context is Twisted's, cached by its options.
+    from primed.tls import restrictContext
 
-    from primed.tls import INTERMEDIATE_CIPHERS
-
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_cipher_list(INTERMEDIATE_CIPHERS.encode("ascii"))
+    restrictContext(context)
 
 
 def _tlsContext(endpoint):

@@ -93,6 +93,21 @@ INTERMEDIATE_CIPHERS = (
 )
 
 
+def restrictContext(context) -> None:
+    """
+    Hold an OpenSSL context to Mozilla's intermediate profile: TLS 1.2 and
+    1.3, and on 1.2 only L{INTERMEDIATE_CIPHERS}.  Every context a listener
+    serves goes through here: the one built at start and each one a
+    certificate rotation (L{primed.certreload}) builds by parsing the
+    listener's description again, which would otherwise offer Twisted's
+    defaults, CBC suites among them.
+    """
+    from OpenSSL import SSL
+
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(INTERMEDIATE_CIPHERS.encode("ascii"))
+
+
 @implementer(IHalfCloseableProtocol)
 class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     """

@@ -111,6 +111,25 @@ class ReloadingTests(unittest.TestCase):
         self.assertFalse(self.factory.reload())
         self.assertEqual(len(self.events), 1)
 
+    def test_newPairKeepsTheProfile(self):
+        """
+        A reloaded pair's context offers what the listener's first one did:
+        TLS 1.2 at least and, on 1.2, Mozilla's intermediate AEAD suites
+        only (a context built by parsing the description again would offer
+        Twisted's defaults, CBC suites among them).
+        """
+        from OpenSSL import SSL
+
+        from primed.tls import INTERMEDIATE_CIPHERS
+
+        self.install(self.pairs.second)
+        self.assertTrue(self.factory.reload())
+        offered = SSL.Connection(self.factory.getContext(), None).get_cipher_list()
+        tls12 = [name for name in offered if not name.startswith("TLS_")]
+        self.assertTrue(tls12)
+        self.assertEqual(set(tls12) - set(INTERMEDIATE_CIPHERS.split(":")), set())
+        self.assertFalse([name for name in offered if "CBC" in name or name.endswith("SHA")])
+
     def test_keyNotMatching(self):
         """
         A new certificate whose key is not there yet keeps the old pair,
