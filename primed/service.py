@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,7 +24,21 @@ from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
+from primed.internals import lookup, require
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
+
+# Twisted's private names used here (L{primed.internals}), set by the
+# endpoints' __init__: looked up on endpoints made for the purpose.  No
+# public path gives them: without them the features are refused.
+_binding = [
+    lookup("twisted.internet.endpoints", f"TCP4ServerEndpoint.{name}", None,
+           TCP4ServerEndpoint(None, 0))
+    for name in ("_interface", "_port", "_backlog")
+]
+_sslContextFactory = lookup(
+    "twisted.internet.endpoints", "SSL4ServerEndpoint._sslContextFactory", None,
+    SSL4ServerEndpoint(None, 0, None))
+_sddaemon = lookup("twisted.internet.endpoints", "_SystemdParser._sddaemon", None)
 
 #: Seconds a stop waits for pending answers before cutting connections.
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -107,10 +121,9 @@ def _inheritedDescriptor(name: str) -> int:
     LISTEN_FDS once, when its endpoints module is imported; ask the same
     record so TCP and UDP agree on what was inherited.
     """
-    from twisted.internet.endpoints import _SystemdParser
-
+    require([_sddaemon], "A UDP socket inherited from systemd (--udp systemd:NAME)")
     try:
-        return _SystemdParser._sddaemon.inheritedNamedDescriptors()[name]
+        return _sddaemon.inheritedNamedDescriptors()[name]
     except KeyError:
         raise ValueError(f"no socket named {name!r} was inherited from systemd")
 
@@ -263,8 +276,9 @@ class PrimedService(service.Service):
             _buildTLSContext(description, tlsContext)
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
             # that drops the answers owed to a client that half-closes.
-            from primed.tls import HalfCloseableTLSFactory
+            from primed.tls import HalfCloseableTLSFactory, requireHalfClose
 
+            requireHalfClose()
             factory = HalfCloseableTLSFactory(tlsContext, self.factory)
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
@@ -433,6 +447,7 @@ def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
     Host, port and backlog of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint, to
     bind a socket of our own.  Twisted's endpoints keep these private.
     """
+    require(_binding, "--reuseport and ssl: listeners")
     try:
         return endpoint._interface, endpoint._port, endpoint._backlog
     except AttributeError:
@@ -464,5 +479,6 @@ def _tlsContext(endpoint):
     The TLS context factory of an C{ssl:} endpoint, or L{None}.
     """
     if isinstance(endpoint, SSL4ServerEndpoint):
+        require([_sslContextFactory], "An ssl: listener")
         return endpoint._sslContextFactory
     return None

@@ -37,6 +37,14 @@ from typing import Any, List
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from primed.internals import lookup
+
+# twistd and twist read the reactor's private _exitSignal once it stops
+# (L{primed.internals}): without it, a stop by signal exits with status 0.
+_exitSignal = lookup(
+    "twisted.internet.base", "ReactorBase._exitSignal",
+    "a stop by signal exits with status 0, not by the signal")
+
 _log = Logger()
 
 #: Signals that start a stop, and end its drain when repeated.

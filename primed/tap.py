@@ -5,13 +5,16 @@ C{twist primed}, in the manner of L{twisted.names.tap}.
 
 import os
 import re
+import select
 import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
-from primed import fdlimit, proxy, sdnotify, signals, wire
+from primed import fdlimit, internals, proxy, sdnotify, signals, wire
+from primed import service as _service
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
@@ -190,18 +193,43 @@ class Options(usage.Options):
             self["udp"] = [UDPAddress.fromString(DEFAULT_UDP)]
         # primed's own reactor, unless twistd --reactor chose one already:
         # options are parsed before anything imports the reactor.
-        try:
+        # Without epoll (not Linux), Twisted's default.  Asked directly:
+        # an ImportError from primed.reactor is a bug, not "no epoll".
+        if hasattr(select, "epoll"):
             from primed.reactor import installDefault
-        except ImportError:  # no epoll on this platform: Twisted's default
-            pass
-        else:
+
             installDefault()
         from twisted.internet import reactor
 
         for description in self["listen"]:
-            _serverEndpoint(reactor, description)  # refuse bad ones now
+            endpoint = _serverEndpoint(reactor, description)  # refuse bad ones now
+            _requirePrivateNames(endpoint, description, self["reuseport"])
+        if any(address.systemdName is not None for address in self["udp"]):
+            try:
+                internals.require([_service._sddaemon], "--udp systemd:NAME")
+            except RuntimeError as e:
+                raise usage.UsageError(str(e))
         if self["metrics"] is not None:
             _serverEndpoint(reactor, self["metrics"], option="--metrics")
+
+
+def _requirePrivateNames(endpoint, description: str, reusePort: bool) -> None:
+    """
+    Refuse, with one line, a listener that needs a private Twisted name
+    this Twisted lacks (L{primed.internals}): TLS, C{--reuseport}.
+    """
+    inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ENDPOINT
+    try:
+        if isinstance(inner, endpoints.SSL4ServerEndpoint):
+            from primed.tls import requireHalfClose
+
+            internals.require([_service._sslContextFactory, *_service._binding],
+                              "An ssl: listener")
+            requireHalfClose()
+        elif reusePort:
+            internals.require(_service._binding, "--reuseport")
+    except RuntimeError as e:
+        raise usage.UsageError(f"--listen {description!r}: {e}")
 
 
 def _runnerName() -> str:
@@ -231,6 +259,9 @@ def _serverEndpoint(reactor, description: str, config=None, option: str = "--lis
         raise usage.UsageError(message)
 
 
+_log = Logger(namespace="primed")
+
+
 def makeService(config, reactor=None):
     """
     Build the primed service from parsed L{Options}: a L{MultiService}
@@ -240,6 +271,9 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    # One warning, at start, naming any private Twisted name primed falls
+    # back from (primed.internals).
+    internals.warnMissing(_log)
     connections, option = config["max-connections"], f"--max-connections {config['max-connections']}"
     if config["metrics"] is not None:
         connections += config["metrics-max-connections"]

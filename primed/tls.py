@@ -29,6 +29,9 @@ L{TLSMemoryBIOFactory} turns into an unhandled error.
 This module overrides one private method of L{TLSMemoryBIOProtocol},
 C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
+Each name is checked at import (L{PRIVATE}): without one, no public path
+keeps the promise, so C{ssl:} listeners are refused with one line naming
+the Twisted primed needs (L{requireHalfClose}).
 """
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
@@ -37,6 +40,34 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from primed.internals import lookup, require
+
+_where = "twisted.protocols.tls"
+
+#: The private names of L{TLSMemoryBIOProtocol} this module uses.
+PRIVATE = [
+    lookup(_where, f"TLSMemoryBIOProtocol.{name}", None)
+    for name in ("_flushReceiveBIO", "_flushSendBIO", "_shutdownTLS", "_tlsShutdownFinished",
+                 "_handshakeDone", "_lostTLSConnection", "_aborted")
+]
+# Set when the connection is made: looked for among the names
+# makeConnection assigns.
+if "_tlsConnection" not in getattr(
+    getattr(TLSMemoryBIOProtocol.makeConnection, "__code__", None), "co_names", ()
+):
+    PRIVATE.append(lookup(_where, "TLSMemoryBIOProtocol._tlsConnection", None, None))
+
+
+def requireHalfClose() -> None:
+    """
+    Refuse TLS listeners, with one line, unless Twisted has every private
+    name L{HalfCloseableTLSProtocol} needs.
+
+    @raise RuntimeError: naming what is missing.
+    """
+    require(PRIVATE, "A TLS listener (ssl:), answering clients that half-close,")
+
 
 
 @implementer(IHalfCloseableProtocol)
