@@ -32,7 +32,12 @@ Scenarios:
   e  like (a), but 1 request in 20 is a 1000-digit prime; p99 is the small
      requests' (the ceiling answers those at once, so only latency matters)
 
-Small requests are 20-digit numbers below 2**64, one in four of them prime.
+Small requests come from one of two mixes (C{--mix}), both 64-bit numbers:
+C{quarter} (the default), 20-digit numbers below 2**64, one in four of them
+prime (primes are the costly case: a full check where most composites fall
+to a small factor); C{odd64}, uniformly random odd numbers of 64 bits
+(2**63 to 2**64), about one in 22 prime, what a client asking about
+arbitrary numbers sends.  Say which mix a figure comes from.
 
 With C{--processes N} it also runs scenario (b) against N primed processes
 sharing one port (C{--reuseport}) and N ceilings likewise, next to one of
@@ -108,16 +113,27 @@ SCENARIOS = {
 WARMUP = 1.0
 
 
-def makeRequests(seed=8, count=4096, bigCount=2):
+#: The small requests' mixes (C{--mix}); see the module's docstring.
+MIXES = ("quarter", "odd64")
+
+
+def makeRequests(seed=8, count=4096, bigCount=2, mix="quarter"):
     """
-    The request pool: C{count} 20-digit numbers below 2**64, one in four
-    prime, and C{bigCount} 1000-digit primes (about 1.5 s each to find).
+    The request pool: C{count} small numbers of the C{mix} (C{"quarter"}:
+    20-digit numbers below 2**64, one in four prime; C{"odd64"}: uniformly
+    random odd numbers from 2**63 to 2**64), and C{bigCount} 1000-digit
+    primes (about 1.5 s each to find).
     """
     import gmpy2
 
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}")
     rng = random.Random(seed)
     small = []
     while len(small) < count:
+        if mix == "odd64":
+            small.append(rng.randrange(2**63, 2**64) | 1)
+            continue
         n = rng.randrange(10**19, 2**64)
         if len(small) % 4 == 0:
             n = int(gmpy2.next_prime(n))
@@ -459,6 +475,10 @@ def main(argv=None):
     )
     parser.add_argument("--scenarios", default="abcde", help="which scenarios (abcde)")
     parser.add_argument(
+        "--mix", choices=MIXES, default="quarter",
+        help="the small requests: quarter (one in four prime) or odd64 (random odd 64-bit)",
+    )
+    parser.add_argument(
         "--generators", type=int, default=1, help="load-generator processes (1)"
     )
     parser.add_argument(
@@ -502,8 +522,8 @@ def main(argv=None):
     def log(text):
         print(text, file=sys.stderr, flush=True)
 
-    log("preparing requests ...")
-    requests = makeRequests()
+    log(f"preparing requests ({args.mix} mix) ...")
+    requests = makeRequests(mix=args.mix)
     if args.metrics:
         try:
             from benchmarks import _metricscost
@@ -545,7 +565,7 @@ def main(argv=None):
         output["main"] = table
         cores = multiprocessing.cpu_count()
         print(f"\nmachine: {cores} cores; {args.duration:g} s per run, best of "
-              f"{args.repeat}; {args.generators} generator process(es)\n")
+              f"{args.repeat}; {args.generators} generator process(es); {args.mix} mix\n")
         if against == ["ceiling"]:
             print(formatTable(table, scenarios))
         else:

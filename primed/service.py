@@ -122,8 +122,10 @@ def _inheritedDescriptor(name: str) -> int:
     record so TCP and UDP agree on what was inherited.
     """
     require([_sddaemon], "A UDP socket inherited from systemd (--udp systemd:NAME)")
+    from twisted.internet.endpoints import _SystemdParser
+
     try:
-        return _sddaemon.inheritedNamedDescriptors()[name]
+        return _SystemdParser._sddaemon.inheritedNamedDescriptors()[name]
     except KeyError:
         raise ValueError(f"no socket named {name!r} was inherited from systemd")
 
