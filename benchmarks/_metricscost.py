@@ -13,10 +13,10 @@ import urllib.request
 
 try:
     from benchmarks import _servers
-    from benchmarks.load import _cpuRatio, _us, best, leanest, measure
+    from benchmarks._measure import _cpuRatio, _us, best, leanest, measure
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import _servers
-    from load import _cpuRatio, _us, best, leanest, measure
+    from _measure import _cpuRatio, _us, best, leanest, measure
 
 _METRICS = re.compile(rb"Serving metrics on (http://[0-9.]+:\d+/metrics)")
 

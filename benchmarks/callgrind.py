@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _servers  # noqa: E402
-import load  # noqa: E402
+import _measure  # noqa: E402
 
 #: Seconds the generator runs before the window: connect and warm up.
 WARMUP = 8.0
@@ -79,7 +79,7 @@ def measure(server, scenario, requests, duration, outDir):
     port = server.udpPort if scenario.kind == "udp" else server.tcpPort
     ours, theirs = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=load._worker,
+        target=_measure._worker,
         args=(theirs, scenario, port, scenario.connections, requests, startAt, endAt),
         daemon=True,
     )
@@ -115,7 +115,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     outDir = args.keep or tempfile.mkdtemp(prefix="primed-callgrind-")
     os.makedirs(outDir, exist_ok=True)
-    requests = load.makeRequests()
+    requests = _measure.makeRequests()
     _servers.Server._spawn = _valgrindSpawn(outDir)
     waitFor = _servers.Server._waitFor
     _servers.Server._waitFor = lambda self, proc, log, patterns, timeout=30.0: waitFor(
@@ -129,7 +129,7 @@ def main(argv=None):
         server = _servers.startPeer(args.server)
     try:
         for key in args.scenarios:
-            scenario = load.SCENARIOS[key]
+            scenario = _measure.SCENARIOS[key]
             replies, instructions = measure(server, scenario, requests, args.duration, outDir)
             print(f"({key}) {args.server}: {replies} replies, "
                   f"{instructions / max(1, replies):,.0f} instructions per request",

@@ -34,7 +34,7 @@ def rounds(count, perRead, raw):
     from primed.tcpfactory import PrimeLineFactory
 
     sys.path.insert(0, HERE)
-    from load import makeRequests
+    from _measure import makeRequests
 
     requests = makeRequests(bigCount=0)
     factory = PrimeLineFactory(PrimeChecker(None, None), reactor)

@@ -34,7 +34,7 @@ def rounds(count, perRead, raw):
     from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
     sys.path.insert(0, HERE)
-    from load import makeRequests
+    from _measure import makeRequests
 
     class Clock:
         def seconds(self):

@@ -42,11 +42,11 @@ import time
 
 try:
     from benchmarks import _loadgen, _servers
-    from benchmarks.load import makeRequests
+    from benchmarks._measure import makeRequests
 except ImportError:
     import _loadgen
     import _servers
-    from load import makeRequests
+    from _measure import makeRequests
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -1,6 +1,6 @@
 """
 One JSON object per log line on standard output, for journald, Loki or
-Elasticsearch:
+Elasticsearch::
 
     twistd -n --logger primed.jsonlog.observer primed ...
 

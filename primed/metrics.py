@@ -211,8 +211,8 @@ _NOT_FOUND = pages.notFound("Not Found", "Only /metrics and /healthz are here.")
 class _Page(resource.Resource):
     """
     A leaf answering GET and HEAD (twisted.web answers HEAD with GET's
-    headers and no body), any other method with 405; anything below it is
-    404.
+    headers and no body), any other method with 405; anything below it
+    is 404.
     """
 
     isLeaf = True

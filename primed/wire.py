@@ -3,7 +3,7 @@ The primed wire format, in one place, shared by TCP, UDP and the client.
 
 A request is one line of ASCII: optional blanks (space or tab), an optional
 single sign, one or more digits 0-9, optional blanks.  The reply is one
-verdict byte followed by a newline:
+verdict byte followed by a newline::
 
     T  the number is prime
     F  the number is not prime (0, 1 and every negative number included)

@@ -83,14 +83,14 @@ def mutate(module, tests, cache=None):
     else:
         work = tempfile.mkdtemp(prefix=f"primed-mutate-{module.replace('/', '.')}-")
     try:
-        for name in ("primed", "tests", "twisted"):
+        for name in ("primed", "tests", "twisted", "docs"):
             shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             shutil.copytree(
                 os.path.join(ROOT, name),
                 os.path.join(work, name),
                 ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"),
             )
-        for name in ("setup.cfg", "README.rst"):  # some tests check README's figures
+        for name in ("setup.cfg", "README.rst"):  # some tests check the docs' figures
             shutil.copy(os.path.join(ROOT, name), work)
         python = sys.executable
         # mutmut 2 takes any exit status but 1 for a pass: a mutant that

@@ -333,7 +333,7 @@ def askUDP(port: int, payload: bytes, timeout: float = 5.0, host: str = "127.0.0
 
 def makeCertificates(directory: str) -> dict:
     """
-    With C{openssl}, as the README shows: a CA (C{ca.pem}), a server key
+    With C{openssl}, as docs/operating/tls.rst shows: a CA (C{ca.pem}), a server key
     and certificate it signs for C{localhost}, 127.0.0.1 and ::1
     (C{key.pem}, C{cert.pem}), a second CA that signed nothing primed
     serves (C{other-ca.pem}), and a directory holding the first CA alone,

@@ -14,7 +14,7 @@ from primed.client.base import _request, describeError
 
 class DefaultsTests(unittest.TestCase):
     """
-    The defaults README.rst and C{primed-client --help} document.
+    The defaults docs/client.rst and C{primed-client --help} document.
     """
 
     def test_server(self):

@@ -173,7 +173,7 @@ class AgainstDaemonTests(SharedDaemonTestCase):
         """
         Over UDP an input too long for a datagram (70 000 digits, from the
         arguments or standard input) is answered invalid and echoed as its
-        first 40 bytes and an ellipsis, as the README says.
+        first 40 bytes and an ellipsis, as docs/client.rst says.
         """
         big = "9" * 70000
         expected = "17\tprime\n" + "9" * 40 + "\N{HORIZONTAL ELLIPSIS}\tinvalid\n18\tnot prime\n"

@@ -114,12 +114,12 @@ class OptionsTests(unittest.TestCase):
 
     def test_documentedWindow(self):
         """
-        README: "at most 256 requests in flight" over TCP.
+        docs/client.rst: "at most 256 requests in flight" over TCP.
         """
         import os
 
         readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "README.rst")
+                              "docs", "client.rst")
         with open(readme) as f:
             text = " ".join(f.read().split())
         self.assertIn("(at most %d requests in flight)" % clientcmd.TCP_WINDOW, text)
@@ -527,7 +527,7 @@ class RunCommandTests(unittest.TestCase):
     def test_udpTooLongEchoedShortened(self):
         """
         Over UDP an input too long for a datagram is answered invalid and
-        echoed as its first 40 bytes and an ellipsis, as the README says
+        echoed as its first 40 bytes and an ellipsis, as docs/client.rst says
         and as an over-long line is over TCP.
         """
         big = "9" * 70000

@@ -335,7 +335,7 @@ class StdinReaderTests(unittest.TestCase):
 
     def test_documentedLimit(self):
         """
-        README: "An input line over 1 MiB" is answered invalid unsent; one
+        docs/client.rst: "An input line over 1 MiB" is answered invalid unsent; one
         of exactly 1 MiB is sent as it is.
         """
         mib = 1 << 20

@@ -1,5 +1,5 @@
 """
-End to end, every listen form the README names, against the installed
+End to end, every listen form docs/operating/options.rst names, against the installed
 daemon: C{ssl:} (a CA and certificate made here with C{openssl}, probed with
 C{openssl s_client} and C{primed-client}) next to a plain listener,
 C{tcp6:} and UDP on ::1, and C{unix:} with C{nc -U}.  C{systemd:} and

@@ -153,11 +153,10 @@ class Prometheus:
 
 def readmeQueries():
     """
-    The PromQL queries README.rst's "Monitoring" section shows.
+    The PromQL queries docs/operating/monitoring.rst shows.
     """
-    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("\nMonitoring\n==========\n", 1)[1].split("\nDependencies\n", 1)[0]
+    with open(os.path.join(ROOT, "docs", "operating", "monitoring.rst"), encoding="utf-8") as f:
+        section = f.read()
     queries = re.findall(r"``([^`]*\brate\([^`]*)``", section)
     assert len(queries) == 3, queries
     return queries

@@ -1,7 +1,7 @@
 """
 End to end, how the installed daemon stops: C{--drain-timeout} bounds a stop
 whatever is still running in the pool, and the stop signals (SIGTERM,
-SIGINT, SIGHUP; a second one during a drain) do what the README says.
+SIGINT, SIGHUP; a second one during a drain) do what docs/operating/signals.rst says.
 
 The work is sized so that what is tested does not depend on the machine:
 a single check of 2**86243 - 1 (25 962 digits) takes minutes here, dozens of

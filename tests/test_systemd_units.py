@@ -268,8 +268,8 @@ class ContentTests(unittest.TestCase):
 
     def test_defaults(self):
         """
-        The plain service spells out the daemon's defaults (those of the
-        README), so an operator sees where it listens.
+        The plain service spells out the daemon's defaults (those of
+        docs/operating/options.rst), so an operator sees where it listens.
         """
         from primed.tap import DEFAULT_LISTEN, DEFAULT_UDP
 

@@ -53,7 +53,7 @@ class ParseRequestTests(unittest.TestCase):
         as a stream receiver would have refused it before it was complete.
         """
         limit = wire.maxLineLength(10)
-        self.assertEqual(limit, 10 + 64)  # README: --max-digits plus 64 bytes
+        self.assertEqual(limit, 10 + 64)  # docs/protocol.rst: --max-digits plus 64 bytes
         self.assertEqual(parseRequest(b" " * (limit - 1) + b"7", maxDigits=10), 7)
         self.assertIsNone(parseRequest(b" " * limit + b"7", maxDigits=10))
 
