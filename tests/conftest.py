@@ -15,6 +15,7 @@ import pytest
 _E2E_MODULES = {
     "test_client_cli.py",  # primed-client and twistd as subprocesses, at length
     "test_contrib_balancers.py",  # nginx, HAProxy
+    "test_docs.py",  # Sphinx (which needs Python 3.11) and man
     "test_netns.py",  # network namespaces: root
     "test_systemd_units.py",  # systemd-analyze
 }
