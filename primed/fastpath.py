@@ -37,14 +37,17 @@ def _probe(make: Callable[[], Any]) -> Any:
         return None
 
 
+#: Stands for the reactor a transport is made with, which these never use.
+_NO_REACTOR: Any = object()
+
 _tempDataLen = lookup(
     "twisted.internet.abstract", "FileDescriptor._tempDataLen",
     "TCP replies wait for a reactor turn (transport.write)",
-    _probe(lambda: abstract.FileDescriptor(reactor=object())))
+    _probe(lambda: abstract.FileDescriptor(reactor=_NO_REACTOR)))
 _connectedAddr = lookup(
     "twisted.internet.udp", "Port._connectedAddr",
     "UDP replies go through transport.write",
-    _probe(lambda: udp.Port(0, None, reactor=object())))
+    _probe(lambda: udp.Port(0, None, reactor=_NO_REACTOR)))
 
 #: Whether the private attributes are there (tests turn these off).
 STREAM = present(_tempDataLen)

@@ -24,7 +24,7 @@ environment C{newest} runs the suite on Twisted's next release.
 """
 
 from importlib import import_module
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 __all__ = ["TESTED", "lookup", "present", "missing", "warnMissing", "require"]
 
@@ -34,7 +34,7 @@ TESTED = "Twisted 26.4 to 26.10"
 
 #: Missing names, in the order found: (dotted name, what primed does
 #: instead, or None where the feature is refused).
-_missing: Dict[str, Optional[str]] = {}
+_missing: dict[str, Optional[str]] = {}
 
 
 class _Missing:
@@ -89,7 +89,7 @@ def present(*found: Any) -> bool:
     return not any(isinstance(value, _Missing) for value in found)
 
 
-def missing() -> List[Tuple[str, Optional[str]]]:
+def missing() -> list[tuple[str, Optional[str]]]:
     """
     Every missing name so far, with what primed does instead.
     """

@@ -243,15 +243,17 @@ class PrimedReactor(EPollReactor):
             lookup(where, name, "the reactor dispatches every event with Twisted's doPoll", self)
             for name in ("_poller", "_selectables")
         ]
+        # (setattr: an instance attribute hiding the method, on purpose.)
         if not present(*poll, _doReadOrWrite, _disconnectSelectable):
-            self.doPoll = self.doIteration = EPollReactor.doPoll.__get__(self)
+            setattr(self, "doPoll", EPollReactor.doPoll.__get__(self))
+            setattr(self, "doIteration", self.doPoll)
         loop = [
             lookup(where, name, "the reactor runs Twisted's main loop", self)
             for name in ("_started", "_justStopped", "_pendingTimedCalls",
                          "_newTimedCalls", "_cancellations")
         ]
         if not present(*loop, _topHandler):
-            self.mainLoop = EPollReactor.mainLoop.__get__(self)
+            setattr(self, "mainLoop", EPollReactor.mainLoop.__get__(self))
 
     def doPoll(self, timeout):
         """

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import tempfile
 
+from support import makeCertificates
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial import unittest
 
 from primed import fastpath, internals
-from support import makeCertificates
 
 # The child: delete the names given as MODULE:ATTR.PATH (MODULE:CLASS().ATTR:
 # an attribute its __init__ sets) while primed's modules are imported, then
@@ -139,8 +139,8 @@ class LookupTests(unittest.TestCase):
 
     def test_missing(self):
         gone = internals.lookup("twisted.internet.base", "ReactorBase._noSuchName", "it falls back")
-        noModule = internals.lookup("twisted.noSuchModule", "x", None)
-        onInstance = internals.lookup("m", "C._attr", "instead", object())
+        internals.lookup("twisted.noSuchModule", "x", None)
+        internals.lookup("m", "C._attr", "instead", object())
         self.assertFalse(gone)
         self.assertFalse(internals.present(1, gone))
         self.assertEqual(
