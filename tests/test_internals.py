@@ -139,10 +139,12 @@ class LookupTests(unittest.TestCase):
 
     def test_missing(self):
         gone = internals.lookup("twisted.internet.base", "ReactorBase._noSuchName", "it falls back")
-        internals.lookup("twisted.noSuchModule", "x", None)
-        internals.lookup("m", "C._attr", "instead", object())
-        self.assertFalse(gone)
+        noModule = internals.lookup("twisted.noSuchModule", "x", None)
+        onInstance = internals.lookup("m", "C._attr", "instead", object())
+        self.assertFalse(gone or noModule or onInstance)
         self.assertFalse(internals.present(1, gone))
+        self.assertFalse(internals.present(noModule))
+        self.assertFalse(internals.present(onInstance))
         self.assertEqual(
             internals.missing(),
             [("twisted.internet.base.ReactorBase._noSuchName", "it falls back"),
