@@ -243,17 +243,17 @@ class PrimedReactor(EPollReactor):
             lookup(where, name, "the reactor dispatches every event with Twisted's doPoll", self)
             for name in ("_poller", "_selectables")
         ]
-        # (setattr: an instance attribute hiding the method, on purpose.)
+        # (Instance attributes hiding the methods, on purpose.)
         if not present(*poll, _doReadOrWrite, _disconnectSelectable):
-            setattr(self, "doPoll", EPollReactor.doPoll.__get__(self))
-            setattr(self, "doIteration", self.doPoll)
+            self.doPoll = EPollReactor.doPoll.__get__(self)  # type: ignore[method-assign]
+            self.doIteration = self.doPoll  # type: ignore[method-assign]
         loop = [
             lookup(where, name, "the reactor runs Twisted's main loop", self)
             for name in ("_started", "_justStopped", "_pendingTimedCalls",
                          "_newTimedCalls", "_cancellations")
         ]
         if not present(*loop, _topHandler):
-            setattr(self, "mainLoop", EPollReactor.mainLoop.__get__(self))
+            self.mainLoop = EPollReactor.mainLoop.__get__(self)  # type: ignore[method-assign]
 
     def doPoll(self, timeout):
         """
