@@ -13,14 +13,22 @@ C{primed-client} figure is wall-clock time for the literal shell pipeline
 C{seq 1 N | primed-client --port P}, process start-up included; start-up
 alone (C{primed-client < /dev/null}) is shown too.
 
+C{--progress} also times the same pipeline with the progress line drawn
+(C{--progress}, standard error a pipe) and with it off (C{--no-progress}),
+and C{--baseline CLIENT} another build's C{primed-client} (a venv of an
+earlier commit): the runs interleave, so a busy machine slows them all
+alike, and the table gives each median's ratio to the first.
+
 Usage::
 
     python benchmarks/client.py [--count 100000] [--seed-count 2000]
                                 [--repeat 3] [--port PORT]
+                                [--progress] [--baseline CLIENT]
 """
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -54,11 +62,12 @@ def seedStyle(port, numbers):
     return time.perf_counter() - started, replies
 
 
-def primedClient(port, count, outPath):
+def primedClient(port, count, outPath, client=None, extra=""):
     """
     Time C{seq 1 count | primed-client --port port > outPath}.
     """
-    command = " ".join(clientCommand()) + f" --port {port} > {outPath}"
+    client = " ".join(clientCommand()) if client is None else client
+    command = f"{client} --port {port} {extra} > {outPath}"
     if shutil.which("seq"):
         argv, stdin = ["sh", "-c", f"seq 1 {count} | {command}"], None
     else:
@@ -70,6 +79,11 @@ def primedClient(port, count, outPath):
     if result.returncode != 0:
         raise SystemExit(f"primed-client failed: {result.stderr.decode()}")
     return seconds
+
+
+def cpuOfChildren():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def startup(port):
@@ -89,7 +103,12 @@ def main():
     parser.add_argument("--seed-count", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--port", type=int, help="an already running primed")
+    parser.add_argument("--progress", action="store_true",
+                        help="compare runs with and without the progress line")
+    parser.add_argument("--baseline", help="another primed-client to compare with")
     args = parser.parse_args()
+    if args.progress or args.baseline:
+        return compare(args)
 
     server = None
     port = args.port
@@ -135,6 +154,52 @@ def main():
         f"{args.count / seedRate:>8.2f} {seedRate:>10.0f}"
     )
     print(f"\nprimed-client is {args.count / client / seedRate:.1f}x the seed style")
+
+
+def compare(args):
+    """
+    The bulk pipeline in each variant, interleaved, C{--repeat} times.
+    """
+    variants = [("primed-client --no-progress", None, "--no-progress")]
+    if args.progress:
+        variants.append(("primed-client --progress (drawn)", None, "--progress"))
+    if args.baseline:
+        variants.append((f"baseline {args.baseline}", args.baseline, ""))
+    server = None
+    port = args.port
+    if port is None:
+        server = startPrimed()
+        port = server.tcpPort
+    times = {name: [] for name, _, _ in variants}
+    cpu = {name: [] for name, _, _ in variants}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            outPath = os.path.join(tmp, "out")
+            for _ in range(args.repeat):
+                for name, client, extra in variants:
+                    before = cpuOfChildren()
+                    times[name].append(primedClient(port, args.count, outPath, client, extra))
+                    cpu[name].append(cpuOfChildren() - before)
+                    with open(outPath, "rb") as f:
+                        if f.read().count(b"\n") != args.count:
+                            raise SystemExit(f"{name} did not answer every number")
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"primed on 127.0.0.1:{port}; seq 1 {args.count} | CLIENT > file;"
+          f" {args.repeat} interleaved runs each\n")
+    # CPU seconds (the client, seq and sh: user + system) suffer less than
+    # wall-clock time from other work on the machine.
+    print(f"{'client':<46} {'median s':>9} {'min s':>7} {'numbers/s':>10} {'ratio':>6}"
+          f" {'CPU s':>7} {'ratio':>6}")
+    first = statistics.median(times[variants[0][0]])
+    firstCPU = statistics.median(cpu[variants[0][0]])
+    for name, _, _ in variants:
+        median = statistics.median(times[name])
+        medianCPU = statistics.median(cpu[name])
+        print(f"{name:<46} {median:>9.3f} {min(times[name]):>7.3f} "
+              f"{args.count / median:>10.0f} {median / first:>6.3f}"
+              f" {medianCPU:>7.3f} {medianCPU / firstCPU:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ C{benchmarks/peers/} (every peer first has to give primed's reply to a set
 of edge-case requests), and one table per scenario gives each server's
 requests/s, CPU time per request, C{cpu ratio} (the peer's CPU per request
 over primed's: at least 1 means primed is the more efficient) and p50/p99.
+C{--against baseline --baseline-python PYTHON} measures primed against
+that interpreter's primed alone (another commit's), no peer: its C{cpu
+ratio} is the cost of the change, side by side in one run.
 
 Every process started here is stopped before exit, whatever happens.
 """
@@ -256,8 +259,11 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     against = list(PEERS) if args.against == "all" else args.against.split(",")
-    if set(against) - set(PEERS) - set(VARIANTS) or not against:
-        parser.error(f"--against: choose from all, {', '.join([*PEERS, *VARIANTS])}")
+    if set(against) - set(PEERS) - set(VARIANTS) - {"baseline"} or not against:
+        parser.error(f"--against: choose from all, baseline, "
+                     f"{', '.join([*PEERS, *VARIANTS])}")
+    if "baseline" in against and not args.baseline_python:
+        parser.error("--against baseline needs --baseline-python")
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {''.join(sorted(unknown))}")
@@ -288,6 +294,8 @@ def main(argv=None):
         servers.append(_servers.startPrimed(extra=args.primed_arg))
         if against != ["ceiling"]:
             for name in against:
+                if name == "baseline":
+                    continue  # started below
                 if name == "ceiling":
                     peer = _servers.startCeiling()
                 elif name in VARIANTS:

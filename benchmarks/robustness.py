@@ -6,6 +6,7 @@ saturated, idle connections, over-long input, and a graceful stop.
     python benchmarks/robustness.py [--hog-seconds 8] [--saturate-seconds 6]
                                     [--idle-connections 1000]
                                     [--hogs 50] [--scenarios ABHSILD]
+                                    [--baseline-python PYTHON]
 
 Every scenario starts its own C{twistd -n -l - --pidfile= primed --listen
 tcp:0:interface=127.0.0.1 --udp 127.0.0.1:0} (options added per scenario
@@ -34,6 +35,15 @@ Scenarios:
   D  drain: big primes plus a pipeline of small requests, SIGTERM, time to
      exit, replies received; then the same with --drain-timeout 1 cutting
      the work off (the log line with the count is printed)
+  V  the pool's fairness over TCP (issue 21): a victim's 1332-digit prime
+     alone and while a neighbour keeps 40 3376-digit primes queued
+  R  a neighbour pipelines 40 3376-digit primes and resets after 1 s; the
+     victim's 969-digit prime then, and the CPU spent afterwards
+  U  the same fairness over UDP: a neighbour floods, the victim retries
+     every 2 s
+  (V, R and U: see benchmarks/_fairness.py; with --baseline-python they
+  also run against that interpreter's primed, e.g. a virtualenv of an
+  older commit, for the figures before the change.  Not run by default.)
 
 Latency is measured from the request's send to its reply's last byte, one
 request in flight at a time, a probe every 10 ms.  RSS is sampled every
@@ -54,8 +64,9 @@ import threading
 import time
 
 try:
-    from benchmarks import _servers
+    from benchmarks import _fairness, _servers
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    import _fairness
     import _servers
 
 HOST = "127.0.0.1"
@@ -629,6 +640,9 @@ SCENARIOS = {
     "I": scenarioI,
     "L": scenarioL,
     "D": scenarioD,
+    "V": lambda table, args: _fairness.scenarioV(table, args, Primed),
+    "R": lambda table, args: _fairness.scenarioR(table, args, Primed),
+    "U": lambda table, args: _fairness.scenarioU(table, args, Primed),
 }
 
 
@@ -645,7 +659,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="pool threads for S and D (the daemon's default: cores)")
     parser.add_argument("--hogs", type=int, default=50, help="hogs in scenario H (50)")
-    parser.add_argument("--scenarios", default="ABHSILD", help="which to run (ABHSILD)")
+    parser.add_argument("--scenarios", default="ABHSILD",
+                        help="which to run (ABHSILD; also V, R, U)")
+    parser.add_argument("--baseline-python", default=None,
+                        help="for V, R and U: also run that interpreter's primed")
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

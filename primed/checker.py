@@ -1,30 +1,36 @@
 """
 Where a primality check runs: inline in the reactor thread when it is cheap,
-in a dedicated thread pool when it is not, with a global bound on the work
-waiting for that pool.
+in a dedicated thread pool when it is not, through a fair queue
+(L{primed.fairqueue}) that bounds the work waiting for that pool.
 
 Inline checks cost a few microseconds; a Deferred and two thread hops cost
 more than that, so only numbers above L{primed.primality.INLINE_MAX_BITS} bits
-go to the pool.  The bound keeps memory and latency finite when clients send
+go to the pool.  The bounds keep memory and latency finite when clients send
 big numbers faster than the pool can check them: TCP connections wait (they
-stop reading) until there is room, UDP requests are dropped.
+stop reading) until there is room, UDP requests are dropped.  The pool itself
+is handed one check per thread at a time; the fair queue decides which runs
+next (round-robin by source, then by connection), holds each source to its
+quota, and drops the waiting checks of a connection that is lost.
 """
 
-from collections import deque
 from functools import partial
 from threading import Thread
 from time import perf_counter
-from typing import Callable, Deque
+from typing import Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from primed.counters import CheckTimes
+from primed.fairqueue import FairQueue, JobCancelled
 from primed.primality import INLINE_MAX_BITS, is_prime, is_prime_releasing_gil
 
 #: Pool checks that may be running or waiting at once, over all clients.
 DEFAULT_MAX_QUEUED = 64
+
+#: What a check dropped before it ran, its connection lost, fails with.
+CheckCancelled = JobCancelled
 
 
 class CheckPool(ThreadPool):
@@ -60,9 +66,10 @@ class CheckAbandoned(Exception):
 
 class PrimeChecker:
     """
-    Run primality checks inline or in C{threadpool}, bounded by C{maxQueued}.
+    Run primality checks inline or in C{threadpool}, through a
+    L{FairQueue} bounded by C{maxQueued} and C{maxQueuedPerSource}.
 
-    @ivar queued: checks handed to the pool and not finished yet.
+    @ivar queue: the L{FairQueue} in front of the pool.
     @ivar checkTimes: how long each pool check ran (waiting not included).
     """
 
@@ -72,22 +79,48 @@ class PrimeChecker:
         threadpool,
         maxQueued: int = DEFAULT_MAX_QUEUED,
         inlineMaxBits: int = INLINE_MAX_BITS,
+        maxQueuedPerSource: int = 0,
+        concurrency: Optional[int] = None,
     ):
         """
         @param reactor: provides C{callFromThread}; the pool's results are
             delivered in its thread.
         @param threadpool: provides C{callInThreadWithCallback}, usually a
             L{twisted.python.threadpool.ThreadPool} the caller owns.
+        @param maxQueuedPerSource: checks one source may have running or
+            waiting; 0 for a quarter of C{maxQueued}.
+        @param concurrency: checks handed to C{threadpool} at once; by
+            default its C{max} (one per thread), or C{maxQueued} for a pool
+            without one.
         """
         self.reactor = reactor
         self.threadpool = threadpool
-        self.maxQueued = maxQueued
         self.inlineMaxBits = inlineMaxBits
-        self.queued = 0
         self.checkTimes = CheckTimes()
         self.abandoned = False
-        self._roomWaiters: Deque[Callable[[], None]] = deque()
-        self._idleWaiters: list = []
+        if concurrency is None:
+            concurrency = getattr(threadpool, "max", None) or maxQueued
+        self.queue = FairQueue(self._start, concurrency, maxQueued, maxQueuedPerSource)
+        self.hasRoom = self.queue.hasRoom
+        self.notifyRoom = self.queue.notifyRoom
+        self.cancelRoomWaiter = self.queue.cancelRoomWaiter
+        self.cancel = self.queue.cancel
+        self.whenIdle = self.queue.whenIdle
+
+    @property
+    def queued(self) -> int:
+        """
+        Checks running or waiting for a thread, over all sources.
+        """
+        return self.queue.queued
+
+    @property
+    def maxQueued(self) -> int:
+        return self.queue.maxQueued
+
+    @property
+    def maxQueuedPerSource(self) -> int:
+        return self.queue.perSource
 
     def isInline(self, number: int) -> bool:
         """
@@ -97,25 +130,21 @@ class PrimeChecker:
 
     checkInline = staticmethod(is_prime)
 
-    def hasRoom(self) -> bool:
+    def submit(self, number: int, source=None, connection=None) -> Deferred:
         """
-        Whether L{submit} may be called now without exceeding the bound.
-        """
-        return self.queued < self.maxQueued
-
-    def submit(self, number: int) -> Deferred:
-        """
-        Check C{number} in the pool.  Callers check L{hasRoom} first: the
-        bound is theirs to honour because only they know whether to wait or to
-        drop.
+        Check C{number} in the pool, in C{source}'s and C{connection}'s
+        turn (L{FairQueue.submit}).  Callers check C{hasRoom(source)} first:
+        the bound is theirs to honour because only they know whether to
+        wait or to drop.
 
         @return: a L{Deferred} firing with C{True} or C{False} in the reactor
-            thread.
+            thread, or failing with L{CheckCancelled} if C{cancel(connection)}
+            dropped it before it ran.
         """
-        self.queued += 1
-        d = deferToThreadPool(self.reactor, self.threadpool, self._check, number)
-        d.addBoth(self._finished)
-        return d
+        return self.queue.submit(source, connection, number)
+
+    def _start(self, number: int) -> Deferred:
+        return deferToThreadPool(self.reactor, self.threadpool, self._check, number)
 
     def _check(self, number: int) -> bool:
         """
@@ -133,45 +162,7 @@ class PrimeChecker:
         """
         Let no waiting check start: those not running yet fail at once with
         L{CheckAbandoned}, so stopping the pool waits only for the checks
-        already running (L{ThreadPool.stop} runs every queued task first).
+        already running.
         """
         self.abandoned = True
-
-    def notifyRoom(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback} once, when L{submit} has room again.  Waiters are
-        served first come, first served, so no connection starves.
-        """
-        self._roomWaiters.append(callback)
-
-    def cancelRoomWaiter(self, callback: Callable[[], None]) -> None:
-        """
-        Forget a waiter registered with L{notifyRoom}, if it is still waiting.
-        """
-        try:
-            self._roomWaiters.remove(callback)
-        except ValueError:
-            pass
-
-    def whenIdle(self) -> Deferred:
-        """
-        @return: a L{Deferred} that fires once no pool check is running or
-            waiting, so a stop can wait for results nobody will read.
-        """
-        d = Deferred()
-        if self.queued == 0:
-            d.callback(None)
-        else:
-            self._idleWaiters.append(d)
-        return d
-
-    def _finished(self, result):
-        self.queued -= 1
-        waiters = self._roomWaiters
-        while waiters and self.hasRoom():
-            waiters.popleft()()
-        if self.queued == 0 and self._idleWaiters:
-            idle, self._idleWaiters = self._idleWaiters, []
-            for d in idle:
-                d.callback(None)
-        return result
+        self.queue.cancelAll(CheckAbandoned())

@@ -49,6 +49,10 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tcpSourceQuota",
+        "udpSourceQuota",
+        "poolDiscarded",
+        "tlsPlainTextClosed",
     )
 
     def __init__(self):

@@ -16,9 +16,13 @@ L{twisted.internet.udp.Port} that have been stable for many years, checked
 here at import (L{primed.internals}: without them, the plain transport's
 write and one warning at start), and fall back to the plain transport for
 anything else (TLS, StringTransport, …).
+
+Beside them, L{resetProbe}: whether the peer of a connection that is not
+reading has reset it, read from its socket without a reactor turn either.
 """
 
 import os
+import socket
 from typing import Any, Callable
 
 from twisted.internet import abstract, tcp, udp
@@ -105,3 +109,43 @@ def datagramWriter(transport) -> Callable[[bytes, tuple], None]:
     if not DATAGRAM or not isinstance(transport, udp.Port) or transport._connectedAddr:
         return transport.write
     return transport.socket.sendto
+
+
+def resetProbe(transport) -> Callable[[], bool]:
+    """
+    A C{reset()} for C{transport}: whether the socket under it holds a
+    pending error, such as a reset by the peer.  A connection that is not
+    reading (paused) is not watched by the reactor, so nothing else would
+    notice until its next write.  A half-close (FIN) is no error.  Through
+    TLS too (whose C{getHandle} is its OpenSSL connection: the socket is
+    under its transport); for a transport with no socket (a test's), never.
+    """
+    sock = socketOf(transport)
+    if sock is None:
+        return lambda: False
+    getsockopt = sock.getsockopt
+
+    def reset() -> bool:
+        try:
+            return getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        except OSError:
+            return True  # closed under us
+
+    return reset
+
+
+def socketOf(transport):
+    """
+    The socket under C{transport}, or L{None}: its own handle (ISystemHandle),
+    or that of the transport it wraps (TLS).
+    """
+    for _ in range(4):
+        getHandle = getattr(transport, "getHandle", None)
+        if getHandle is not None:
+            handle = getHandle()
+            if isinstance(handle, socket.socket):
+                return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return None

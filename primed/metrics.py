@@ -108,7 +108,8 @@ class PrimedCollector:
 
         yield CounterMetricFamily(
             "primed_udp_dropped",
-            "UDP requests dropped unanswered because the check pool was full (--max-queued).",
+            "UDP requests dropped unanswered because the check pool was full (--max-queued) "
+            "or their source's share of it (--max-queued-per-source).",
             value=sum(p.dropped for p in primed.datagramProtocols),
         )
         yield CounterMetricFamily(
@@ -155,6 +156,12 @@ class PrimedCollector:
             "--max-digits plus 64 bytes.",
             value=counters.linesTooLong,
         )
+        yield CounterMetricFamily(
+            "primed_tls_plaintext_closed",
+            "Connections to a TLS listener closed at once because their first byte "
+            "cannot begin a TLS handshake (a client without TLS).",
+            value=counters.tlsPlainTextClosed,
+        )
         yield GaugeMetricFamily(
             "primed_pool_threads", "Threads checking big numbers (--threads).",
             value=primed.threads,
@@ -167,6 +174,43 @@ class PrimedCollector:
             "primed_pool_queued_limit",
             "Big-number checks allowed to run or wait at once (--max-queued).",
             value=checker.maxQueued,
+        )
+        queue = checker.queue
+        yield GaugeMetricFamily(
+            "primed_pool_queued_per_source_limit",
+            "Big-number checks one source (an IPv4 address, an IPv6 /64) may have running "
+            "or waiting at once (--max-queued-per-source).",
+            value=queue.perSource,
+        )
+        yield GaugeMetricFamily(
+            "primed_pool_running", "Big-number checks running in a pool thread now.",
+            value=queue.running,
+        )
+        yield GaugeMetricFamily(
+            "primed_pool_sources",
+            "Sources with big-number checks running or waiting now.",
+            value=queue.sources(),
+        )
+        quota = CounterMetricFamily(
+            "primed_pool_source_quota",
+            "Big-number requests that found their source's share of the check pool full "
+            "(--max-queued-per-source, or the places kept for new sources) while the pool "
+            "had room: TCP connections paused, UDP requests dropped.",
+            labels=["transport"],
+        )
+        quota.add_metric(["tcp"], counters.tcpSourceQuota)
+        quota.add_metric(["udp"], counters.udpSourceQuota)
+        yield quota
+        yield CounterMetricFamily(
+            "primed_pool_cancelled",
+            "Big-number checks dropped before they ran because their TCP connection was lost.",
+            value=queue.cancelled,
+        )
+        yield CounterMetricFamily(
+            "primed_pool_discarded",
+            "Big-number checks that ran for a TCP connection lost meanwhile; their results "
+            "were discarded.",
+            value=counters.poolDiscarded,
         )
         buckets, total = checker.checkTimes.cumulative()
         yield HistogramMetricFamily(

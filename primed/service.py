@@ -9,7 +9,7 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 
 import os
 import socket
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
@@ -149,6 +149,7 @@ class PrimedService(service.Service):
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
         maxQueued: int = DEFAULT_MAX_QUEUED,
+        maxQueuedPerSource: int = 0,
         maxInflight: int = DEFAULT_MAX_INFLIGHT,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -175,7 +176,9 @@ class PrimedService(service.Service):
         if threadpool is None:
             threadpool = CheckPool(threads, threads, name="primed-check")
         self.threadpool = threadpool
-        self.checker = PrimeChecker(reactor, threadpool, maxQueued=maxQueued)
+        self.checker = PrimeChecker(
+            reactor, threadpool, maxQueued=maxQueued, maxQueuedPerSource=maxQueuedPerSource
+        )
         #: What every protocol counts; L{primed.metrics} reads it.
         self.counters = Counters()
         self.factory = PrimeLineFactory(
@@ -194,6 +197,7 @@ class PrimedService(service.Service):
         self.tcpPorts: List = []
         self.udpPorts: List = []
         self._served: List[Tuple[str, str]] = []
+        self._keysChecked: Set[str] = set()
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
@@ -247,12 +251,14 @@ class PrimedService(service.Service):
                            transport=transport, address=address)
         self._log.info(
             "Limits: {maxDigits} digits, {threads} check threads, "
-            "{maxQueued} pool checks queued, {maxInflight} replies in flight per "
+            "{maxQueued} pool checks queued ({perSource} per source), "
+            "{maxInflight} replies in flight per "
             "connection, {maxConnections} connections, idle timeout {idle}s, "
             "drain timeout {drain}s",
             maxDigits=self.maxDigits,
             threads=self.threads,
             maxQueued=self.checker.maxQueued,
+            perSource=self.checker.maxQueuedPerSource,
             maxInflight=self.factory.maxInflight,
             maxConnections=self.factory.maxConnections,
             idle=self.factory.idleTimeout,
@@ -281,7 +287,10 @@ class PrimedService(service.Service):
             from primed.tls import HalfCloseableTLSFactory, requireHalfClose
 
             requireHalfClose()
-            factory = HalfCloseableTLSFactory(tlsContext, self.factory)
+            factory = HalfCloseableTLSFactory(
+                tlsContext, self.factory, self.reactor, self.counters
+            )
+            self._warnReadableKey(description)
         if proxyEndpoint is not None:
             # The PROXY header comes first, in clear, before any TLS.
             factory = proxyEndpoint.wrapFactory(factory)
@@ -303,6 +312,25 @@ class PrimedService(service.Service):
             reason = result[0].value
             raise CannotListenError(None, description, getattr(reason, "socketError", reason))
         return result[0]
+
+    def _warnReadableKey(self, description: str) -> None:
+        """
+        One warning per private key file that every user may read: a key
+        others can read is no longer private (the TLS documentation says
+        so; Twisted accepts it silently).
+        """
+        from primed.tls import privateKeyPath, readableByOthers
+
+        path = os.path.abspath(privateKeyPath(description))
+        if path in self._keysChecked:
+            return
+        self._keysChecked.add(path)
+        if readableByOthers(path):
+            self._log.warn(
+                "The private key file {path} is readable by every user: run "
+                "'chmod o-r {path}' (or 'chmod 640 {path}', group-readable)",
+                path=path,
+            )
 
     def _listenUDP(self, address: UDPAddress):
         protocol = PrimeDatagramProtocol(

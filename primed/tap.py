@@ -103,6 +103,12 @@ class Options(usage.Options):
          "Big-number checks running or waiting for a thread, over all clients; "
          "beyond it TCP clients wait and UDP requests are dropped.",
          _positiveInt("max-queued")],
+        ["max-queued-per-source", None, 0,
+         "Big-number checks one source (an IPv4 address, an IPv6 /64) may have "
+         "running or waiting; beyond it its TCP connections wait and its UDP "
+         "requests are dropped. 0: a quarter of --max-queued. The last quarter "
+         "of --max-queued is kept for sources with nothing queued.",
+         _atLeast("max-queued-per-source", 0)],
         ["max-inflight", None, DEFAULT_MAX_INFLIGHT,
          "Replies pending on one TCP connection before it stops reading.",
          _positiveInt("max-inflight")],
@@ -161,6 +167,22 @@ class Options(usage.Options):
             sys.stderr.write(f"{runner} primed: {e}\n"
                              f"Run '{runner} primed --help' for the options.\n")
             raise SystemExit(2)
+
+    def opt_version(self):
+        """
+        Display primed's version, then Twisted's, and exit.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        import twisted
+
+        try:
+            primed = version("primed")
+        except PackageNotFoundError:  # run from a source tree
+            primed = "(not installed)"
+        print(f"primed {primed}")
+        print(f"Twisted {twisted.__version__}")
+        sys.exit(0)
 
     def opt_listen(self, description):
         """
@@ -289,6 +311,7 @@ def makeService(config, reactor=None):
         threads=config["threads"],
         maxDigits=config["max-digits"],
         maxQueued=config["max-queued"],
+        maxQueuedPerSource=config["max-queued-per-source"],
         maxInflight=config["max-inflight"],
         maxConnections=config["max-connections"],
         idleTimeout=config["idle-timeout"],

@@ -22,6 +22,15 @@ Three things shape it beyond a plain L{LineReceiver}:
   - Half-close.  C{printf '17\\n' | nc -N host port} shuts down its sending
     side straight after the last line; every request received before that EOF
     is still answered, then the connection is closed.
+
+  - Loss.  A connection that is lost (reset by the peer, a failed write)
+    drops its checks still waiting in the pool's fair queue
+    (L{primed.fairqueue}) without running them; a check already running
+    finishes and its result is discarded.  A connection that is not reading
+    (paused) would learn of a reset only from its next write; when a pool
+    reply is due on a paused connection, its socket's pending error is read
+    first (L{_peerReset}), so the rest of its work is dropped before the
+    pool starts any more of it.
 """
 
 from collections import deque
@@ -34,8 +43,9 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from primed import wire
-from primed.checker import CheckAbandoned
-from primed.fastpath import streamWriter
+from primed.checker import CheckAbandoned, CheckCancelled
+from primed.sources import sourceKey
+from primed.fastpath import resetProbe, streamWriter
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -51,6 +61,8 @@ PAUSED_BY_POOL = "pool"  # the thread pool has no room for our big number
 PAUSED_BY_DRAIN = "drain"  # the service is stopping
 # Reasons that also stop the lines already read from being processed.
 _HOLDING = frozenset([PAUSED_BY_INFLIGHT, PAUSED_BY_POOL])
+# A connection's source before its first pool check (None is a source: UNIX).
+_UNKNOWN = object()
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
@@ -67,6 +79,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     _log = Logger()
     #: The client's address when a PROXY header gave it (L{primed.proxy}).
     peerAddress = None
+    #: The fair queue's source key, found at the first pool check.
+    _source = _UNKNOWN
+    #: L{resetProbe} of the transport, made when first needed.
+    _resetProbe = None
 
     def __init__(self):
         self._buffer = b""
@@ -112,9 +128,18 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         self._held.clear()
         self._pending.clear()
+        if self._source is not _UNKNOWN:  # something was sent to the pool
+            self._dropQueuedChecks()
+        self.factory.disconnected(self)
+
+    def _dropQueuedChecks(self) -> None:
+        """
+        Nobody will read this connection's answers: its checks still
+        waiting for a thread never run (counted by the queue).
+        """
         if PAUSED_BY_POOL in self._paused:
             self.checker.cancelRoomWaiter(self._poolHasRoom)
-        self.factory.disconnected(self)
+        self.checker.cancel(self)
 
     def readConnectionLost(self):
         """
@@ -257,9 +282,14 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                     reply = NOT_PRIME_REPLY
                     counters.tcpNotPrime += 1
             else:
-                if not checker.hasRoom():
+                source = self._source
+                if source is _UNKNOWN:
+                    source = self._findSource()
+                if not checker.hasRoom(source):
                     self._hold(lines, index, PAUSED_BY_POOL)
-                    checker.notifyRoom(self._poolHasRoom)
+                    if not checker.queue.isFull():
+                        counters.tcpSourceQuota += 1
+                    checker.notifyRoom(source, self._poolHasRoom)
                     break
                 if out:
                     # Keep order even when the pool answers synchronously.
@@ -267,7 +297,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                     out = []
                 slot = [None]
                 pending.append(slot)
-                checker.submit(number).addCallbacks(
+                checker.submit(number, source, self).addCallbacks(
                     self._checked, self._checkFailed, (slot, line), None, (slot, line)
                 )
                 continue
@@ -295,9 +325,34 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     # Results from the pool.
 
+    def _findSource(self):
+        """
+        The fair queue's source of this connection: the PROXY header's
+        address once read, the socket's otherwise.  Peers without an
+        address (UNIX sockets) are all one source, L{None}.
+        """
+        self._source = source = sourceKey(self.peerAddress or self.transport.getPeer())
+        return source
+
+    def _peerReset(self) -> bool:
+        """
+        Whether the peer reset this connection: a paused connection does
+        not read, so the reactor has not seen it.  A half-close (FIN) is no
+        reset: its answers are still owed.
+        """
+        probe = self._resetProbe
+        if probe is None:
+            probe = self._resetProbe = resetProbe(self.transport)
+        return probe()
+
     def _checked(self, isPrime: bool, slot: list, line: bytes) -> None:
         if self._lost:
+            self.counters.poolDiscarded += 1
             return  # nobody to answer: not counted as answered
+        if self._paused and self._peerReset():
+            self.counters.poolDiscarded += 1
+            self._lose()
+            return
         slot[0] = REPLIES[isPrime]
         if isPrime:
             self.counters.tcpPrime += 1
@@ -308,7 +363,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._flushPending()
 
     def _checkFailed(self, failure, slot: list, line: bytes) -> None:
-        if self._lost or failure.check(CheckAbandoned):
+        if self._lost or failure.check(CheckAbandoned, CheckCancelled):
             return  # nobody to answer: gone, or cut off by a stop
         self._log.failure("Checking a {digits}-digit number failed", failure,
                           digits=len(line))
@@ -341,6 +396,19 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _poolHasRoom(self) -> None:
         self._unpause(PAUSED_BY_POOL)
+
+    def _lose(self) -> None:
+        """
+        The peer reset a paused connection: drop its work now, before the
+        pool starts more of it, and close; L{connectionLost} follows.
+        """
+        self._log.info("Connection from {peer} reset: dropping its queued checks",
+                       peer=self._peer())
+        self._lost = True
+        self._held.clear()
+        self._pending.clear()
+        self._dropQueuedChecks()
+        self.transport.abortConnection()
 
     # Pausing, for any number of reasons at once.
 
@@ -425,3 +493,4 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             request=line[:80],
             verdict=reply[:1].decode(),
         )
+

@@ -26,6 +26,18 @@ L{HalfCloseableTLSFactory} also lets the wrapped factory refuse a
 connection (primed's connection limit returns L{None}), which Twisted's
 L{TLSMemoryBIOFactory} turns into an unhandled error.
 
+A plain-text client on a TLS port (C{primed-client} without C{--tls},
+C{nc}) sends C{17\n}; OpenSSL waits for the 5 bytes of a record header,
+so the client waits for its timeout and learns nothing.  Every TLS
+connection starts with the client's handshake record, whose first byte is
+22 (0x16); a connection whose first byte is anything else is answered
+with a fatal C{unexpected_message} alert, as RFC 8446 (section 5) asks of
+an unexpected record type, and closed at once.  The alert tells a client
+that reads it (C{primed-client} does) that this port speaks TLS.  Behind
+C{haproxy:} the PROXY header is read first, by the layer outside this
+one, so the check sees the first byte of TLS.  Plain TCP listeners never
+build this protocol: the check costs them nothing.
+
 This module overrides one private method of L{TLSMemoryBIOProtocol},
 C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
@@ -34,8 +46,13 @@ keeps the promise, so C{ssl:} listeners are refused with one line naming
 the Twisted primed needs (L{requireHalfClose}).
 """
 
+import os
+import stat
+
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -49,7 +66,7 @@ _where = "twisted.protocols.tls"
 PRIVATE = [
     lookup(_where, f"TLSMemoryBIOProtocol.{name}", None)
     for name in ("_flushReceiveBIO", "_flushSendBIO", "_shutdownTLS", "_tlsShutdownFinished",
-                 "_handshakeDone", "_lostTLSConnection", "_aborted")
+                 "_handshakeDone", "_lostTLSConnection", "_aborted", "_reason")
 ]
 # Set when the connection is made: looked for among the names
 # makeConnection assigns.
@@ -80,6 +97,36 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     """
 
     readClosed = False
+    _firstByteSeen = False
+
+    def dataReceived(self, data):
+        if not self._firstByteSeen:
+            self._firstByteSeen = True
+            if data[:1] != HANDSHAKE_RECORD:
+                self._refusePlainText(data)
+                return
+        if self._lostTLSConnection:
+            return
+        TLSMemoryBIOProtocol.dataReceived(self, data)
+
+    def _refusePlainText(self, data):
+        """
+        The first bytes of this connection cannot begin a TLS handshake:
+        send a fatal alert and close, without OpenSSL (which would wait for
+        a whole record header).  The wrapped protocol sees a connection
+        closed cleanly before its handshake, and so answers nothing.
+        """
+        self.factory.refusedPlainText(self.transport.getPeer(), data)
+        # Nothing more goes through OpenSSL: what TLSMemoryBIOProtocol
+        # would do after its own fatal error.
+        self._lostTLSConnection = True
+        self._reason = Failure(ConnectionDone("not TLS"))
+        self.transport.write(UNEXPECTED_MESSAGE_ALERT)
+        # Closed like a finished connection: the wrapped protocol may be the
+        # transport's producer, which would be resumed rather than closed.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _wrappedHalfCloseable(self):
         if self.disconnecting or not self._handshakeDone:
@@ -142,20 +189,112 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
         self.transport.loseConnection()
 
 
+#: The first byte of a TLS handshake record (RFC 8446, 5.1), which every
+#: TLS connection starts with: the client's hello.
+HANDSHAKE_RECORD = b"\x16"
+
+#: A TLS record (type 21, alert; version 3.1, as OpenSSL writes before a
+#: version is agreed; length 2) holding a fatal (2) C{unexpected_message}
+#: (10) alert.
+UNEXPECTED_MESSAGE_ALERT = b"\x15\x03\x01\x00\x02\x02\x0a"
+
+
 class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     """
     A server-side L{TLSMemoryBIOFactory} building
     L{HalfCloseableTLSProtocol}s, refusing a connection its wrapped factory
     refuses.
+
+    @ivar plainTextRefused: connections closed because their first byte
+        cannot begin a TLS handshake; also counted in C{counters}.
     """
 
     protocol = HalfCloseableTLSProtocol
+    _log = Logger()
 
-    def __init__(self, contextFactory, wrappedFactory):
+    def __init__(self, contextFactory, wrappedFactory, reactor=None, counters=None):
+        """
+        @param reactor: the clock that limits the log of plain-text
+            connections to one line per 10 seconds; the global reactor by
+            default.
+        @param counters: a L{primed.counters.Counters} to count them in
+            (C{tlsPlainTextClosed}), or L{None}.
+        """
         TLSMemoryBIOFactory.__init__(self, contextFactory, False, wrappedFactory)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.counters = counters
+        self.plainTextRefused = 0
+        self._lastLog = None
+
+    def refusedPlainText(self, peer, data):
+        """
+        Count a connection closed for not speaking TLS; log it unless one
+        was logged in the last 10 seconds (anyone may connect: the log must
+        not flood).
+        """
+        self.plainTextRefused += 1
+        if self.counters is not None:
+            self.counters.tlsPlainTextClosed += 1
+        now = self.reactor.seconds()
+        if self._lastLog is None or now - self._lastLog >= 10:
+            self._lastLog = now
+            self._log.warn(
+                "Closed connection from {peer} to a TLS port: it began with {start!r}, "
+                "not a TLS handshake (a client without TLS?); {refused} so far",
+                peer=_describe(peer),
+                start=data[:16],
+                refused=self.plainTextRefused,
+            )
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
+
+
+def _describe(peer) -> str:
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
+
+
+def privateKeyPath(description: str) -> str:
+    """
+    The private key file of an C{ssl:} server endpoint string (behind
+    C{haproxy:} or not), as Twisted's parser reads it: C{privateKey=}, by
+    default C{server.pem}.  Fields are split at colons a backslash does not
+    escape, as Twisted splits them.
+    """
+    fields, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if equals and name == "privateKey":
+            return value
+    return "server.pem"
+
+
+def readableByOthers(path: str) -> bool:
+    """
+    Whether every user of the machine may read C{path}.  Readable by its
+    group is fine: Debian's C{ssl-cert} group exists for that.  A file that
+    cannot be looked at says nothing (Twisted has read it already).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IROTH)

@@ -4,7 +4,10 @@ The UDP face of primed: one datagram in, at most one two-byte datagram out.
 A reply is never longer than its request could be useful, so the service
 cannot amplify traffic towards a spoofed source.  UDP is lossy by contract:
 when the thread pool has no room, big requests are dropped and counted rather
-than queued without bound.
+than queued without bound.  Room is per source (L{primed.fairqueue}): a
+source flooding big numbers fills its own quota and loses its own requests,
+and each source's requests take their turn in the pool with every other
+source's, TCP or UDP.
 """
 
 from typing import Optional
@@ -16,6 +19,7 @@ from twisted.logger import Logger
 from primed import wire
 from primed.checker import CheckAbandoned
 from primed.counters import Counters
+from primed.sources import sourceKey
 from primed.fastpath import datagramWriter
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -119,14 +123,18 @@ class PrimeDatagramProtocol(DatagramProtocol):
             else:
                 reply = NOT_PRIME_REPLY
                 counters.udpNotPrime += 1
-        elif checker.hasRoom():
-            self.inflight += 1
-            checker.submit(number).addCallbacks(
-                self._checked, self._checkFailed, (line, addr), None, (line, addr)
-            )
-            return
         else:
-            self._drop()
+            source = sourceKey(addr)
+            if checker.hasRoom(source):
+                self.inflight += 1
+                # A source's datagrams are one "connection" of the fair queue.
+                checker.submit(number, source, source).addCallbacks(
+                    self._checked, self._checkFailed, (line, addr), None, (line, addr)
+                )
+            else:
+                if not checker.queue.isFull():
+                    counters.udpSourceQuota += 1
+                self._drop()
             return
         self._reply(reply, line, addr)
 

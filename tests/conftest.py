@@ -14,8 +14,9 @@ import pytest
 #: Python of the tox matrix): they drive system tools or need root.
 _E2E_MODULES = {
     "test_client_cli.py",  # primed-client and twistd as subprocesses, at length
+    "test_client_terminal.py",  # the same, on a pseudo-terminal
     "test_contrib_balancers.py",  # nginx, HAProxy
-    "test_docs.py",  # Sphinx (which needs Python 3.11) and man
+    "test_docs.py",  # the docs built (Sphinx) once, and man
     "test_netns.py",  # network namespaces: root
     "test_systemd_units.py",  # systemd-analyze
 }

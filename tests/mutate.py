@@ -50,12 +50,15 @@ HANG = 60
 MODULES = {
     "wire": ["tests/test_wire.py", "tests/test_udp.py"],
     "tcp": ["tests/test_tcp.py", "tests/test_tcpreads.py", "tests/test_counters.py",
-            "tests/test_tap.py"],
+            "tests/test_tap.py", "tests/test_poolfairness.py"],
     "tcpreads": ["tests/test_tcpreads.py", "tests/test_tcp.py", "tests/test_counters.py"],
     "tcpfactory": ["tests/test_tcp.py", "tests/test_counters.py", "tests/test_tap.py"],
-    "udp": ["tests/test_udp.py", "tests/test_udpread.py", "tests/test_counters.py"],
+    "udp": ["tests/test_udp.py", "tests/test_udpread.py", "tests/test_counters.py",
+            "tests/test_poolfairness.py"],
     "reactor": ["tests/test_reactor.py", "tests/test_udpread.py"],
-    "checker": ["tests/test_checker.py", "tests/test_service.py", "tests/test_tap.py"],
+    "checker": ["tests/test_checker.py", "tests/test_poolfairness.py", "tests/test_service.py",
+                "tests/test_tap.py"],
+    "fairqueue": ["tests/test_fairqueue.py", "tests/test_poolfairness.py", "tests/test_checker.py"],
     "service": ["tests/test_service.py", "tests/test_tap.py"],
     "client/__init__": ["tests/test_client.py"],
     "client/tcp": ["tests/test_client_tcp.py"],
@@ -65,6 +68,7 @@ MODULES = {
     "client/io": ["tests/test_client_io.py", "tests/test_client_cmd.py"],
     "client/cmd": ["tests/test_client_cmd.py"],
     "client/udp": ["tests/test_client_udp.py"],
+    "client/progress": ["tests/test_client_progress.py", "tests/test_client_cmd.py"],
 }
 
 

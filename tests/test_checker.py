@@ -13,7 +13,7 @@ BIG_PRIME = 2**607 - 1
 class PrimeCheckerTests(unittest.TestCase):
     def setUp(self):
         self.pool = HandDrivenPool()
-        self.checker = makeChecker(self.pool, maxQueued=2)
+        self.checker = makeChecker(self.pool, maxQueued=2, maxQueuedPerSource=2)
 
     def test_inlineThreshold(self):
         self.assertTrue(self.checker.isInline(2**INLINE_MAX_BITS - 1))
@@ -31,11 +31,11 @@ class PrimeCheckerTests(unittest.TestCase):
 
     def test_bound(self):
         self.checker.submit(BIG_PRIME)
-        self.assertTrue(self.checker.hasRoom())
+        self.assertTrue(self.checker.hasRoom(None))
         self.checker.submit(BIG_PRIME + 2)
-        self.assertFalse(self.checker.hasRoom())
+        self.assertFalse(self.checker.hasRoom(None))
         self.pool.run()
-        self.assertTrue(self.checker.hasRoom())
+        self.assertTrue(self.checker.hasRoom(None))
 
     def test_roomWaitersFirstComeFirstServed(self):
         calls = []
@@ -49,8 +49,8 @@ class PrimeCheckerTests(unittest.TestCase):
             return w
 
         first, second = waiter("first"), waiter("second")
-        self.checker.notifyRoom(first)
-        self.checker.notifyRoom(second)
+        self.checker.notifyRoom(None, first)
+        self.checker.notifyRoom(None, second)
         self.pool.run()
         self.assertEqual(calls, ["first"])
         self.pool.run()
@@ -60,11 +60,36 @@ class PrimeCheckerTests(unittest.TestCase):
         self.checker.submit(BIG_PRIME)
         self.checker.submit(BIG_PRIME)
         calls = []
-        self.checker.notifyRoom(lambda: calls.append(1))
-        self.checker.cancelRoomWaiter(self.checker._roomWaiters[0])
+        self.checker.notifyRoom(None, lambda: calls.append(1))
+        self.checker.cancelRoomWaiter(self.checker.queue._roomWaiters[None][0])
         self.checker.cancelRoomWaiter(lambda: None)  # unknown: ignored
         self.pool.runAll()
         self.assertEqual(calls, [])
+
+    def test_fairQueueDefaults(self):
+        """
+        One source may have a quarter of C{maxQueued}; the pool is handed
+        one check per thread (its C{max}), or every check for a pool
+        without one.
+        """
+        from primed.checker import PrimeChecker
+
+        class Pool(HandDrivenPool):
+            max = 3
+
+        checker = PrimeChecker(None, Pool(), maxQueued=8)
+        self.assertEqual((checker.maxQueuedPerSource, checker.queue.concurrency), (2, 3))
+        self.assertEqual(makeChecker(maxQueued=8).queue.concurrency, 8)
+
+    def test_cancelledCheckFailsWithCheckCancelled(self):
+        from primed.checker import CheckCancelled
+
+        checker = makeChecker(self.pool, maxQueued=4, concurrency=1)
+        checker.submit(BIG_PRIME, "a", "c")
+        waiting = checker.submit(BIG_PRIME, "a", "c")
+        self.assertEqual(checker.cancel("c"), 1)
+        self.failureResultOf(waiting, CheckCancelled)
+        self.assertEqual(checker.queued, 1)
 
     def test_whenIdle(self):
         self.successResultOf(self.checker.whenIdle())

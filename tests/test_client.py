@@ -15,6 +15,7 @@ from fakes import AbortingTransport, lose
 from primed import client
 from primed.client import (
     PrimedClient,
+    PrimedTimeout,
     PrimedConnectionLost,
     PrimedProtocolError,
     PrimedRefused,
@@ -161,7 +162,7 @@ class PrimedClientTests(unittest.TestCase):
         self.assertIs(error, PrimedConnectionLost)
         self.assertEqual(
             str(self.got[0][1]),
-            "connection lost before 2 answers arrived (Connection was closed cleanly.);"
+            "the server closed the connection without answering (perhaps over its connection limit);"
             " then 6 reconnection attempts failed (Connection refused)",
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -209,7 +210,7 @@ class PrimedClientTests(unittest.TestCase):
         self.assertEqual(len(self.endpoint.attempts), 1)
         [(name, error)] = self.got
         self.assertEqual(
-            str(error), "connection lost before 1 answers arrived (Connection was closed cleanly.)"
+            str(error), "the server closed the connection without answering (perhaps over its connection limit)"
         )
 
     def test_silenceReconnects(self):
@@ -218,6 +219,8 @@ class PrimedClientTests(unittest.TestCase):
         that hangs, a host gone without a reset) is dropped and replaced.
         """
         protocol, transport = self.connected(timeout=10.0)
+        self.ask(3)
+        protocol.dataReceived(b"T\n")
         self.ask(2)
         self.clock.advance(10)
         self.assertTrue(transport.aborted)
@@ -226,7 +229,71 @@ class PrimedClientTests(unittest.TestCase):
         second, transport2 = self.endpoint.succeed()
         self.assertEqual(transport2.value(), b"2\n")
         second.dataReceived(b"T\n")
-        self.assertEqual(self.got, [("2", Verdict.PRIME)])
+        self.assertEqual(self.got, [("3", Verdict.PRIME), ("2", Verdict.PRIME)])
+
+    def test_silentFromTheStart(self):
+        """
+        A server that has answered nothing and stays silent for the timeout
+        is not tried again: it is not known to be primed (a TLS or HTTP
+        server waiting for more), and another attempt would only wait as
+        long.  The error flags the --tls advice.
+        """
+        protocol, transport = self.connected(timeout=10.0)
+        self.ask(2, 3)
+        self.clock.advance(10)
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual([type(e) for _, e in self.got], [PrimedTimeout] * 2)
+        self.assertEqual(str(self.got[0][1]), "no reply for 10 s")
+        self.assertTrue(self.got[0][1].tlsHint)
+
+    def test_closedLateFromTheStart(self):
+        """
+        The same for a server that closes the connection without a byte,
+        but only after a silence (2 s or more: an HTTP server's timeout);
+        one that closes at once (its connection limit) is tried again.
+        """
+        protocol, transport = self.connected(timeout=10.0)
+        self.ask(2)
+        self.clock.advance(1.9)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        protocol, transport = self.endpoint.succeed()
+        self.clock.advance(2)
+        lose(protocol, transport)
+        self.clock.advance(10)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        [(name, error)] = self.got
+        self.assertIsInstance(error, PrimedConnectionLost)
+        self.assertEqual(
+            str(error),
+            "the server closed the connection without answering (perhaps over its connection"
+            " limit); then 1 reconnection attempt failed (the server closed the connection"
+            " after 2 s without answering)",
+        )
+        self.assertTrue(error.tlsHint)
+
+    def test_silenceAfterAnAnswerRetried(self):
+        """
+        Once the server has answered, a timeout or a late close is a hung or
+        lost backend, tried again as any loss is.
+        """
+        protocol, transport = self.connected(timeout=10.0)
+        self.ask(2)
+        protocol.dataReceived(b"T\n")
+        self.ask(3)
+        self.clock.advance(3)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        second, transport2 = self.endpoint.succeed()
+        self.ask(5)
+        self.clock.advance(10)
+        lose(second, transport2)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.endpoint.attempts), 3)
 
     def test_idleCloseCostsNothing(self):
         """
@@ -265,8 +332,8 @@ class PrimedClientTests(unittest.TestCase):
         [(name, error)] = self.got
         self.assertEqual(
             str(error),
-            "connection lost before 1 answers arrived (Connection was closed cleanly.);"
-            " then 1 reconnection attempts failed (TLS: certificate is not for x)",
+            "the server closed the connection without answering (perhaps over its connection limit);"
+            " then 1 reconnection attempt failed (TLS: certificate is not for x)",
         )
 
     def test_firstConnectNotRetried(self):
@@ -442,8 +509,8 @@ class PrimedClientTests(unittest.TestCase):
         self.endpoint.fail(ConnectionRefusedError(osError=errno.ECONNREFUSED))
         self.assertEqual(
             str(self.got[1][1]),
-            "connection lost before 2 answers arrived (Connection was refused by other side:"
-            " second loss.); then 1 reconnection attempts failed (Connection refused)",
+            "connection lost with 2 answers owed (Connection was refused by other side:"
+            " second loss.); then 1 reconnection attempt failed (Connection refused)",
         )
 
     def test_check(self):

@@ -9,7 +9,12 @@ from twisted.internet import defer, error
 from twisted.trial import unittest
 
 from primed.client import base as clientbase
-from primed.client.base import _request, describeError
+from primed.client.base import (
+    PrimedConnectionLost,
+    PrimedProtocolError,
+    _request,
+    describeError,
+)
 
 
 class DefaultsTests(unittest.TestCase):
@@ -90,3 +95,43 @@ class DescribeErrorTests(unittest.TestCase):
         """
         self.assertEqual(describeError(ValueError()), "ValueError")
         self.assertEqual(describeError(ValueError("  ")), "ValueError")
+
+
+class NotAVerdictTests(unittest.TestCase):
+    """
+    What a server that is not primed sent, in one printable line.
+    """
+
+    def test_cutAfter32Bytes(self):
+        from primed.client.base import notAVerdict
+
+        self.assertEqual(str(notAVerdict(b"x" * 32)),
+                         "the server sent %r, not a verdict" % (b"x" * 32))
+        self.assertEqual(str(notAVerdict(b"x" * 33)),
+                         "the server sent %r..., not a verdict" % (b"x" * 32))
+
+    def test_looksLikeTLS(self):
+        from primed.client.base import notAVerdict
+
+        for received, tls in [
+            (b"\x15", True), (b"\x16", True), (b"\x15\x03\x01", True), (b"\x16\x03\x03", True),
+            (b"\x15\x01", False), (b"\x17\x03\x03", False), (b"\x14\x03", False),
+            (b"\x03\x15", False), (b"HTTP/1.1", False),
+        ]:
+            error = notAVerdict(received)
+            self.assertIsInstance(error, PrimedProtocolError)
+            self.assertEqual(error.tlsHint, tls, received)
+            self.assertEqual(str(error).endswith("; it looks like TLS"), tls, received)
+
+    def test_plural(self):
+        from primed.client.base import plural
+
+        self.assertEqual([plural(n, "answer") for n in (0, 1, 2, 256)],
+                         ["0 answers", "1 answer", "2 answers", "256 answers"])
+
+    def test_closed(self):
+        from primed.client.base import PrimedClosed
+
+        self.assertIsInstance(PrimedClosed(), PrimedConnectionLost)
+        self.assertIs(PrimedClosed().tlsHint, True)
+        self.assertIs(PrimedConnectionLost("x").tlsHint, False)

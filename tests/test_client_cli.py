@@ -16,7 +16,14 @@ import time
 import gmpy2
 from twisted.trial import unittest
 
-from support import SEED_REPLIES, SEED_VALUES, Daemon, SharedDaemonTestCase, socketsOf
+from support import (
+    SEED_REPLIES,
+    SEED_VALUES,
+    CertificatesMixin,
+    Daemon,
+    SharedDaemonTestCase,
+    socketsOf,
+)
 
 SEED_ARGS = [str(v) for v in SEED_VALUES]
 SEED_WORDS = [
@@ -370,6 +377,7 @@ class FailureTests(unittest.TestCase):
         self.assertTrue(lines[0].startswith("primed-client: "), lines)
         for fragment in fragments:
             self.assertIn(fragment, lines[0])
+        return lines[0]
 
     def test_connectionRefused(self):
         port = freePort()
@@ -427,7 +435,11 @@ class FailureTests(unittest.TestCase):
             silent.listen(1)
             port = silent.getsockname()[1]
             result = primedClient("--port", port, "--timeout", "0.5", "17")
-        self.assertOneLineError(result, f"127.0.0.1:{port}", "no reply")
+        # Silent from the start: not tried again (it took 4 timeouts).
+        line = self.assertOneLineError(result, f"127.0.0.1:{port}", "no reply")
+        self.assertEqual(
+            line, f"primed-client: 127.0.0.1:{port}: no reply for 0.5 s;"
+                  " if it expects TLS, try --tls")
 
     def test_notPrimed(self):
         """
@@ -453,8 +465,118 @@ class FailureTests(unittest.TestCase):
                     process.kill()
                     process.communicate(timeout=10)
         self.assertOneLineError(
-            subprocess.CompletedProcess([], process.returncode, out, err), "unexpected reply"
+            subprocess.CompletedProcess([], process.returncode, out, err),
+            f"127.0.0.1:{port}: the server sent b'HTTP/1.1 400 Bad Request\\r\\n\\r\\n',"
+            " not a verdict",
         )
+        self.assertNotIn(b"--tls", err)
+
+    def test_closedWithoutAnswering(self):
+        """
+        A server that reads the request and closes without a word (over its
+        connection limit, or a TLS server refusing plain text): said so,
+        with both likely causes, after the usual reconnection attempts.
+        """
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            server.settimeout(30)
+            port = server.getsockname()[1]
+            process = subprocess.Popen(
+                clientCommand() + ["--port", str(port), "17"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            accepted = 0
+            try:
+                for _ in range(4):  # the first connection and 3 retries
+                    connection, _ = server.accept()
+                    with connection:
+                        accepted += 1
+                        connection.settimeout(30)
+                        self.assertEqual(connection.recv(16), b"17\n")
+                out, err = process.communicate(timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate(timeout=10)
+        self.assertEqual(accepted, 4)
+        self.assertOneLineError(
+            subprocess.CompletedProcess([], process.returncode, out, err),
+            f"127.0.0.1:{port}: the server closed the connection without answering"
+            " (perhaps over its connection limit); the same on 3 reconnection attempts;"
+            " if it expects TLS, try --tls",
+        )
+
+    def test_udpOneAttempt(self):
+        """
+        Plain grammar: "1 attempt".
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            result = primedClient(
+                "--udp", "--port", port, "--timeout", "0.2", "--retries", "0", "17"
+            )
+        self.assertOneLineError(result, "no reply after 1 attempt of 0.2 s each")
+
+
+class PlainTextToTLSTests(CertificatesMixin, unittest.TestCase):
+    """
+    The client without C{--tls} against the installed daemon's C{ssl:}
+    listener: the listener answers the plain request with a TLS alert, and
+    the client says so at once, suggesting C{--tls}.  It waited 42 s (4
+    times its 10 s timeout) before.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.daemon = Daemon(
+            "--listen",
+            f"ssl:0:interface=127.0.0.1:privateKey={cls.paths['key']}"
+            f":certKey={cls.paths['cert']}",
+            "--no-udp",
+        )
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        super().tearDownClass()
+
+    def assertToldTLS(self, result, elapsed):
+        self.assertEqual(result.returncode, 1, result)
+        lines = result.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            r"^primed-client: 127\.0\.0\.1:\d+: the server sent b'\\x15\\x03.*',"
+            r" not a verdict; it looks like TLS: try --tls$",
+        )
+        self.assertEqual(result.stdout, b"")
+        # Measured at about 0.3 s (most of it starting Python); 5 s is the
+        # target, a loaded machine gets some slack.
+        self.assertLess(elapsed, 15)
+
+    def test_arguments(self):
+        start = time.monotonic()
+        result = primedClient("--port", self.daemon.tlsPort, "17", "18")
+        self.assertToldTLS(result, time.monotonic() - start)
+
+    def test_stdin(self):
+        start = time.monotonic()
+        result = primedClient("--port", self.daemon.tlsPort, input=b"17\n" * 1000)
+        self.assertToldTLS(result, time.monotonic() - start)
+
+    def test_withTLS(self):
+        """
+        The advice taken: answered.
+        """
+        result = primedClient("--port", self.daemon.tlsPort, "--tls", "--ca", self.paths["ca"],
+                              "--server-name", "localhost", "17")
+        self.assertEqual((result.returncode, result.stdout, result.stderr),
+                         (0, b"17\tprime\n", b""))
 
 
 class UsageTests(unittest.TestCase):

@@ -87,7 +87,11 @@ class OptionsTests(unittest.TestCase):
             "after a lost connection: attempts in a row to connect again and resend what it "
             "had not answered (at once, then after 0.5, 1, 2, 4, then 5 s), before giving "
             "up. [default: 3] "
+            "--no-progress Never show the progress line. "
             "-p, --port= Server port [default: 8809, or 8808 with --udp]. "
+            "--progress Show a progress line on standard error (answered so far, rate, "
+            "elapsed), redrawn up to ten times a second and erased at the end [default: "
+            "when standard error is a terminal and the numbers come from standard input]. "
             "-r, --raw Print only the verdict letter: T, F or E. "
             "--server-name= With --tls: the name the certificate must carry, and the SNI "
             "sent [default: --host]. "
@@ -464,6 +468,37 @@ class MainTests(unittest.TestCase):
         )
 
 
+class TLSHintTests(unittest.TestCase):
+    """
+    The advice added to the error line when the server may speak TLS.
+    """
+
+    def hint(self, error, *argv):
+        options = Options()
+        options.parseOptions([*argv, "17"])
+        return clientcmd._tlsHint(error, options)
+
+    def test_hints(self):
+        from primed.client.base import PrimedClosed, notAVerdict
+
+        alert = notAVerdict(b"\x15\x03\x01\x00\x02\x02\n")
+        http = notAVerdict(b"HTTP/1.1 400 Bad Request\r\n")
+        closed = PrimedClosed()
+        for error, argv, hint in [
+            (alert, [], ": try --tls"),
+            (closed, [], "; if it expects TLS, try --tls"),
+            (http, [], ""),
+            (Exception("no reply for 10 s"), [], ""),
+            (alert, ["--endpoint", "tcp:127.0.0.1:8443"], ": give a tls: endpoint"),
+            (closed, ["--endpoint", "unix:/tmp/primed.sock"],
+             "; if it expects TLS, give a tls: endpoint"),
+            (alert, ["--endpoint", "tls:localhost:8443"], ""),
+            (closed, ["--tls"], ""),
+            (closed, ["--udp"], ""),
+        ]:
+            self.assertEqual(self.hint(error, *argv), hint, (error, argv))
+
+
 class RunCommandTests(unittest.TestCase):
     """
     L{clientcmd.run}, the command after option parsing, over the fake UDP
@@ -555,6 +590,30 @@ class RunCommandTests(unittest.TestCase):
             self.stderr.getvalue(),
             "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n",
         )
+
+
+class RunProgressTests(RunCommandTests.__bases__[0]):
+    run_ = RunCommandTests.run_
+
+    def test_progressErasedBeforeError(self):
+        """
+        C{--progress}: the line counts the answers printed (4's waits for
+        3's, which never comes); the error line comes after the line is
+        erased, and no timer is left.
+        """
+        d = self.run_("--progress", "2", "3", "4")
+        self.reactor.ports[0].reply(b"T\n")
+        self.reactor.ports[2].reply(b"F\n")
+        self.reactor.pump([0.1])
+        self.assertRegex(self.stderr.getvalue(), r"^\r1 answered, [0-9,]+/s, 0:00$")
+        self.reactor.pump([0.9, 1.0])
+        self.assertEqual(self.successResultOf(d), 1)
+        drawn, error = self.stderr.getvalue().rsplit("\r", 1)
+        self.assertRegex(drawn, r"1 answered, .*\r +$")
+        self.assertEqual(
+            error, "primed-client: 127.0.0.1:8808: no reply after 2 attempts of 1 s each\n"
+        )
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
 class RunOverTCPTests(CertificatesMixin, unittest.TestCase):

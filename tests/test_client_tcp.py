@@ -70,7 +70,7 @@ class TCPProtocolTests(unittest.TestCase):
             failure = self.failureResultOf(d, PrimedConnectionLost)
             self.assertEqual(
                 str(failure.value),
-                "connection lost before 2 answers arrived (Connection was closed cleanly.)",
+                "connection lost with 2 answers owed (closed by the server)",
             )
 
     def test_checkAfterConnectionLost(self):
@@ -116,7 +116,105 @@ class TCPProtocolTests(unittest.TestCase):
         lose(protocol, transport)
         for d in ds:
             failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertEqual(str(failure.value), "unexpected reply b'HTTP/1.1 400 Bad Req'")
+            self.assertEqual(
+                str(failure.value),
+                "the server sent b'HTTP/1.1 400 Bad Request\\r\\nT\\n', not a verdict",
+            )
+            self.assertFalse(failure.value.tlsHint)
+
+    def test_notAReplyFailsAtOnce(self):
+        """
+        A first byte no verdict begins with fails at once, newline or not:
+        a TLS alert or an HTTP status line cut short would otherwise wait
+        for a newline, or for the server to close.  A TLS record is named,
+        and flagged for the command's advice (C{--tls}).
+        """
+        for data, message, tls in [
+            (b"\x15\x03\x03", "the server sent b'\\x15\\x03\\x03', not a verdict;"
+             " it looks like TLS", True),
+            (b"\x16", "the server sent b'\\x16', not a verdict; it looks like TLS", True),
+            (b"\x15\x01", "the server sent b'\\x15\\x01', not a verdict", False),
+            (b"HTTP/1.1 400", "the server sent b'HTTP/1.1 400', not a verdict", False),
+        ]:
+            protocol, transport = connected(transport=AbortingTransport())
+            d = protocol.check(2)
+            protocol.dataReceived(data)
+            self.assertTrue(getattr(transport, "aborted", False), data)
+            lose(protocol, transport)
+            failure = self.failureResultOf(d, PrimedProtocolError)
+            self.assertEqual((str(failure.value), failure.value.tlsHint), (message, tls))
+
+    def test_emptyRead(self):
+        """
+        An empty read (no transport makes one, but a wrapper might) changes
+        nothing: the next read still starts a line.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        d = protocol.check(2)
+        protocol.dataReceived(b"")
+        self.assertIs(protocol.heard, False)
+        protocol.dataReceived(b"X")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        self.failureResultOf(d, PrimedProtocolError)
+
+    def test_notAReplyAfterReplies(self):
+        """
+        A bad first byte is caught at the start of any read that begins a
+        line; in the middle of a line, the line is judged when it ends.
+        """
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (2, 3, 4)]
+        protocol.dataReceived(b"T\nT\n")
+        protocol.dataReceived(b"X")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        self.assertEqual(self.successResultOf(ds[1]), Verdict.PRIME)
+        failure = self.failureResultOf(ds[2], PrimedProtocolError)
+        self.assertEqual(str(failure.value), "the server sent b'X', not a verdict")
+        protocol, transport = connected(transport=AbortingTransport())
+        ds = [protocol.check(n) for n in (2, 3)]
+        protocol.dataReceived(b"T\nF")
+        protocol.dataReceived(b"X")
+        self.assertFalse(getattr(transport, "aborted", False))
+        protocol.dataReceived(b"\n")
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        failure = self.failureResultOf(ds[1], PrimedProtocolError)
+        self.assertEqual(str(failure.value), "the server sent b'FX\\n', not a verdict")
+
+    def test_closedWithoutAnswering(self):
+        """
+        A connection closed (or reset) before the server sent a byte, though
+        requests were sent: L{PrimedClosed}, which says so and flags the
+        command's advice; after some answers, how many were still owed, in
+        plain grammar.
+        """
+        from twisted.internet.error import ConnectionLost
+
+        from primed.client import PrimedClosed
+
+        for reason in [ConnectionDone(), ConnectionLost()]:
+            protocol, transport = connected()
+            d = protocol.check(2)
+            protocol.connectionLost(Failure(reason))
+            failure = self.failureResultOf(d, PrimedClosed)
+            self.assertEqual(
+                str(failure.value),
+                "the server closed the connection without answering"
+                " (perhaps over its connection limit)",
+            )
+            self.assertTrue(failure.value.tlsHint)
+        for reason, how in [(ConnectionDone(), "closed by the server"),
+                            (ConnectionLost(), "reset")]:
+            protocol, transport = connected()
+            ds = [protocol.check(n) for n in (2, 3)]
+            protocol.dataReceived(b"T\n")
+            protocol.connectionLost(Failure(reason))
+            failure = self.failureResultOf(ds[1], PrimedConnectionLost)
+            self.assertNotIsInstance(failure.value, PrimedClosed)
+            self.assertEqual(str(failure.value), f"connection lost with 1 answer owed ({how})")
+            self.assertFalse(failure.value.tlsHint)
 
     def test_repliesAfterErrorIgnored(self):
         """
@@ -126,13 +224,13 @@ class TCPProtocolTests(unittest.TestCase):
         """
         protocol, transport = connected(transport=AbortingTransport())
         ds = [protocol.check(n) for n in (4, 9, 5)]
-        protocol.dataReceived(b"X\nT\n")
+        protocol.dataReceived(b"TX\nT\n")
         protocol.dataReceived(b"T\n" + b"T" * 1000)
         self.assertTrue(transport.aborted)
         lose(protocol, transport)
         for d in ds:
             failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertIn("unexpected reply b'X'", str(failure.value))
+            self.assertEqual(str(failure.value), "the server sent b'TX\\n', not a verdict")
 
     def test_replyToNoRequest(self):
         protocol, transport = connected(transport=AbortingTransport())
@@ -153,20 +251,26 @@ class TCPProtocolTests(unittest.TestCase):
         lose(protocol, transport)
         for d in ds:
             failure = self.failureResultOf(d, PrimedProtocolError)
-            self.assertEqual(str(failure.value), "unexpected reply %r..." % (b"T" * 20))
+            self.assertEqual(
+                str(failure.value), "the server sent %r..., not a verdict" % (b"T" * 32)
+            )
 
     def test_replyLineLimit(self):
         """
-        A reply line of up to 64 bytes is judged as a reply; a longer one is
-        cut short as not primed's.
+        A reply line of up to 64 bytes is judged as a reply when its newline
+        comes; one longer fails at its 65th byte, newline or not.  What is
+        shown of it is cut at 32 bytes.
         """
-        for length, message in [(64, "unexpected reply %r" % (b"x" * 20)),
-                                (65, "unexpected reply %r..." % (b"x" * 20))]:
+        shown = "the server sent %r..., not a verdict" % (b"F" + b"x" * 31)
+        for data, aborted in [(b"F" + b"x" * 63, False), (b"F" + b"x" * 64, True)]:
             protocol, transport = connected(transport=AbortingTransport())
             d = protocol.check(2)
-            protocol.dataReceived(b"x" * length + b"\n")
+            protocol.dataReceived(data)
+            self.assertEqual(getattr(transport, "aborted", False), aborted, len(data))
+            protocol.dataReceived(b"\n")
+            self.assertTrue(transport.aborted)
             lose(protocol, transport)
-            self.assertEqual(str(self.failureResultOf(d, PrimedProtocolError).value), message)
+            self.assertEqual(str(self.failureResultOf(d, PrimedProtocolError).value), shown)
 
     def test_cancelledRequestKeepsItsPlace(self):
         """
@@ -204,6 +308,45 @@ class TCPTimeoutTests(unittest.TestCase):
         lose(protocol, transport)
         failure = self.failureResultOf(d, PrimedTimeout)
         self.assertEqual(str(failure.value), "no reply for 5 s")
+        self.assertIs(failure.value.tlsHint, True)  # not a byte: TLS, perhaps
+
+    def test_silenceAfterBytes(self):
+        """
+        A timeout after the server said something: no TLS advice.
+        """
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        protocol.check(2)
+        d = protocol.check(17)
+        protocol.dataReceived(b"T\n")
+        clock.advance(5)
+        lose(protocol, transport)
+        self.assertIs(self.failureResultOf(d, PrimedTimeout).value.tlsHint, False)
+
+    def test_closedQuickOrLate(self):
+        """
+        Closed without a byte: right after the first request (under 2 s),
+        L{PrimedClosed.quick}; later, how long the server waited.
+        """
+        from primed.client import PrimedClosed
+
+        for waited, quick, message in [
+            (0, True, "the server closed the connection without answering"
+                      " (perhaps over its connection limit)"),
+            (1.9, True, "the server closed the connection without answering"
+                        " (perhaps over its connection limit)"),
+            (2, False, "the server closed the connection after 2 s without answering"),
+            (9.6, False, "the server closed the connection after 10 s without answering"),
+        ]:
+            clock = task.Clock()
+            protocol, transport = connected(30.0, clock)
+            clock.advance(7)
+            d = protocol.check(2)
+            clock.advance(waited)
+            protocol.check(3).addErrback(lambda f: None)
+            lose(protocol, transport)
+            error = self.failureResultOf(d, PrimedClosed).value
+            self.assertEqual((error.quick, str(error)), (quick, message), waited)
 
     def test_progressPostpones(self):
         """

@@ -149,6 +149,16 @@ class CollectorTests(unittest.TestCase):
         self.assertEqual(self.value(page, "primed_tcp_connections_idle_closed_total"), 1)
         self.assertEqual(self.value(page, "primed_drain_unanswered_total"), 2)
 
+    def test_tlsPlainTextClosed(self):
+        """
+        What the TLS listener's first-byte check counts is exported.
+        """
+        page = self.harness.scrape()
+        self.assertEqual(self.value(page, "primed_tls_plaintext_closed_total"), 0)
+        self.service.counters.tlsPlainTextClosed += 3
+        page = self.harness.scrape()
+        self.assertEqual(self.value(page, "primed_tls_plaintext_closed_total"), 3)
+
     def test_buildAndProcessInfo(self):
         page = self.harness.scrape()
         [info] = [labels for (name, labels) in page if name == "primed_build_info"]

@@ -342,3 +342,47 @@ class RulesTests(unittest.TestCase):
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn(b"SUCCESS", result.stdout)
+
+    def test_udpDropsAlertLeavesQuotaDropsOut(self):
+        """
+        C{promtool test rules}: PrimedUDPDrops fires when UDP requests are
+        dropped because the pool is full, not when one source is held to
+        its share (--max-queued-per-source): 10% of requests dropped either
+        way, for 15 minutes.
+        """
+        directory = tempfile.mkdtemp(prefix="primed-rules-")
+        self.addCleanup(shutil.rmtree, directory, True)
+
+        def case(instance, quotaPerMinute):
+            return (
+                f"      - series: 'primed_udp_dropped_total{{instance=\"{instance}\"}}'\n"
+                f"        values: '0+60x20'\n"
+                f"      - series: 'primed_pool_source_quota_total"
+                f"{{instance=\"{instance}\",transport=\"udp\"}}'\n"
+                f"        values: '0+{quotaPerMinute}x20'\n"
+                f"      - series: 'primed_requests_total"
+                f"{{instance=\"{instance}\",transport=\"udp\",verdict=\"prime\"}}'\n"
+                f"        values: '0+540x20'\n"
+            )
+
+        tests = os.path.join(directory, "tests.yml")
+        with open(tests, "w") as f:
+            f.write(
+                f"rule_files: [{ALERTS}]\n"
+                "evaluation_interval: 1m\n"
+                "tests:\n"
+                "  - interval: 1m\n"
+                "    input_series:\n"
+                + case("full", 0) + case("quota", 60)
+                + "    alert_rule_test:\n"
+                "      - eval_time: 15m\n"
+                "        alertname: PrimedUDPDrops\n"
+                "        exp_alerts:\n"
+                "          - exp_labels: {severity: warning, instance: full}\n"
+                "            exp_annotations:\n"
+                "              summary: 'primed full drops UDP requests'\n"
+                "              description: '10% of UDP requests dropped (pool full) over 5 minutes.'\n"
+            )
+        result = subprocess.run([tool("promtool"), "test", "rules", tests],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)

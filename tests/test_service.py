@@ -424,8 +424,8 @@ class StartTests(unittest.TestCase):
         from primed.udp import receiveBufferSize
 
         service = self.make([self.tcp()], [UDPAddress("127.0.0.1", 8808)], maxDigits=123,
-                            maxQueued=4, maxInflight=5, maxConnections=6, idleTimeout=7.5,
-                            drainTimeout=8.5)
+                            maxQueued=4, maxQueuedPerSource=2, maxInflight=5,
+                            maxConnections=6, idleTimeout=7.5, drainTimeout=8.5)
         served = []
         service.listening.addCallback(served.append)
         service.startService()
@@ -438,8 +438,8 @@ class StartTests(unittest.TestCase):
         self.assertIn("Listening for TCP on 0.0.0.0:8809", logged)
         self.assertIn("Listening for UDP on 127.0.0.1:8808", logged)
         self.assertIn(
-            "Limits: 123 digits, 3 check threads, 4 pool checks queued, 5 replies in "
-            "flight per connection, 6 connections, idle timeout 7.5s, drain timeout 8.5s",
+            "Limits: 123 digits, 3 check threads, 4 pool checks queued (2 per source), "
+            "5 replies in flight per connection, 6 connections, idle timeout 7.5s, drain timeout 8.5s",
             logged,
         )
 

@@ -67,6 +67,7 @@ class OptionsTests(unittest.TestCase):
             (["--proxy-timeout", "-1"], "proxy-timeout"),
             (["--proxy-max-header", "10"], "proxy-max-header"),
             (["--proxy-max-header", "big"], "proxy-max-header"),
+            (["--max-queued-per-source", "-1"], "max-queued-per-source"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(option, str(error), args)
@@ -92,6 +93,69 @@ class OptionsTests(unittest.TestCase):
         options = tap.Options()
         for name, doc in options.docs.items():
             self.assertNotIn("  ", doc or "", name)
+
+
+class VersionTests(unittest.TestCase):
+    """
+    C{twistd primed --version}: primed's version (the installed
+    distribution's, so it follows setup.cfg), then Twisted's.
+    """
+
+    def setupVersion(self):
+        import configparser
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+        return config["metadata"]["version"]
+
+    def expected(self):
+        from importlib.metadata import version
+
+        import twisted
+
+        return f"primed {version('primed')}\nTwisted {twisted.__version__}\n"
+
+    def test_option(self):
+        import io
+        import sys
+
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        with self.assertRaises(SystemExit) as caught:
+            parse("--version")
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(stdout.getvalue(), self.expected())
+        self.assertIn(f"primed {self.setupVersion()}\n", stdout.getvalue())
+
+    def test_notInstalled(self):
+        import io
+        import sys
+        from importlib import metadata
+
+        def missing(name):
+            raise metadata.PackageNotFoundError(name)
+
+        self.patch(metadata, "version", missing)
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        self.assertRaises(SystemExit, parse, "--version")
+        self.assertTrue(stdout.getvalue().startswith("primed (not installed)\nTwisted "))
+
+    def test_twistdAndTwist(self):
+        """
+        Both runners, as installed: the plugin's option, not the runner's.
+        """
+        import subprocess
+        import sys
+
+        from support import twistdCommand
+
+        for argv in [twistdCommand() + ["primed", "--version"],
+                     [sys.executable, "-m", "twisted", "primed", "--version"]]:
+            result = subprocess.run(argv, capture_output=True, timeout=60,
+                                    cwd=os.path.dirname(__file__))
+            self.assertEqual((result.returncode, result.stdout.decode(), result.stderr),
+                             (0, self.expected(), b""), argv)
 
 
 class MakeServiceTests(unittest.TestCase):
@@ -125,10 +189,29 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(primed.factory.idleTimeout, 9)
         self.assertTrue(primed.factory.verbose)
         self.assertEqual(primed.checker.maxQueued, 5)
+        self.assertEqual(primed.checker.maxQueuedPerSource, 1)  # a quarter, at least 1
         top = tap.makeService(parse("--max-digits", "50"), reactor)
         top.privilegedStartService()
         (udp,) = top.getServiceNamed("primed").datagramProtocols
         self.assertEqual(udp.maxDigits, 50)
+
+    def test_fairQueueOptions(self):
+        """
+        C{--max-queued-per-source} reaches the fair queue (0: a quarter of
+        C{--max-queued}), which hands the pool one check per thread; the
+        option is in C{--help} with its default.
+        """
+        reactor = ThreadlessReactor()
+        primed = tap.makeService(
+            parse("--max-queued", "40", "--max-queued-per-source", "7", "--threads", "3"),
+            reactor,
+        ).getServiceNamed("primed")
+        self.assertEqual((primed.checker.maxQueued, primed.checker.maxQueuedPerSource), (40, 7))
+        self.assertEqual(primed.checker.queue.concurrency, 3)
+        primed = tap.makeService(parse("--max-queued", "40"), reactor).getServiceNamed("primed")
+        self.assertEqual(primed.checker.maxQueuedPerSource, 10)
+        self.assertIn("--max-queued-per-source=", str(tap.Options()))
+        self.assertIn("a quarter of --max-queued", tap.Options().docs["max-queued-per-source"])
 
     def test_severalUDPPorts(self):
         """

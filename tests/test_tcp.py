@@ -50,10 +50,14 @@ class Harness:
     connections to it.
     """
 
-    def __init__(self, pool=None, maxQueued=64, **options):
+    def __init__(self, pool=None, maxQueued=64, maxQueuedPerSource=None, **options):
         self.reactor = ThreadlessReactor()
         self.pool = pool if pool is not None else HandDrivenPool()
-        self.checker = makeChecker(self.pool, self.reactor, maxQueued=maxQueued)
+        # Every connection here comes from one address: by default, the
+        # quota of that one source is the whole queue.
+        self.checker = makeChecker(
+            self.pool, self.reactor, maxQueued=maxQueued,
+            maxQueuedPerSource=maxQueuedPerSource or maxQueued)
         self.factory = makeFactory(self.checker, self.reactor, **options)
 
     def connect(self, transport=None):
@@ -336,11 +340,11 @@ class BackpressureTests(unittest.TestCase):
             second, _ = harness.connect()
             first.dataReceived(b"%d\n" % BIG_PRIME)
             second.dataReceived(b"%d\n3\n" % BIG_PRIME)
-            self.assertEqual(len(harness.checker._roomWaiters), 1)
+            self.assertEqual(harness.checker.queue.roomWaiters(), 1)
             if halfClosed:
                 second.readConnectionLost()
             second.connectionLost(None)
-            self.assertEqual(len(harness.checker._roomWaiters), 0, halfClosed)
+            self.assertEqual(harness.checker.queue.roomWaiters(), 0, halfClosed)
 
     def test_poolFullPausesUntilRoom(self):
         """

@@ -9,10 +9,16 @@ import socket
 
 from twisted.internet import protocol, threads
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from primed import client, tap
-from primed.tls import HalfCloseableTLSFactory, HalfCloseableTLSProtocol
+from primed.counters import Counters
+from primed.tls import (
+    UNEXPECTED_MESSAGE_ALERT,
+    HalfCloseableTLSFactory,
+    HalfCloseableTLSProtocol,
+)
 from primed.wire import Verdict
 from support import SEED_REPLIES, SEED_VALUES, CertificatesMixin, askTLS
 
@@ -163,6 +169,83 @@ class HalfCloseTests(CertificatesMixin, unittest.TestCase):
         self.assertEqual(data, b"T\n")
 
 
+    def plainRequest(self, port, payload, prefix=b""):
+        """
+        Send C{payload} in clear and read until the server closes; in a
+        thread, so the service in this process can answer.
+        """
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(prefix + payload)
+                received = []
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return b"".join(received)
+                    received.append(chunk)
+
+        return threads.deferToThread(talk)
+
+    async def test_plainTextClosedAtOnce(self):
+        """
+        A request in clear (no TLS) is answered with a fatal TLS alert and
+        the connection closed, at once: OpenSSL alone would wait for a
+        5-byte record header that C{17\n} never completes.  Counted, and
+        logged once per 10 seconds; TLS clients are still served.
+        """
+        from twisted.logger import globalLogPublisher
+
+        warnings = []
+
+        def observe(event):
+            if "not a TLS handshake" in str(event.get("log_format", "")):
+                warnings.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        port = self.serve()
+        self.assertEqual(await self.plainRequest(port, b"17\n"), UNEXPECTED_MESSAGE_ALERT)
+        self.assertEqual(await self.plainRequest(port, b"GET / HTTP/1.0\r\n\r\n"),
+                         UNEXPECTED_MESSAGE_ALERT)
+        self.assertEqual(self.service.counters.tlsPlainTextClosed, 2)
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["start"], b"17\n")
+        data, ending = await self.ask(port, b"17\n", "close_notify")
+        self.assertEqual(data, b"T\n")
+        self.assertEqual(self.service.counters.tlsPlainTextClosed, 2)
+
+    async def test_plainTextBehindProxy(self):
+        """
+        Behind C{haproxy:ssl:} the PROXY header comes first, in clear: the
+        check looks at the first byte after it, and a TLS client with a
+        header is still served.
+        """
+        from twisted.internet import reactor
+
+        config = tap.Options()
+        config.parseOptions([
+            "--listen",
+            f"haproxy:ssl:0:interface=127.0.0.1:privateKey={self.paths['key']}"
+            f":certKey={self.paths['cert']}",
+            "--no-udp", "--threads", "1",
+        ])
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        service = top.getServiceNamed("primed")
+        port = service.tcpPorts[0].getHost().port
+        header = b"PROXY TCP4 192.0.2.1 127.0.0.1 4000 8443\r\n"
+        self.assertEqual(await self.plainRequest(port, b"17\n", prefix=header),
+                         UNEXPECTED_MESSAGE_ALERT)
+        self.assertEqual(service.counters.tlsPlainTextClosed, 1)
+        data, ending = await threads.deferToThread(
+            askTLS, port, b"17\n", self.paths["ca"], "close_notify", prefix=header
+        )
+        self.assertEqual(data, b"T\n")
+        self.assertEqual(service.counters.tlsPlainTextClosed, 1)
+
+
 def deferLater(seconds):
     from twisted.internet import reactor, task
 
@@ -187,9 +270,9 @@ class WrappedProtocolTests(CertificatesMixin, unittest.TestCase):
         with open(self.paths["key"]) as k, open(self.paths["cert"]) as c:
             return ssl.PrivateCertificate.loadPEM(k.read() + c.read()).options()
 
-    def connect(self, wrapped):
+    def connect(self, wrapped, counters=None, clock=None):
         factory = HalfCloseableTLSFactory(
-            self.options(), protocol.Factory.forProtocol(lambda: wrapped)
+            self.options(), protocol.Factory.forProtocol(lambda: wrapped), clock, counters
         )
         tls = factory.buildProtocol(None)
         transport = StringTransport()
@@ -218,6 +301,146 @@ class WrappedProtocolTests(CertificatesMixin, unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertTrue(tls.readClosed)
 
+
+    def test_firstByteNotHandshake(self):
+        """
+        A first byte other than 0x16 (a handshake record) draws the alert and
+        a close, before OpenSSL sees anything; the wrapped protocol learns
+        the connection closed cleanly; nothing sent later is read.
+        """
+        from twisted.internet import task
+        from twisted.internet.error import ConnectionDone
+
+        for first in [b"1", b"\x15\x03\x01\x00\x02\x02\x0a", b"\x17", b"G"]:
+            wrapped, counters = NotHalfCloseable(), Counters()
+            tls, transport = self.connect(wrapped, counters, task.Clock())
+            tls.dataReceived(first + b"7\n")
+            self.assertEqual(transport.value(), UNEXPECTED_MESSAGE_ALERT, first)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(counters.tlsPlainTextClosed, 1)
+            self.assertEqual(tls.factory.plainTextRefused, 1)
+            transport.clear()
+            tls.dataReceived(b"\x16\x03\x01\x00\x05hello")
+            self.assertEqual(transport.value(), b"")
+            tls.connectionLost(Failure(ConnectionDone()))
+            self.assertTrue(wrapped.lost.check(ConnectionDone), wrapped.lost)
+
+    def test_handshakeByteAccepted(self):
+        """
+        A first byte of 0x16 goes to OpenSSL, whatever comes next: a
+        ClientHello cut short is waited for, not refused.
+        """
+        from twisted.internet import task
+
+        counters = Counters()
+        tls, transport = self.connect(NotHalfCloseable(), counters, task.Clock())
+        tls.dataReceived(b"\x16")
+        tls.dataReceived(b"\x03")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(counters.tlsPlainTextClosed, 0)
+
+    def test_logRateLimited(self):
+        """
+        One log line per 10 seconds, however many plain-text clients come;
+        each counted.
+        """
+        from twisted.internet import task
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock, counters = task.Clock(), Counters()
+        factory = HalfCloseableTLSFactory(
+            self.options(), protocol.Factory.forProtocol(NotHalfCloseable), clock, counters
+        )
+        for advance in [0, 1, 8.9, 0.1, 3]:
+            clock.advance(advance)
+            tls = factory.buildProtocol(None)
+            tls.makeConnection(StringTransport())
+            tls.dataReceived(b"17\n")
+        logged = [e for e in events if "not a TLS handshake" in e.get("log_format", "")]
+        self.assertEqual([e["refused"] for e in logged], [1, 4])
+        self.assertEqual(counters.tlsPlainTextClosed, 5)
+
+
+class KeyPermissionTests(CertificatesMixin, unittest.TestCase):
+    """
+    A private key file every user may read draws one warning when the
+    listener starts, naming the file and the fix; group-readable (Debian's
+    C{ssl-cert} convention) does not.
+    """
+
+    def keyWithMode(self, mode, name="key.pem"):
+        import os
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="primed-key-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, name)
+        shutil.copy(self.paths["key"], path)
+        os.chmod(path, mode)
+        return path
+
+    def warnings(self, *keys):
+        from twisted.internet import reactor
+        from twisted.logger import globalLogPublisher
+
+        events = []
+
+        def observe(event):
+            if "private key" in str(event.get("log_format", "")):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        argv = []
+        for key in keys:
+            escaped = key.replace(":", "\\:")
+            argv += ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={escaped}"
+                                 f":certKey={self.paths['cert']}"]
+        config = tap.Options()
+        config.parseOptions([*argv, "--no-udp", "--threads", "1"])
+        top = tap.makeService(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        return events
+
+    def test_worldReadable(self):
+        from twisted.logger import formatEvent
+
+        key = self.keyWithMode(0o644)
+        [event] = self.warnings(key)
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertEqual(
+            formatEvent(event),
+            f"The private key file {key} is readable by every user: run "
+            f"'chmod o-r {key}' (or 'chmod 640 {key}', group-readable)",
+        )
+
+    def test_onceForTwoListeners(self):
+        key = self.keyWithMode(0o604, name="a:key.pem")  # a colon, escaped
+        self.assertEqual([e["path"] for e in self.warnings(key, key)], [key])
+
+    def test_ownerOrGroupOnly(self):
+        self.assertEqual(self.warnings(self.keyWithMode(0o600), self.keyWithMode(0o640)), [])
+
+
+class PrivateKeyPathTests(unittest.TestCase):
+    def test_paths(self):
+        from primed.tls import privateKeyPath
+
+        for description, path in [
+            ("ssl:8443:privateKey=/etc/primed/key.pem:certKey=/etc/primed/cert.pem",
+             "/etc/primed/key.pem"),
+            ("haproxy:ssl:8443:certKey=c.pem:privateKey=k.pem", "k.pem"),
+            ("ssl:8443:privateKey=C\\:\\\\keys\\\\k.pem", "C:\\keys\\k.pem"),
+            ("ssl:8443:certKey=both.pem", "server.pem"),
+            ("ssl:8443", "server.pem"),
+        ]:
+            self.assertEqual(privateKeyPath(description), path, description)
 
 
 class RecipeTests(unittest.TestCase):

@@ -31,7 +31,8 @@ BIG_PRIME = 2**607 - 1
 class DatagramTests(unittest.TestCase):
     def setUp(self):
         self.pool = HandDrivenPool()
-        self.checker = makeChecker(self.pool, maxQueued=2)
+        # One source here: its quota is the whole queue.
+        self.checker = makeChecker(self.pool, maxQueued=2, maxQueuedPerSource=2)
         self.protocol, self.transport = makeDatagramProtocol(self.checker)
 
     def replies(self):

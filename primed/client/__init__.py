@@ -24,6 +24,7 @@ from primed.client.base import (
     DEFAULT_TCP_TIMEOUT,
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
+    PrimedClosed,
     PrimedConnectionLost,
     PrimedError,
     PrimedProtocolError,
@@ -33,6 +34,7 @@ from primed.client.base import (
     PrimedTLSError,
     _request,
     describeError,
+    plural,
 )
 from primed.client.tcp import PrimedClientProtocol, connect, connectEndpoint
 from primed.client.udp import PrimedUDPClient
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_UDP_TIMEOUT",
     "PrimedClient",
     "PrimedClientProtocol",
+    "PrimedClosed",
     "PrimedConnectionLost",
     "PrimedError",
     "PrimedProtocolError",
@@ -110,7 +113,9 @@ class PrimedClient:
     restart).  A connection closed owing nothing (primed's idle timeout) is
     replaced when the next request comes, for free.  What no new
     connection would change fails at once: a certificate refused
-    (L{PrimedTLSError}), a server that is not primed (L{PrimedProtocolError}).
+    (L{PrimedTLSError}), a server that is not primed (L{PrimedProtocolError}),
+    and, until the server has answered once, silence (a timeout, or a close
+    long after the requests: L{_silentFromTheStart}).
 
     @ivar protocol: the connection in use, or L{None} between connections.
     @ivar reconnections: connections made after the first, for the curious.
@@ -137,6 +142,7 @@ class PrimedClient:
         self._firstLoss = None  # what started them
         self._closed = False
         self._everConnected = False
+        self._everAnswered = False
 
     def connect(self) -> defer.Deferred:
         """
@@ -246,7 +252,11 @@ class PrimedClient:
             return
         if self._firstLoss is None:
             self._firstLoss = reason
-        if reason.check(PrimedTLSError, PrimedProtocolError) or self._attempts >= self.retries:
+        if (
+            reason.check(PrimedTLSError, PrimedProtocolError)
+            or self._attempts >= self.retries
+            or self._silentFromTheStart(reason)
+        ):
             self._giveUp(reason)
             return
         self._attempts += 1
@@ -254,16 +264,37 @@ class PrimedClient:
             _reconnectDelay(self._attempts), self._reconnect
         )
 
+    def _silentFromTheStart(self, reason) -> bool:
+        """
+        Whether C{reason} is silence from a server that has answered
+        nothing yet: a timeout, or a close that came only after one.  Such
+        a server is not known to be primed (a TLS server, an HTTP server
+        waiting for a request), and trying again would only wait as long
+        again; a close right after the requests (a connection limit, a
+        balancer without a backend) is retried as any loss is.
+        """
+        if self._everAnswered:
+            return False
+        if reason.check(PrimedTimeout):
+            return True
+        return bool(reason.check(PrimedClosed)) and not reason.value.quick
+
     def _giveUp(self, reason):
         first, attempts = self._firstLoss, self._attempts
         self._firstLoss, self._attempts = None, 0
         if attempts:
             # Attempts were made, so this reason is the last one's, not the
             # loss that started them (both are reset together).
-            message = describeError(first.value)
-            message += f"; then {attempts} reconnection attempts failed"
-            message += f" ({describeError(reason.value)})"
-            reason = Failure(PrimedConnectionLost(message))
+            message = firstWords = describeError(first.value)
+            lastWords = describeError(reason.value)
+            if lastWords == firstWords:
+                message += f"; the same on {plural(attempts, 'reconnection attempt')}"
+            else:
+                message += f"; then {plural(attempts, 'reconnection attempt')} failed"
+                message += f" ({lastWords})"
+            lost = PrimedConnectionLost(message)
+            lost.tlsHint = getattr(reason.value, "tlsHint", False)
+            reason = Failure(lost)
         self._fail(reason)
 
     def _fail(self, reason):
@@ -281,6 +312,7 @@ class PrimedClient:
             unanswered.remove(ask)
         self._attempts = 0
         self._firstLoss = None
+        self._everAnswered = True
         ask.receiver.callback(verdict)
 
     def _failed(self, ask, reason):

@@ -25,7 +25,13 @@ DEFAULT_RETRIES = 3
 class PrimedError(Exception):
     """
     A request that primed did not answer.
+
+    @ivar tlsHint: whether the server may be speaking TLS to a client that
+        does not: it sent what looks like a TLS record, or closed the
+        connection without a word.  The command then suggests C{--tls}.
     """
+
+    tlsHint = False
 
 
 class PrimedConnectionLost(PrimedError):
@@ -46,6 +52,55 @@ class PrimedProtocolError(PrimedError):
     The server sent something that is not a verdict, so it is not primed (or
     the replies can no longer be matched to the requests).
     """
+
+
+class PrimedClosed(PrimedConnectionLost):
+    """
+    The server closed the connection without sending a byte, though
+    requests were sent on it.  At once (L{quick}): over its connection
+    limit, stopping, a balancer without a backend, or a server that does
+    not speak plain text (a TLS port that closes at once).  After a
+    silence: a server that gave up waiting for something else.
+
+    @ivar quick: whether the close came right after the requests.
+    """
+
+    tlsHint = True
+
+    def __init__(self, message="the server closed the connection without answering"
+                 " (perhaps over its connection limit)", quick=True):
+        PrimedConnectionLost.__init__(self, message)
+        self.quick = quick
+
+
+#: How much of what a server that is not primed sent is shown.
+SHOWN_BYTES = 32
+
+
+def notAVerdict(received: bytes) -> PrimedProtocolError:
+    """
+    The error for a server that sent C{received} where a verdict line was
+    due, showing it printably (Python's C{repr} of bytes) and cut at
+    L{SHOWN_BYTES}; a TLS record (a handshake or an alert: what a TLS
+    server answers plain text with) is named.
+    """
+    shown = repr(received[:SHOWN_BYTES])
+    if len(received) > SHOWN_BYTES:
+        shown += "..."
+    looksLikeTLS = received[:1] in (b"\x15", b"\x16") and received[1:2] in (b"", b"\x03")
+    message = f"the server sent {shown}, not a verdict"
+    if looksLikeTLS:
+        message += "; it looks like TLS"
+    error = PrimedProtocolError(message)
+    error.tlsHint = looksLikeTLS
+    return error
+
+
+def plural(count: int, noun: str) -> str:
+    """
+    C{"1 answer"}, C{"3 answers"}.
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class PrimedRefused(PrimedError):

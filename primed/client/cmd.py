@@ -24,10 +24,12 @@ from primed.client import (
     DEFAULT_UDP_PORT,
     DEFAULT_UDP_TIMEOUT,
     PrimedClient,
+    PrimedProtocolError,
     PrimedUDPClient,
 )
 from primed.client.base import describeError
 from primed.client.io import InputError, Output, Run, StdinReader
+from primed.client.progress import Progress
 
 #: Requests the command keeps unanswered at once: enough to hide the round
 #: trip, few enough to bound the memory of both ends.  A UDP request holds a
@@ -50,6 +52,15 @@ class Options(usage.Options):
     optFlags = [
         ["udp", "u", "Ask over UDP (default port %d)." % DEFAULT_UDP_PORT],
         ["raw", "r", "Print only the verdict letter: T, F or E."],
+        [
+            "progress",
+            None,
+            "Show a progress line on standard error (answered so far, rate, "
+            "elapsed), redrawn up to ten times a second and erased at the end "
+            "[default: when standard error is a terminal and the numbers come "
+            "from standard input].",
+        ],
+        ["no-progress", None, "Never show the progress line."],
         [
             "tls",
             None,
@@ -199,6 +210,8 @@ class Options(usage.Options):
             self.tlsOptions = _tlsOptions(self["ca"], self["server-name"] or self["host"])
         elif self["ca"] is not None or self["server-name"] is not None:
             raise usage.UsageError("--ca and --server-name go with --tls")
+        if self["progress"] and self["no-progress"]:
+            raise usage.UsageError("give --progress or --no-progress, not both")
 
     def where(self):
         """
@@ -297,7 +310,11 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
             reader.more()
 
     reader = None
+    progress = _progress(reactor, options, stdin, stdout, stderr, output)
     job = Run(send, window, output.write, output.flush, wantInput)
+    if progress is not None:
+        progress.count = lambda: job.answered
+        progress.start()
     output.onBroken = lambda: job.fail(Failure(output.error or BrokenPipeError()))
     if options["numbers"]:
         job.feed([os.fsencode(number) for number in options["numbers"]])
@@ -307,7 +324,11 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
         reader.start()
         job.feed([])
     try:
-        await job.finished
+        try:
+            await job.finished
+        finally:
+            if progress is not None:
+                progress.stop()
     except InputError as e:
         stderr.write(f"primed-client: {e}\n")
         return 1
@@ -316,12 +337,67 @@ async def run(reactor, options, stdin, stdout, stderr) -> int:
             reason = output.error.strerror or describeError(output.error)
             stderr.write(f"primed-client: cannot write standard output: {reason}\n")
         elif not output.broken:
-            stderr.write(f"primed-client: {where}: {describeError(e)}\n")
+            stderr.write(f"primed-client: {where}: {describeError(e)}{_tlsHint(e, options)}\n")
         return 1
     finally:
         if connection is not None:
             connection.close()
     return 1 if output.broken else 0
+
+
+def _isDescriptorTerminal(fd) -> bool:
+    try:
+        return os.isatty(fd)
+    except (TypeError, OSError):  # not a descriptor
+        return False
+
+
+def _isTerminal(stream) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real descriptor
+        return False
+
+
+def _progress(reactor, options, stdin, stdout, stderr, output):
+    """
+    The progress line, if this run shows one: C{--progress}; or, unless
+    C{--no-progress}, when standard error is a terminal and the numbers
+    come from standard input (a long run: the arguments' are over at once).
+    When standard output is a terminal too, each answer first erases the
+    line, and each redraw first prints the answers.  When standard input is
+    a terminal, the line waits for answers faster than anyone types
+    (L{Progress}'s C{waitForFlow}), unless C{--progress}.
+    """
+    if options["no-progress"]:
+        return None
+    if not options["progress"] and (options["numbers"] or not _isTerminal(stderr)):
+        return None
+    typed = not options["progress"] and _isDescriptorTerminal(stdin)
+    progress = Progress(reactor, stderr, lambda: 0, beforeDraw=output.flush,
+                        waitForFlow=typed)
+    if _isTerminal(stdout) and _isTerminal(stderr):
+        output.shareTerminal(progress)
+    return progress
+
+
+def _tlsHint(e, options) -> str:
+    """
+    The advice to add to error C{e}'s line when the server may be speaking
+    TLS to us in clear (see L{PrimedError.tlsHint}): C{--tls}, or a C{tls:}
+    endpoint.
+    """
+    if not getattr(e, "tlsHint", False) or options["udp"] or options["tls"]:
+        return ""
+    if options["endpoint"] is not None:
+        if options["endpoint"].startswith("tls:"):
+            return ""
+        advice = "give a tls: endpoint"
+    else:
+        advice = "try --tls"
+    if isinstance(e, PrimedProtocolError):
+        return f": {advice}"
+    return f"; if it expects TLS, {advice}"
 
 
 def _endpoint(reactor, options):

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from primed.client.base import PrimedRequestTooLong
+from primed.client.progress import SharedTerminal
 from primed.wire import Verdict
 
 _WORDS = {
@@ -56,6 +57,7 @@ class Run:
 
     @ivar finished: fires with L{None} once every input given before L{end}
         is printed.
+    @ivar answered: how many answers were printed (for the progress line).
     """
 
     def __init__(self, send, window, write, flush, wantInput=lambda: None):
@@ -71,6 +73,7 @@ class Run:
         self._asked = False
         self._ended = False
         self._failing = False  # an input failed: send nothing more
+        self.answered = 0
         self.finished = defer.Deferred()
 
     def feed(self, inputs):
@@ -161,6 +164,7 @@ class Run:
                 break
             sent.popleft()
             write(slot.text, slot.verdict)
+            self.answered += 1
             if self.finished.called:
                 return  # The output broke.
         self._pump()
@@ -316,6 +320,13 @@ class Output:
         self.broken = False
         self.error = None
         self.onBroken = lambda: None
+
+    def shareTerminal(self, progress):
+        """
+        Standard output is the terminal L{progress} draws on: erase its line
+        before each write.
+        """
+        self._stream = SharedTerminal(self._stream, progress)
 
     def write(self, text, verdict):
         if self.broken:

@@ -8,16 +8,20 @@ L{primed.client.PrimedClient} builds on it to survive a lost connection.
 import collections
 
 from twisted.internet import defer, endpoints
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from primed.client.base import (
+    PrimedClosed,
     PrimedConnectionLost,
     PrimedProtocolError,
     PrimedTimeout,
     _request,
+    notAVerdict,
+    plural,
 )
 from primed.client.tls import handshakeFailure, isTLS
 from primed.wire import Verdict
@@ -25,6 +29,14 @@ from primed.wire import Verdict
 # Reply lines as LineReceiver hands them over, so the hot path is one dict
 # lookup; anything else goes through Verdict.fromReply.
 _VERDICT_OF_LINE = {verdict.reply.rstrip(b"\n"): verdict for verdict in Verdict}
+# The bytes a reply line may begin with: anything else at the start of a
+# line (a TLS alert, an HTTP status line) fails at once, not only once a
+# newline or MAX_LENGTH bytes arrive, which may be never.
+_REPLY_STARTS = frozenset(verdict.reply[0] for verdict in Verdict)
+#: Seconds: a server that closes a connection sooner than this after a
+#: request, without a byte, refused it (L{PrimedClosed.quick}); later, it
+#: gave up waiting for something else.
+QUICK_CLOSE = 2.0
 
 
 @implementer(IHandshakeListener)
@@ -43,6 +55,7 @@ class PrimedClientProtocol(LineReceiver):
     @ivar lostIdle: whether the connection closed owing no answer (primed's
         idle timeout, say): nothing was lost with it, and a new connection
         can carry on.
+    @ivar heard: whether the server has sent anything on this connection.
     @ivar ready: whether the connection can carry requests: from
         C{connectionMade} over TCP, from the end of the handshake (the
         server's certificate verified) over TLS.  Requests made earlier wait
@@ -64,6 +77,8 @@ class PrimedClientProtocol(LineReceiver):
         self.lostIdle = False
         self._timer = None
         self._lastHeard = 0.0
+        self._atLineStart = True
+        self.heard = False
         self.ready = False
         self._readyWaiters = []
 
@@ -156,6 +171,15 @@ class PrimedClientProtocol(LineReceiver):
             return
         if self.timeout is not None:
             self._lastHeard = self._clock.seconds()
+        if not data:
+            return
+        self.heard = True
+        # One look per read, not per line: a read that starts a line (most
+        # do, replies being 2 bytes) must start it with T, F or E.
+        if self._atLineStart and data[0] not in _REPLY_STARTS:
+            self._abort(notAVerdict(data))
+            return
+        self._atLineStart = data[-1] == 10  # b"\n"
         LineReceiver.dataReceived(self, data)
 
     def lineReceived(self, line):
@@ -166,7 +190,7 @@ class PrimedClientProtocol(LineReceiver):
             try:
                 verdict = Verdict.fromReply(line)
             except ValueError:
-                self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}"))
+                self._abort(notAVerdict(line + self.delimiter))
                 return
         if not self._pending:
             self._abort(PrimedProtocolError("a reply to no request"))
@@ -176,7 +200,8 @@ class PrimedClientProtocol(LineReceiver):
     def lineLengthExceeded(self, line):
         if self._error is not None:
             return
-        self._abort(PrimedProtocolError(f"unexpected reply {line[:20]!r}..."))
+        # Longer than MAX_LENGTH, so longer than what is shown of it.
+        self._abort(notAVerdict(line))
 
     def _checkSilence(self):
         self._timer = None
@@ -184,11 +209,30 @@ class PrimedClientProtocol(LineReceiver):
             return
         silence = self._clock.seconds() - self._lastHeard
         if silence >= self.timeout:
-            self._abort(PrimedTimeout(f"no reply for {self.timeout:g} s"))
+            timeout = PrimedTimeout(f"no reply for {self.timeout:g} s")
+            # Silent from the start: perhaps a TLS server waiting for a
+            # record header.
+            timeout.tlsHint = not self.heard
+            self._abort(timeout)
         else:
             self._timer = self._clock.callLater(
                 self.timeout - silence, self._checkSilence
             )
+
+    def _closedUnanswered(self):
+        """
+        Closed before the server sent a byte: at once, or after a silence
+        (measured from the first request, when there is a clock).
+        """
+        if self._clock is None:
+            return PrimedClosed()
+        waited = self._clock.seconds() - self._lastHeard
+        if waited < QUICK_CLOSE:
+            return PrimedClosed()
+        return PrimedClosed(
+            f"the server closed the connection after {waited:.0f} s without answering",
+            quick=False,
+        )
 
     def _abort(self, exception):
         """
@@ -218,13 +262,26 @@ class PrimedClientProtocol(LineReceiver):
             return
         if self._error is not None:
             error_ = self._error
+        elif not self.heard and reason.check(ConnectionDone, ConnectionLost):
+            error_ = self._closedUnanswered()
         else:
             error_ = PrimedConnectionLost(
-                f"connection lost before {len(pending)} answers arrived"
-                f" ({reason.getErrorMessage()})"
+                f"connection lost with {plural(len(pending), 'answer')} owed"
+                f" ({_howLost(reason)})"
             )
         for receiver in pending:
             receiver.errback(Failure(error_))
+
+
+def _howLost(reason) -> str:
+    """
+    How a connection was lost, in a few words.
+    """
+    if reason.check(ConnectionDone):
+        return "closed by the server"
+    if reason.check(ConnectionLost):
+        return "reset"
+    return reason.getErrorMessage()
 
 
 def connect(reactor, description, timeout=None) -> defer.Deferred:

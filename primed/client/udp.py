@@ -17,6 +17,7 @@ from primed.client.base import (
     PrimedRequestTooLong,
     PrimedTimeout,
     _request,
+    plural,
 )
 from primed.wire import Verdict
 
@@ -68,7 +69,7 @@ class _UDPRequest(DatagramProtocol):
             self._finish(
                 Failure(
                     PrimedTimeout(
-                        f"no reply after {self._sent} attempts"
+                        f"no reply after {plural(self._sent, 'attempt')}"
                         f" of {self._timeout:g} s each"
                     )
                 )
