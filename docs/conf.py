@@ -17,7 +17,8 @@ _setup.read(os.path.join(_here, os.pardir, "setup.cfg"), encoding="utf-8")
 
 project = "primed"
 author = "the primed developers"
-copyright = "2026, the primed developers"
+_COPYRIGHT = "2026, the primed developers"
+copyright = _COPYRIGHT
 # One place for the version: setup.cfg.
 release = _setup["metadata"]["version"]
 version = release
@@ -74,4 +75,14 @@ def setup(app):
                     node.replace_self(nodes.inline("", "", *node.children))
 
     app.add_post_transform(PlainReferences)
+
+    def keepCopyright(app, config):
+        """
+        Sphinx rewrites this year to C{SOURCE_DATE_EPOCH}'s when that is
+        set and earlier (after priority 800's handler): the committed man
+        pages must come out the same whoever builds them.
+        """
+        config.copyright = _COPYRIGHT
+
+    app.connect("config-inited", keepCopyright, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

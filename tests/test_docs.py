@@ -33,7 +33,7 @@ needsSphinx = unittest.skipIf(
     sys.version_info < (3, 11), "the docs toolchain (Sphinx 9) needs Python 3.11 or later")
 
 
-def sphinxBuild(builder: str, out: str, doctrees: str) -> subprocess.CompletedProcess:
+def sphinxBuild(builder: str, out: str, doctrees: str, env=None) -> subprocess.CompletedProcess:
     """
     Run C{sphinx-build -W} with C{builder} from C{docs/} into C{out}, in a
     network namespace of its own when the tests run as root, so a page or
@@ -45,7 +45,7 @@ def sphinxBuild(builder: str, out: str, doctrees: str) -> subprocess.CompletedPr
     if os.geteuid() == 0 and shutil.which("unshare"):
         argv = ["unshare", "--net", "--"] + argv
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=300)
+                          env=env, timeout=300)
 
 
 def manWarnings(path: str) -> subprocess.CompletedProcess:
@@ -115,10 +115,13 @@ class BuildTests(unittest.TestCase):
     def test_manPagesUpToDate(self):
         """
         The committed man pages are byte for byte what the sources generate
-        now, so they never drift from the docs.
+        now, so they never drift from the docs; whoever builds them: a
+        C{SOURCE_DATE_EPOCH} (set by Debian's package builds, for one)
+        changes nothing.
         """
         out = os.path.join(self.tmp, "man")
-        result = sphinxBuild("man", out, os.path.join(self.tmp, "doctrees"))
+        env = dict(os.environ, SOURCE_DATE_EPOCH="1")
+        result = sphinxBuild("man", out, os.path.join(self.tmp, "doctrees"), env)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(sorted(os.listdir(out)), sorted(PAGES))
         for name in PAGES:
@@ -252,14 +255,15 @@ def moduleFiles():
 
 def readmeLayout():
     """
-    The files and folders README.rst's layout tree names, as paths: a line
+    The files and folders README.rst's layout tree names, as a list of
+    paths in the tree's order: a line
     indented under C{primed/} names C{primed/NAME}, under C{client/}
     C{primed/client/NAME}; several names may share a line, comma-separated.
     """
     with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
         text = f.read()
     tree = text.split("\nLayout\n======\n", 1)[1].split("::\n", 1)[1]
-    paths, parents = set(), []
+    paths, parents = [], []
     for line in tree.splitlines():
         if not line.strip():
             if paths:
@@ -273,7 +277,7 @@ def readmeLayout():
             parents.pop()
         prefix = "".join(parent for _, parent in parents)
         for name in names:
-            paths.add(prefix + name)
+            paths.append(prefix + name)
         if names[-1].endswith("/"):
             parents.append((indent, names[-1]))
     return paths
@@ -308,6 +312,8 @@ class LayoutTests(unittest.TestCase):
         exists, and so does every top-level folder it names.
         """
         tree = readmeLayout()
+        self.assertEqual(sorted(p for p in set(tree) if tree.count(p) > 1), [])
+        tree = set(tree)
         listed = {path for path in tree if path.endswith(".py")}
         self.assertEqual(sorted(listed ^ (moduleFiles() - {"primed/__init__.py"})), [])
         for path in tree - listed:
@@ -321,5 +327,157 @@ class LayoutTests(unittest.TestCase):
         with open(os.path.join(DOCS, "design", "index.rst"), encoding="utf-8") as f:
             text = f.read()
         table = text.split("\nThe modules\n===========\n", 1)[1].split("\nThe rest", 1)[0]
-        named = set(re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M))
+        named = re.findall(r"^``(primed/[\w/]+\.py)``", table, re.M)
+        self.assertEqual(sorted(n for n in set(named) if named.count(n) > 1), [])
+        named = set(named)
         self.assertEqual(sorted(named ^ (moduleFiles() - {"primed/__init__.py"})), [])
+
+
+def protocolExamples():
+    """
+    The example table of C{docs/protocol.rst}: (request bytes, reply letter)
+    pairs, the request's escapes (C{\\n}, C{\\r}, C{\\t}, C{\\xNN}) decoded.
+    """
+    with open(os.path.join(DOCS, "protocol.rst"), encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^``(.+?)``\s+``([TFE])``\s", text, re.M)
+
+    def decode(escaped):
+        out = bytearray()
+        i = 0
+        while i < len(escaped):
+            if escaped.startswith("\\x", i):
+                out.append(int(escaped[i + 2:i + 4], 16))
+                i += 4
+            elif escaped[i] == "\\":
+                out += {"n": b"\n", "r": b"\r", "t": b"\t"}[escaped[i + 1]]
+                i += 2
+            else:
+                out += escaped[i].encode("utf-8")
+                i += 1
+        return bytes(out)
+
+    return [(decode(request), reply) for request, reply in rows]
+
+
+class ProtocolExamplesTests(unittest.TestCase):
+    """
+    The wire protocol page's examples are what the installed daemon answers.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        from support import Daemon
+
+        cls.daemon = Daemon()
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def test_examplesRead(self):
+        examples = protocolExamples()
+        self.assertGreaterEqual(len(examples), 15)
+        self.assertIn((b"\t+0007 \n", "T"), examples)
+        self.assertIn((b"1\x007\n", "E"), examples)
+
+    def test_tcp(self):
+        """
+        All the examples on one connection, pipelined: one reply each, in
+        order.
+        """
+        from support import ask
+
+        examples = protocolExamples()
+        payload = b"".join(request for request, _ in examples)
+        expected = "".join(reply + "\n" for _, reply in examples).encode("ascii")
+        self.assertEqual(ask(self.daemon.tcpPort, payload), expected)
+
+    def test_udp(self):
+        """
+        Each example in a datagram of its own.
+        """
+        from support import askUDP
+
+        for request, reply in protocolExamples():
+            self.assertEqual(askUDP(self.daemon.udpPort, request),
+                             (reply + "\n").encode("ascii"), request)
+
+
+class TwistOutputTests(unittest.TestCase):
+    """
+    C{twist primed}'s output, as docs/operating/logging.rst describes it:
+    Twisted's JSON events (RFC 7464 records) when standard output is not a
+    terminal, plain text lines when it is.
+    """
+
+    def run_twist(self, stdout, readFd):
+        """
+        Start the installed C{twist primed} on ports of its own with
+        C{stdout}, read C{readFd} until it has logged that it listens on
+        TCP, stop it, and return what it wrote.
+        """
+        import select
+        import signal
+        import time
+
+        process = subprocess.Popen(
+            [os.path.join(BIN, "twist"), "primed", "--listen", "tcp:0:interface=127.0.0.1",
+             "--no-udp"],
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir())
+        self.addCleanup(process.wait, 20)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        output = b""
+        deadline = time.monotonic() + 30
+        while re.search(rb"Listening for[^\n]*\n", output) is None:
+            remaining = deadline - time.monotonic()
+            self.assertGreater(remaining, 0, output)
+            ready, _, _ = select.select([readFd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(readFd, 65536)
+                except OSError:  # a pty whose other end closed
+                    chunk = b""
+                self.assertTrue(chunk, output)
+                output += chunk
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(20), -signal.SIGTERM)
+        return output.decode("utf-8", "replace")
+
+    def test_jsonWhenPiped(self):
+        """
+        Piped, every line is one of Twisted's JSON events.
+        """
+        import json
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        try:
+            output = self.run_twist(write, read)
+        finally:
+            os.close(write)
+        lines = output.split("\n")[:-1]  # after the last newline: a partial line
+        # RFC 7464 JSON text sequences: a record separator, then the object.
+        self.assertTrue(all(line.startswith("\x1e{") for line in lines), lines)
+        events = [json.loads(line[1:]) for line in lines]
+        self.assertIn("Listening for {transport} on {address}",
+                      [event.get("log_format") for event in events])
+        self.assertTrue(all("log_namespace" in event for event in events), events)
+
+    def test_textOnATerminal(self):
+        """
+        On a terminal (a pseudo-terminal here), plain text lines.
+        """
+        import pty
+
+        controller, terminal = pty.openpty()
+        self.addCleanup(os.close, controller)
+        try:
+            output = self.run_twist(terminal, controller)
+        finally:
+            os.close(terminal)
+        self.assertRegex(output, r"\[primed\.service\.PrimedService#info\] "
+                                 r"Listening for TCP on 127\.0\.0\.1:\d+")
+        self.assertNotIn('"log_format"', output)
