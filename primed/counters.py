@@ -14,7 +14,7 @@ far less than the big-number check it times.
 
 import threading
 from bisect import bisect_left
-from typing import List, Sequence
+from collections.abc import Sequence
 
 #: Upper bounds, in seconds, of the pool check duration histogram: from
 #: 100 µs (the smallest numbers the pool gets) to 10 s (far above a
@@ -76,7 +76,7 @@ class CheckTimes:
     def __init__(self, bounds: Sequence[float] = CHECK_SECONDS_BUCKETS):
         self.bounds = tuple(bounds)
         #: One count per bound, then one for everything above the last.
-        self.buckets: List[int] = [0] * (len(self.bounds) + 1)
+        self.buckets: list[int] = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
         self.count = 0
         self._lock = threading.Lock()

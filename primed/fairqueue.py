@@ -55,7 +55,8 @@ runs in the reactor thread.
 """
 
 from collections import deque
-from typing import Callable, Deque, Dict, Hashable, Tuple
+from collections.abc import Hashable
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -85,7 +86,7 @@ class _Source:
     def __init__(self, key):
         self.key = key
         self.count = 0
-        self.connections: Deque[Hashable] = deque()
+        self.connections: deque[Hashable] = deque()
 
 
 class FairQueue:
@@ -123,14 +124,14 @@ class FairQueue:
         self.queued = 0
         self.running = 0
         self.cancelled = 0
-        self._sources: Dict[Hashable, _Source] = {}
+        self._sources: dict[Hashable, _Source] = {}
         # Sources with jobs waiting, in round-robin order.
-        self._ready: Deque[_Source] = deque()
+        self._ready: deque[_Source] = deque()
         # Each connection with jobs waiting: its source and its jobs.
-        self._waiting: Dict[Hashable, Tuple[_Source, Deque]] = {}
+        self._waiting: dict[Hashable, tuple[_Source, deque]] = {}
         # Callers waiting for room, by source (in the order sources first
         # asked), each source's in the order they asked.
-        self._roomWaiters: Dict[Hashable, Deque[Callable[[], None]]] = {}
+        self._roomWaiters: dict[Hashable, deque[Callable[[], None]]] = {}
         self._idleWaiters: list = []
 
     def roomWaiters(self) -> int:
@@ -216,7 +217,7 @@ class FairQueue:
         self.cancelled += dropped
         if not share.count:
             del self._sources[share.key]
-        for job, d in jobs:
+        for _job, d in jobs:
             d.errback(Failure(JobCancelled()))
         self._roomMade()
         return dropped
@@ -237,7 +238,7 @@ class FairQueue:
             dropped += len(jobs)
             if not share.count:
                 del self._sources[share.key]
-            for job, d in jobs:
+            for _job, d in jobs:
                 d.errback(Failure(reason))
         self._ready.clear()
         self._roomMade()

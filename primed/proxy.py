@@ -34,7 +34,7 @@ direct-send fast path cannot apply), and its parsers accept malformed headers
 
 import ipaddress
 import struct
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 from twisted.internet import address, interfaces
 from twisted.internet.protocol import Factory, Protocol
@@ -74,7 +74,9 @@ class ProxyHeader(NamedTuple):
     destination: Optional[interfaces.IAddress]
 
 
-def parseHeader(data: bytes, maxLength: int = DEFAULT_MAX_HEADER) -> Optional[Tuple[ProxyHeader, int]]:
+def parseHeader(
+    data: bytes, maxLength: int = DEFAULT_MAX_HEADER
+) -> Optional[tuple[ProxyHeader, int]]:
     """
     Parse the PROXY header at the start of C{data}.
 
@@ -91,7 +93,7 @@ def parseHeader(data: bytes, maxLength: int = DEFAULT_MAX_HEADER) -> Optional[Tu
     raise BadHeader("no PROXY header")
 
 
-def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
+def _parseV1(data: bytes) -> Optional[tuple[ProxyHeader, int]]:
     if not V1_PREFIX.startswith(data[:6]):
         raise BadHeader("no PROXY header")
     end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
@@ -104,7 +106,7 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
     try:
         fields = data[:end].decode("ascii").split(" ")
     except UnicodeDecodeError:
-        raise BadHeader("v1 header is not ASCII")
+        raise BadHeader("v1 header is not ASCII") from None
     if len(fields) >= 2 and fields[1] == "UNKNOWN":
         return ProxyHeader(1, None, None), end + 2
     if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
@@ -120,7 +122,7 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
             raise ValueError(source)
         kind(source), kind(destination)
     except ValueError:
-        raise BadHeader(f"v1 header has a bad {family} address")
+        raise BadHeader(f"v1 header has a bad {family} address") from None
     return (
         ProxyHeader(
             1,
@@ -132,12 +134,16 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
 
 
 def _port(text: str) -> int:
-    if not (text.isdigit() and text.isascii()) or (text[0] == "0" and text != "0") or int(text) > 65535:
+    if (
+        not (text.isdigit() and text.isascii())
+        or (text[0] == "0" and text != "0")
+        or int(text) > 65535
+    ):
         raise BadHeader("v1 header has a bad port")
     return int(text)
 
 
-def _parseV2(data: bytes, maxLength: int) -> Optional[Tuple[ProxyHeader, int]]:
+def _parseV2(data: bytes, maxLength: int) -> Optional[tuple[ProxyHeader, int]]:
     if not V2_SIGNATURE.startswith(data[:12]):
         raise BadHeader("no PROXY header")
     if len(data) < 16:

@@ -9,7 +9,8 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 
 import os
 import socket
-from typing import List, Optional, Sequence, Set, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
@@ -22,9 +23,9 @@ from twisted.python.failure import Failure
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
+from primed.internals import lookup, require
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
-from primed.internals import lookup, require
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 # Twisted's private names used here (L{primed.internals}), set by the
@@ -105,7 +106,7 @@ def _reusePortSocket(kind: int, host: str, port: int, backlog: int = 50) -> sock
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise CannotListenError(host, port, e)
+            raise CannotListenError(host, port, e) from e
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -127,7 +128,7 @@ def _inheritedDescriptor(name: str) -> int:
     try:
         return _SystemdParser._sddaemon.inheritedNamedDescriptors()[name]
     except KeyError:
-        raise ValueError(f"no socket named {name!r} was inherited from systemd")
+        raise ValueError(f"no socket named {name!r} was inherited from systemd") from None
 
 
 class PrimedService(service.Service):
@@ -144,7 +145,7 @@ class PrimedService(service.Service):
     def __init__(
         self,
         reactor,
-        tcpEndpoints: Sequence[Tuple[str, object]],
+        tcpEndpoints: Sequence[tuple[str, object]],
         udpAddresses: Sequence[UDPAddress],
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
@@ -193,11 +194,11 @@ class PrimedService(service.Service):
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
-        self.datagramProtocols: List[PrimeDatagramProtocol] = []
-        self.tcpPorts: List = []
-        self.udpPorts: List = []
-        self._served: List[Tuple[str, str]] = []
-        self._keysChecked: Set[str] = set()
+        self.datagramProtocols: list[PrimeDatagramProtocol] = []
+        self.tcpPorts: list = []
+        self.udpPorts: list = []
+        self._served: list[tuple[str, str]] = []
+        self._keysChecked: set[str] = set()
         self.listening = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
@@ -228,8 +229,8 @@ class PrimedService(service.Service):
             self._stopListening()
             if isinstance(e, CannotListenError):  # its own text ends in "."
                 where = e.port if e.interface is None else f"{e.interface}:{e.port}"
-                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
-            raise SystemExit(f"primed: cannot listen: {e}")
+                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}") from e
+            raise SystemExit(f"primed: cannot listen: {e}") from e
         self._served = served
 
     def startService(self):
@@ -245,7 +246,7 @@ class PrimedService(service.Service):
                 # The workers already started are daemon threads, and the
                 # pool cannot be stopped cleanly after a failed start.
                 self._stopListening()
-                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}")
+                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}") from e
         for transport, address in self._served:
             self._log.info("Listening for {transport} on {address}",
                            transport=transport, address=address)
@@ -472,7 +473,7 @@ def _noDelay(port) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
+def _tcpBinding(description: str, endpoint) -> tuple[str, int, int]:
     """
     Host, port and backlog of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint, to
     bind a socket of our own.  Twisted's endpoints keep these private.
@@ -483,7 +484,7 @@ def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
     except AttributeError:
         raise ValueError(
             f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
-        )
+        ) from None
 
 
 def _buildTLSContext(description: str, tlsContext) -> None:
@@ -501,7 +502,8 @@ def _buildTLSContext(description: str, tlsContext) -> None:
         raise CannotListenError(
             None, description,
             "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
-            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
+            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no"
+        ) from None
 
 
 def _tlsContext(endpoint):

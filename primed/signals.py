@@ -32,7 +32,7 @@ background job) stays ignored.
 """
 
 import signal
-from typing import Any, List
+from typing import Any
 
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
@@ -76,7 +76,7 @@ class StopSignals:
         self.reactor = reactor
         self.signals = signals
         self.stopping = False
-        self._noted: List[int] = []
+        self._noted: list[int] = []
 
     def hook(self) -> None:
         """

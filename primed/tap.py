@@ -166,7 +166,7 @@ class Options(usage.Options):
             runner = _runnerName()
             sys.stderr.write(f"{runner} primed: {e}\n"
                              f"Run '{runner} primed --help' for the options.\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from e
 
     def opt_version(self):
         """
@@ -204,7 +204,7 @@ class Options(usage.Options):
         try:
             self["udp"].append(UDPAddress.fromString(address))
         except ValueError as e:
-            raise usage.UsageError(f"--udp: {e}")
+            raise usage.UsageError(f"--udp: {e}") from e
 
     def postOptions(self):
         if not self["listen"]:
@@ -230,7 +230,7 @@ class Options(usage.Options):
             try:
                 internals.require([_service._sddaemon], "--udp systemd:NAME")
             except RuntimeError as e:
-                raise usage.UsageError(str(e))
+                raise usage.UsageError(str(e)) from e
         if self["metrics"] is not None:
             _serverEndpoint(reactor, self["metrics"], option="--metrics")
 
@@ -251,7 +251,7 @@ def _requirePrivateNames(endpoint, description: str, reusePort: bool) -> None:
         elif reusePort:
             internals.require(_service._binding, "--reuseport")
     except RuntimeError as e:
-        raise usage.UsageError(f"--listen {description!r}: {e}")
+        raise usage.UsageError(f"--listen {description!r}: {e}") from e
 
 
 def _runnerName() -> str:
@@ -278,7 +278,7 @@ def _serverEndpoint(reactor, description: str, config=None, option: str = "--lis
         if _UNESCAPED_IPV6.search(description):
             message = (f"{option} {description!r}: escape the colons of an IPv6 "
                        f"interface with backslashes, as in tcp6:8809:interface=\\:\\:1")
-        raise usage.UsageError(message)
+        raise usage.UsageError(message) from e
 
 
 _log = Logger(namespace="primed")
@@ -296,7 +296,8 @@ def makeService(config, reactor=None):
     # One warning, at start, naming any private Twisted name primed falls
     # back from (primed.internals).
     internals.warnMissing(_log)
-    connections, option = config["max-connections"], f"--max-connections {config['max-connections']}"
+    connections = config["max-connections"]
+    option = f"--max-connections {connections}"
     if config["metrics"] is not None:
         connections += config["metrics-max-connections"]
         option += f" and --metrics-max-connections {config['metrics-max-connections']}"

@@ -34,7 +34,7 @@ Three things shape it beyond a plain L{LineReceiver}:
 """
 
 from collections import deque
-from typing import Deque, List, Optional, Set
+from typing import Optional
 
 from twisted.internet import interfaces
 from twisted.logger import Logger
@@ -44,8 +44,8 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned, CheckCancelled
-from primed.sources import sourceKey
 from primed.fastpath import resetProbe, streamWriter
+from primed.sources import sourceKey
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -87,9 +87,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def __init__(self):
         self._buffer = b""
         self._discarding = False
-        self._held: Deque[bytes] = deque()
-        self._pending: Deque[list] = deque()
-        self._paused: Set[str] = set()
+        self._held: deque[bytes] = deque()
+        self._pending: deque[list] = deque()
+        self._paused: set[str] = set()
         self._readClosed = False
         self._closing = False
         self._lost = False
@@ -236,7 +236,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             self._process([line])
         self._checkClear()
 
-    def _process(self, lines: List[bytes], out: Optional[List[bytes]] = None) -> None:
+    def _process(self, lines: list[bytes], out: Optional[list[bytes]] = None) -> None:
         """
         Answer C{lines} in order; everything answerable at once leaves in one
         write, after C{out}, replies to earlier lines of the same read not
@@ -311,7 +311,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             self._write(b"".join(out))
         self._processing -= 1
 
-    def _hold(self, lines: List[bytes], start: int, reason: str) -> None:
+    def _hold(self, lines: list[bytes], start: int, reason: str) -> None:
         self._held.extendleft(reversed(lines[start:]))
         self._pause(reason)
 

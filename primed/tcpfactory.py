@@ -10,7 +10,7 @@ every kind (plain, TLS, PROXY, systemd) share one factory, so the limit and
 the drain cover them all.
 """
 
-from typing import List, Optional, Set
+from typing import Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -57,11 +57,11 @@ class PrimeLineFactory(Factory):
         self.idleTimeout = idleTimeout
         self.verbose = verbose
         self.counters = Counters() if counters is None else counters
-        self.protocols: Set[PrimeLineProtocol] = set()
+        self.protocols: set[PrimeLineProtocol] = set()
         self.refused = 0
         self.draining = False
         self._lastRefusalLog: Optional[float] = None
-        self._drainWaiters: List[Deferred] = []
+        self._drainWaiters: list[Deferred] = []
 
     def buildProtocol(self, addr):
         """

@@ -19,8 +19,8 @@ from twisted.logger import Logger
 from primed import wire
 from primed.checker import CheckAbandoned
 from primed.counters import Counters
-from primed.sources import sourceKey
 from primed.fastpath import datagramWriter
+from primed.sources import sourceKey
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Seconds between two log lines about dropped datagrams.
