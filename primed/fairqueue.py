@@ -56,7 +56,7 @@ runs in the reactor thread.
 
 from collections import deque
 from collections.abc import Hashable
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -179,7 +179,7 @@ class FairQueue:
             share = self._sources[source] = _Source(source)
         share.count += 1
         self.queued += 1
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.running < self.concurrency and not self._ready:
             self._start(job, d, share)
             return d
@@ -271,7 +271,7 @@ class FairQueue:
         """
         @return: a L{Deferred} that fires once no job is running or waiting.
         """
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.queued == 0:
             d.callback(None)
         else:
@@ -282,6 +282,7 @@ class FairQueue:
 
     def _start(self, job, d: Deferred, share: _Source) -> None:
         self.running += 1
+        started: Any
         try:
             started = self._run(job)
         except BaseException:

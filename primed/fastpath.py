@@ -108,7 +108,7 @@ def datagramWriter(transport) -> Callable[[bytes, tuple], None]:
     """
     if not DATAGRAM or not isinstance(transport, udp.Port) or transport._connectedAddr:
         return transport.write
-    return transport.socket.sendto
+    return transport.socket.sendto  # type: ignore[return-value]  # socket.sendto's overloads
 
 
 def resetProbe(transport) -> Callable[[], bool]:

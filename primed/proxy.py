@@ -34,7 +34,7 @@ direct-send fast path cannot apply), and its parsers accept malformed headers
 
 import ipaddress
 import struct
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from twisted.internet import address, interfaces
 from twisted.internet.protocol import Factory, Protocol
@@ -200,6 +200,10 @@ class ProxyHeaderProtocol(Protocol):
     Reads the PROXY header of one connection, then gets out of the way of
     C{wrapped}, which was connected to the same transport from the start.
     """
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
 
     def __init__(self, factory: "ProxyHeaderFactory", wrapped: Protocol):
         self.proxyFactory = factory

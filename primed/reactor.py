@@ -35,6 +35,7 @@ import socket
 import sys
 from errno import EWOULDBLOCK
 from select import EPOLLIN
+from typing import Optional
 
 from twisted.internet import udp
 from twisted.internet.epollreactor import EPollReactor
@@ -289,6 +290,7 @@ class PrimedReactor(EPollReactor):
             frame[log.ILogContext] = dict(frame.get(log.ILogContext) or {})
             cached = self._logFrame = (below, below.copy(), frame, frame[log.ILogContext])
         frame, logContext = cached[2], cached[3]
+        why: Optional[BaseException]
         contexts.append(frame)
         try:
             for fd, event in events:

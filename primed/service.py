@@ -10,7 +10,7 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 import os
 import socket
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.internet import defer
@@ -199,7 +199,7 @@ class PrimedService(service.Service):
         self.udpPorts: list = []
         self._served: list[tuple[str, str]] = []
         self._keysChecked: set[str] = set()
-        self.listening = defer.Deferred()
+        self.listening: defer.Deferred[Any] = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
 
@@ -276,7 +276,7 @@ class PrimedService(service.Service):
         self.tcpPorts, self.udpPorts = [], []
 
     def _listenTCP(self, description: str, endpoint):
-        factory = self.factory
+        factory: Any = self.factory  # or the TLS factory wrapping it
         proxyEndpoint = None
         if hasattr(endpoint, "wrapFactory"):  # haproxy:ENDPOINT (primed.proxy)
             proxyEndpoint, endpoint = endpoint, endpoint.wrapped
@@ -305,7 +305,7 @@ class PrimedService(service.Service):
         if tlsContext is not None:
             host, port, backlog = _tcpBinding(description, endpoint)
             return self.reactor.listenTCP(port, factory, backlog, host)
-        result = []
+        result: list[Any] = []
         endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
@@ -398,11 +398,11 @@ class PrimedService(service.Service):
             + [self.factory.drain()],
             consumeErrors=True,
         )
-        done = defer.Deferred()
+        done: defer.Deferred[Any] = defer.Deferred()
         timeout = self.reactor.callLater(
             self.drainTimeout, self._cutOff, done, f"Drain timeout of {self.drainTimeout}s reached"
         )
-        drained.addBoth(lambda _: done.called or done.callback(None))
+        drained.addBoth(lambda _: done.called or done.callback(None))  # type: ignore[call-overload,func-returns-value]  # result unused
         done.addCallback(self._closed, timeout)
         self._stopping = done
         self._deadline = timeout

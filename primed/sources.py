@@ -37,6 +37,7 @@ def sourceKey(peer) -> Optional[str]:
         network of its /64), or L{None} when the peer has no IP address
         (UNIX sockets, and anything unparseable).
     """
+    host: object
     if isinstance(peer, str):
         host = peer
     elif isinstance(peer, tuple):

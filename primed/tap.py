@@ -36,7 +36,7 @@ def _positiveInt(name):
             raise usage.UsageError(f"--{name} must be a whole number, at least 1, not {value!r}")
         return number
 
-    coerce.coerceDoc = "A whole number, at least 1."
+    coerce.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -52,7 +52,7 @@ def _atLeast(name, least):
             )
         return number
 
-    coerce.coerceDoc = f"A whole number, at least {least}."
+    coerce.coerceDoc = f"A whole number, at least {least}."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -68,7 +68,7 @@ def _seconds(name):
             )
         return number
 
-    coerce.coerceDoc = "Seconds, 0 or more."
+    coerce.coerceDoc = "Seconds, 0 or more."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -332,7 +332,7 @@ def makeService(config, reactor=None):
             config["metrics"],
             _serverEndpoint(reactor, config["metrics"], option="--metrics"),
             maxConnections=config["metrics-max-connections"],
-            timeout=config["metrics-timeout"] or None,
+            timeout=config["metrics-timeout"] or None,  # type: ignore[arg-type]  # None: no timeout
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)

@@ -34,7 +34,7 @@ Three things shape it beyond a plain L{LineReceiver}:
 """
 
 from collections import deque
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet import interfaces
 from twisted.logger import Logger
@@ -74,6 +74,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     request sent to the pool until it is answered, replies queue behind it in
     C{_pending}, a deque of one-item lists each holding its reply or L{None}.
     """
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
 
     delimiter = b"\n"
     _log = Logger()
@@ -119,7 +123,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         factory.connected(self)
         self._checkClear()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason):  # type: ignore[override]  # Twisted always passes the reason
         """
         Results still running for this connection are dropped quietly when
         they arrive; only the factory's bookkeeping needs updating.
@@ -262,6 +266,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                 # is at least 1, so an empty queue is never full.)
                 self._hold(lines, index, PAUSED_BY_INFLIGHT)
                 break
+            number: Optional[int]
             if line.isdigit() and len(line) <= plainDigits:
                 number = int(line)  # parseRequest's first step, inline
             else:

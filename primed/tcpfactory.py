@@ -10,7 +10,7 @@ every kind (plain, TLS, PROXY, systemd) share one factory, so the limit and
 the drain cover them all.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -102,7 +102,7 @@ class PrimeLineFactory(Factory):
         @return: a L{Deferred} that fires when every connection has closed.
         """
         self.draining = True
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.protocols:
             self._drainWaiters.append(d)
             for protocol in list(self.protocols):

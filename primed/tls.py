@@ -48,6 +48,7 @@ the Twisted primed needs (L{requireHalfClose}).
 
 import os
 import stat
+from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.error import ConnectionDone
@@ -95,6 +96,12 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
 
     @ivar readClosed: whether the peer will send nothing more.
     """
+
+    factory: "HalfCloseableTLSFactory"
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
 
     readClosed = False
     _firstByteSeen = False
