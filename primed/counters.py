@@ -50,6 +50,9 @@ class Counters:
         "tcpIdleClosed",
         "linesTooLong",
         "drainUnanswered",
+        "tlsHandshakeTimeouts",
+        "proxyUntrusted",
+        "proxyRefused",
         "tcpSourceQuota",
         "udpSourceQuota",
         "poolDiscarded",
@@ -69,6 +72,9 @@ class Counters:
     tcpIdleClosed: int
     linesTooLong: int
     drainUnanswered: int
+    tlsHandshakeTimeouts: int
+    proxyUntrusted: int
+    proxyRefused: int
     tcpSourceQuota: int
     udpSourceQuota: int
     poolDiscarded: int

@@ -16,11 +16,14 @@ queue, which decides what runs next:
     B{connection} within the source.  A source that queued a hundred jobs
     and a source that queued one take turns; a source that opens more
     connections gets no more turns, only the same turns spread over its
-    connections.  A source with nothing running or waiting goes to the
-    head of the line, so a client asking one number at a time waits only
-    for the first running job to finish; a source that already has a job
-    running or waiting goes to the back (the ring's tail), so sending
-    often gains nothing.  A connection's own jobs run in the order they
+    connections.  A source with nothing running or waiting is a
+    B{newcomer}: newcomers wait in a line of their own, in the order they
+    came, and take every other turn with the sources already busy, so a
+    client asking one number at a time waits for about one running job,
+    not a round; a source that already has a job running or waiting goes
+    to the back of the ring, so sending often gains nothing, and
+    newcomers, however many, cannot starve the ring (nor, first come first
+    served, each other).  A connection's own jobs run in the order they
     were submitted, so its replies stay in order.
 
   - B{Bounds.}  At most C{maxQueued} jobs running or waiting over all
@@ -127,6 +130,10 @@ class FairQueue:
         self._sources: dict[Hashable, _Source] = {}
         # Sources with jobs waiting, in round-robin order.
         self._ready: deque[_Source] = deque()
+        # Newcomers (their first job waiting), in the order they came, and
+        # whether the next turn is theirs when the ring waits too.
+        self._fresh: deque[_Source] = deque()
+        self._freshTurn = True
         # Each connection with jobs waiting: its source and its jobs.
         self._waiting: dict[Hashable, tuple[_Source, deque]] = {}
         # Callers waiting for room, by source (in the order sources first
@@ -180,7 +187,7 @@ class FairQueue:
         share.count += 1
         self.queued += 1
         d: Deferred[Any] = Deferred()
-        if self.running < self.concurrency and not self._ready:
+        if self.running < self.concurrency and not self._ready and not self._fresh:
             self._start(job, d, share)
             return d
         waiting = self._waiting.get(connection)
@@ -188,8 +195,8 @@ class FairQueue:
             waiting = self._waiting[connection] = (share, deque())
             if not share.connections:
                 if share.count == 1:
-                    # Nothing running or waiting before: first in line.
-                    self._ready.appendleft(share)
+                    # Nothing running or waiting before: a newcomer.
+                    self._fresh.append(share)
                 else:
                     self._ready.append(share)
             share.connections.append(connection)
@@ -210,7 +217,7 @@ class FairQueue:
         share, jobs = entry
         share.connections.remove(connection)
         if not share.connections:
-            self._ready.remove(share)
+            (self._fresh if share in self._fresh else self._ready).remove(share)
         dropped = len(jobs)
         share.count -= dropped
         self.queued -= dropped
@@ -241,6 +248,7 @@ class FairQueue:
             for _job, d in jobs:
                 d.errback(Failure(reason))
         self._ready.clear()
+        self._fresh.clear()
         self._roomMade()
         return dropped
 
@@ -295,29 +303,39 @@ class FairQueue:
         """
         One job is done: deliver its result first (its caller may cancel
         more work in response, which must not be started), then give its
-        place to a waiting job, and its room to a waiting caller.
+        place to a waiting job, and its room to a waiting caller.  The
+        source counts the job until its result is delivered: what its
+        caller submits in response (a connection's next held line) comes
+        from a busy source, for the back of the line, not from a newcomer
+        for the head, ahead of the sources waiting.
         """
         self.running -= 1
         self.queued -= 1
-        share.count -= 1
-        if not share.count and not share.connections:
-            del self._sources[share.key]
         if isinstance(result, Failure):
             d.errback(result)
         else:
             d.callback(result)
+        share.count -= 1
+        if not share.count and not share.connections:
+            del self._sources[share.key]
         self._dispatch()
         self._roomMade()
 
     def _dispatch(self) -> None:
         """
         Hand waiting jobs to the executor while it has a free worker: the
-        next source in turn, its next connection in turn, that connection's
-        oldest job.
+        next source in turn (the first newcomer, or the ring's next, turn
+        about), its next connection in turn, that connection's oldest job.
         """
         ready = self._ready
-        while ready and self.running < self.concurrency:
-            share = ready.popleft()
+        fresh = self._fresh
+        while (fresh or ready) and self.running < self.concurrency:
+            if fresh and (self._freshTurn or not ready):
+                share = fresh.popleft()
+                self._freshTurn = not ready  # the ring waits: its turn next
+            else:
+                share = ready.popleft()
+                self._freshTurn = True
             connection = share.connections.popleft()
             jobs = self._waiting[connection][1]
             job, d = jobs.popleft()

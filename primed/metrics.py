@@ -12,10 +12,17 @@ scraper asks for it (C{Accept}).
 
 The port cannot disturb the prime service: it takes at most
 L{MAX_CONNECTIONS} connections (C{--metrics-max-connections}), each closed
-after L{TIMEOUT} seconds (C{--metrics-timeout}) without a complete request
-and after its first answer (L{_Channel}), twisted.web bounds the size of a
-request's headers, bodies are not kept, and a scrape costs the reactor well
-under a millisecond.
+L{TIMEOUT} seconds after it was opened (C{--metrics-timeout}) and after its
+first answer (L{_Channel}), twisted.web bounds the size of a request's
+headers, bodies are not kept, and a scrape costs the reactor well under a
+millisecond.
+
+Nor can slow clients shut out the scraper or a balancer's C{/healthz}
+(slowloris): the deadline runs from the connection, not from the last byte,
+and when the port is full the oldest connection that has not sent a whole
+request head is closed to make room for the new one (L{_LimitedFactory}),
+so a client that sends its request at once is always answered, however
+many connections trickle bytes or sit idle.
 
 A stop keeps this port open until the service has drained, so that
 C{/healthz} answers 503 while primed finishes its work and a balancer can
@@ -51,8 +58,10 @@ from primed.tcp import (
 
 #: Simultaneous connections to the metrics port; more are closed at once.
 MAX_CONNECTIONS = 16
-#: Seconds a metrics connection may stay without a complete request.
-TIMEOUT = 10.0
+#: Seconds a metrics connection may stay open: a request head takes
+#: milliseconds to send, a scrape's answer milliseconds to read; HAProxy's
+#: usual C{timeout http-request} is a few seconds.
+TIMEOUT = 2.0
 
 _PAUSE_REASONS = (PAUSED_BY_CONSUMER, PAUSED_BY_INFLIGHT, PAUSED_BY_POOL, PAUSED_BY_DRAIN)
 
@@ -84,6 +93,8 @@ class PrimedCollector:
     def __init__(self, primed):
         self.primed = primed
         self.versions = _versions()
+        #: The metrics port's L{_LimitedFactory}, once it exists.
+        self.metricsFactory = None
 
     def collect(self):
         primed = self.primed
@@ -130,11 +141,63 @@ class PrimedCollector:
             "TCP connections accepted and served.",
             value=counters.tcpAccepted,
         )
-        yield CounterMetricFamily(
+        refused = CounterMetricFamily(
             "primed_tcp_connections_refused",
-            "TCP connections closed at once: over --max-connections, or during a stop.",
-            value=factory.refused,
+            "TCP connections closed at once, by reason: limit (over --max-connections "
+            "with none to close instead, or during a stop), per_source "
+            "(--max-connections-per-source), untrusted_proxy (a haproxy: listener's "
+            "peer not in --proxy-from), proxy_header (no valid PROXY header within "
+            "--proxy-timeout), handshake_rate (--max-handshakes-per-source).",
+            labels=["reason"],
         )
+        refused.add_metric(["limit"], factory.refused)
+        refused.add_metric(["per_source"], factory.sources.refused)
+        refused.add_metric(["untrusted_proxy"], counters.proxyUntrusted)
+        refused.add_metric(["proxy_header"], counters.proxyRefused)
+        refused.add_metric(["handshake_rate"], primed.handshakeRates.refused)
+        yield refused
+        yield GaugeMetricFamily(
+            "primed_tcp_connections_per_source_limit",
+            "Open TCP connections allowed from one source (--max-connections-per-source; "
+            "0: no limit).",
+            value=factory.maxPerSource,
+        )
+        yield GaugeMetricFamily(
+            "primed_tcp_sources",
+            "Sources with TCP connections open now (counted only under a per-source limit).",
+            value=len(factory.sources.open),
+        )
+        yield CounterMetricFamily(
+            "primed_tcp_connections_evicted",
+            "TCP connections without a complete request closed to make room for a new "
+            "one at --max-connections.",
+            value=factory.evicted,
+        )
+        yield CounterMetricFamily(
+            "primed_tls_handshake_timeouts",
+            "TLS connections closed for not completing their handshake within "
+            "--handshake-timeout.",
+            value=counters.tlsHandshakeTimeouts,
+        )
+        yield CounterMetricFamily(
+            "primed_verbose_lines_left_out",
+            "--verbose request lines not logged, over --verbose-rate.",
+            value=primed.verboseLines.leftOut,
+        )
+        metricsPort = self.metricsFactory
+        if metricsPort is not None:
+            closed = CounterMetricFamily(
+                "primed_metrics_connections_closed",
+                "Connections to the --metrics port closed unanswered, by reason: "
+                "refused (full of connections that all sent a request), evicted "
+                "(the oldest without a whole request, to make room), timeout "
+                "(--metrics-timeout).",
+                labels=["reason"],
+            )
+            closed.add_metric(["refused"], metricsPort.refused)
+            closed.add_metric(["evicted"], metricsPort.evicted)
+            closed.add_metric(["timeout"], metricsPort.timedOut)
+            yield closed
         yield CounterMetricFamily(
             "primed_tcp_connections_idle_closed",
             "TCP connections closed after --idle-timeout without a request.",
@@ -350,8 +413,22 @@ class _Channel(http.HTTPChannel):
         way.
     """
 
+    #: Whether a whole request head has arrived: until then this connection
+    #: is the first to go when the port is full.
+    headReceived = False
+
     def resetTimeout(self):
         pass
+
+    def allHeadersReceived(self):
+        self.headReceived = True
+        http.HTTPChannel.allHeadersReceived(self)
+
+    def timeoutConnection(self):
+        counter = getattr(self.site, "timedOut", None)
+        if counter is not None:
+            counter()
+        http.HTTPChannel.timeoutConnection(self)
 
     def checkPersistence(self, request, version):
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
@@ -374,8 +451,11 @@ class _QuietSite(server.Site):
 
 class _LimitedFactory(WrappingFactory):
     """
-    At most C{limit} connections at once; further ones are closed as soon
-    as they are accepted, like primed's own TCP port does.
+    At most C{limit} connections at once.  When full, the oldest connection
+    that has not sent a whole request head is closed to make room for the
+    new one (slow or idle clients cannot keep a scraper out); only when
+    every connection has sent one is the new connection closed as soon as
+    it is accepted, like primed's own TCP port does.
     """
 
     noisy = False
@@ -384,15 +464,34 @@ class _LimitedFactory(WrappingFactory):
         WrappingFactory.__init__(self, wrapped)
         self.limit = limit
         self.refused = 0
+        self.evicted = 0
+        self.timedOut = 0
+        wrapped.timedOut = self._timedOut
+
+    def _timedOut(self):
+        self.timedOut += 1
 
     def logPrefix(self):
         return "PrimedMetrics"
 
     def buildProtocol(self, addr):
-        if len(self.protocols) >= self.limit:
+        if len(self.protocols) >= self.limit and not self._makeRoom():
             self.refused += 1
             return None
         return WrappingFactory.buildProtocol(self, addr)
+
+    def _makeRoom(self) -> bool:
+        # self.protocols is a dict: in the order the connections arrived.
+        for wrapper in self.protocols:
+            if not getattr(wrapper.wrappedProtocol, "headReceived", True):
+                del self.protocols[wrapper]
+                self.evicted += 1
+                wrapper.transport.abortConnection()
+                return True
+        return False
+
+    def unregisterProtocol(self, p):
+        self.protocols.pop(p, None)  # gone already if evicted
 
 
 class _ProcessCollector(ProcessCollector):
@@ -411,23 +510,33 @@ class _ProcessCollector(ProcessCollector):
             return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def makeRegistry(primed, proc: str = "/proc") -> CollectorRegistry:
+def makeRegistry(primed, proc: str = "/proc", collector: Optional[PrimedCollector] = None
+                 ) -> CollectorRegistry:
     """
     A registry of its own (not prometheus-client's global one) with primed's
     collector and the process collector (RSS, CPU, open files, start time).
 
     @param proc: where procfs is mounted.
+    @param collector: primed's collector; a new one by default.
     """
+    if collector is None:
+        collector = PrimedCollector(primed)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PrimedCollector(primed))
+    registry.register(collector)
     _ProcessCollector(registry=registry, proc=proc)
     return registry
 
 
 def makeSite(primed, timeout: float = TIMEOUT) -> server.Site:
+    """
+    The site, its L{PrimedCollector} as its C{collector}.
+    """
+    collector = PrimedCollector(primed)
     site = _QuietSite(
-        Root(primed, makeRegistry(primed)), timeout=timeout, reactor=primed.reactor
+        Root(primed, makeRegistry(primed, collector=collector)), timeout=timeout,
+        reactor=primed.reactor,
     )
+    site.collector = collector
     return site
 
 
@@ -444,7 +553,9 @@ class MetricsService(service.Service):
         self.primed = primed
         self.description = description
         self.endpoint = endpoint
-        self.factory = _LimitedFactory(makeSite(primed, timeout), maxConnections)
+        site = makeSite(primed, timeout)
+        self.factory = _LimitedFactory(site, maxConnections)
+        site.collector.metricsFactory = self.factory
         self.port = None
 
     def privilegedStartService(self):

@@ -30,16 +30,34 @@ direct-send fast path cannot apply), and its parsers accept malformed headers
     seconds is closed without an answer: answering it would let anyone who
     reaches the backend directly spoof their address.  Refusals are logged at
     most once per 10 seconds, with a running count.
+
+  - Only trusted balancers may send a header (C{--proxy-from
+    ADDRESS[/PREFIX]}, like nginx's C{set_real_ip_from}): a connection from
+    any other address is closed before anything is read.  Without
+    C{--proxy-from} any address is trusted, as before, and primed warns at
+    start.  A C{haproxy:unix:} listener has no peer address: whoever may
+    open the socket file is trusted.
+
+  - Per-source limits (L{primed.tcpfactory}) count a balancer's connection
+    against the client its header names, not against the balancer: until
+    the header is read the wrapped factory sees a
+    L{primed.sources.Unattributed} address.
 """
 
 import ipaddress
 import struct
-from typing import Any, NamedTuple, Optional
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional, Union
 
 from twisted.internet import address, interfaces
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from primed.ratelog import Throttle
+from primed.sources import Unattributed
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Seconds a connection may take to send its PROXY header.
 DEFAULT_HEADER_TIMEOUT = 5.0
@@ -245,10 +263,17 @@ class ProxyHeaderProtocol(Protocol):
         wrapped = self.wrapped
         if self.header.source is not None:
             # Down to primed's protocol, through a TLS layer if there is one.
-            layer = wrapped
+            layer = inner = wrapped
             while layer is not None:
                 layer.peerAddress = self.header.source
-                layer = getattr(layer, "wrappedProtocol", None)
+                inner, layer = layer, getattr(layer, "wrappedProtocol", None)
+            # Counted against the client from now on (per-source limits).
+            attribute = getattr(getattr(inner, "factory", None), "attribute", None)
+            if attribute is not None and not attribute(inner, self.header.source):
+                self._refused = True  # counted and logged by attribute
+                self.transport.unregisterProducer()
+                self.transport.loseConnection()
+                return
         self.dataReceived = wrapped.dataReceived
         if len(data) > used:
             wrapped.dataReceived(data[used:])
@@ -301,13 +326,23 @@ class ProxyHeaderFactory(Factory):
     _log = Logger()
 
     def __init__(self, wrapped: Factory, reactor, timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 maxLength: int = DEFAULT_MAX_HEADER):
+                 maxLength: int = DEFAULT_MAX_HEADER,
+                 trusted: Optional[Sequence[Network]] = None):
+        """
+        @param trusted: the networks a header is accepted from; L{None}
+            for any address.
+        """
         self.wrapped = wrapped
         self.reactor = reactor
         self.timeout = timeout
         self.maxLength = maxLength
+        self.trusted = trusted
         self.refusedCount = 0
+        self.untrustedCount = 0
         self._lastLog: Optional[float] = None
+        self._untrustedLog = Throttle(reactor)
+        #: The service's counters (through a TLS factory if there is one).
+        self.counters = getattr(wrapped, "counters", None)
 
     def doStart(self):
         self.wrapped.doStart()
@@ -319,7 +354,24 @@ class ProxyHeaderFactory(Factory):
         return self.wrapped.logPrefix()
 
     def buildProtocol(self, addr):
-        inner = self.wrapped.buildProtocol(addr)
+        """
+        Refuse a peer that is not a trusted balancer (Twisted closes it
+        before reading anything); let the wrapped factory decide about the
+        others, not counting them against the balancer's address.
+        """
+        if self.trusted is not None and not isTrusted(addr, self.trusted):
+            self.untrustedCount += 1
+            if self.counters is not None:
+                self.counters.proxyUntrusted += 1
+            if self._untrustedLog.ready():
+                self._log.warn(
+                    "Closed connection from {peer}: not a trusted balancer "
+                    "(--proxy-from) ({refused} refused so far)",
+                    peer=_describe(addr),
+                    refused=self.untrustedCount,
+                )
+            return None
+        inner = self.wrapped.buildProtocol(Unattributed(addr))
         if inner is None:
             return None
         return ProxyHeaderProtocol(self, inner)
@@ -330,6 +382,8 @@ class ProxyHeaderFactory(Factory):
         10 seconds (anyone can open connections: the log must not flood).
         """
         self.refusedCount += 1
+        if self.counters is not None:
+            self.counters.proxyRefused += 1
         now = self.reactor.seconds()
         if self._lastLog is None or now - self._lastLog >= 10:
             self._lastLog = now
@@ -340,6 +394,41 @@ class ProxyHeaderFactory(Factory):
                 reason=reason,
                 refused=self.refusedCount,
             )
+
+
+def parseNetwork(text: str) -> Network:
+    """
+    C{ADDRESS} or C{ADDRESS/PREFIX}, IPv4 or IPv6, for C{--proxy-from}; host
+    bits set under the prefix are ignored (C{10.0.0.7/8} is C{10.0.0.0/8}).
+
+    @raise ValueError: with a message fit for a usage error.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"expected ADDRESS or ADDRESS/PREFIX (IPv4 or IPv6), not {text!r}"
+        ) from None
+
+
+def isTrusted(peer, trusted: Sequence[Network]) -> bool:
+    """
+    Whether C{peer} may send PROXY headers: its IP address is in one of
+    C{trusted}, or it has none (a UNIX socket, whose file permissions
+    decide who may connect).  An IPv4-mapped IPv6 address is its IPv4
+    address.
+    """
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str):
+        return True  # UNIX socket
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return any(address in network for network in trusted)
 
 
 def _describe(peer) -> str:
@@ -355,14 +444,17 @@ class ProxyHeaderEndpoint:
     """
 
     def __init__(self, wrapped, reactor, timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 maxLength: int = DEFAULT_MAX_HEADER):
+                 maxLength: int = DEFAULT_MAX_HEADER,
+                 trusted: Optional[Sequence[Network]] = None):
         self.wrapped = wrapped
         self.reactor = reactor
         self.timeout = timeout
         self.maxLength = maxLength
+        self.trusted = trusted
 
     def wrapFactory(self, factory: Factory) -> ProxyHeaderFactory:
-        return ProxyHeaderFactory(factory, self.reactor, self.timeout, self.maxLength)
+        return ProxyHeaderFactory(factory, self.reactor, self.timeout, self.maxLength,
+                                  self.trusted)
 
     def listen(self, factory: Factory):
         return self.wrapped.listen(self.wrapFactory(factory))
@@ -372,7 +464,8 @@ PREFIX = "haproxy:"
 
 
 def serverFromString(reactor, description: str, parse, timeout: float = DEFAULT_HEADER_TIMEOUT,
-                     maxLength: int = DEFAULT_MAX_HEADER):
+                     maxLength: int = DEFAULT_MAX_HEADER,
+                     trusted: Optional[Sequence[Network]] = None):
     """
     C{parse(reactor, description)} (Twisted's C{serverFromString}), except
     that a C{haproxy:} prefix gives a L{ProxyHeaderEndpoint} around the rest.
@@ -381,5 +474,5 @@ def serverFromString(reactor, description: str, parse, timeout: float = DEFAULT_
         inner = description[len(PREFIX):]
         if not inner:
             raise ValueError("haproxy: needs an endpoint after it")
-        return ProxyHeaderEndpoint(parse(reactor, inner), reactor, timeout, maxLength)
+        return ProxyHeaderEndpoint(parse(reactor, inner), reactor, timeout, maxLength, trusted)
     return parse(reactor, description)

@@ -24,8 +24,11 @@ from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
 from primed.internals import lookup, require
+from primed.ratelog import VERBOSE_LINES_PER_SECOND, LineBudget
+from primed.sources import SourceRates
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
 
 # Twisted's private names used here (L{primed.internals}), set by the
@@ -158,6 +161,10 @@ class PrimedService(service.Service):
         reusePort: bool = False,
         verbose: bool = False,
         threadpool=None,
+        maxPerSource: int = 0,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshakesPerSource: float = 0,
+        verboseRate: int = VERBOSE_LINES_PER_SECOND,
     ):
         """
         @param tcpEndpoints: C{(description, endpoint)} pairs, the endpoint
@@ -182,6 +189,11 @@ class PrimedService(service.Service):
         )
         #: What every protocol counts; L{primed.metrics} reads it.
         self.counters = Counters()
+        #: --verbose's lines, TCP and UDP together.
+        self.verboseLines = LineBudget(reactor, verboseRate)
+        self.handshakeTimeout = handshakeTimeout
+        #: New TLS connections per source and second, over every ssl: listener.
+        self.handshakeRates = SourceRates(handshakesPerSource, reactor)
         self.factory = PrimeLineFactory(
             self.checker,
             reactor,
@@ -191,6 +203,8 @@ class PrimedService(service.Service):
             idleTimeout=idleTimeout,
             verbose=verbose,
             counters=self.counters,
+            maxPerSource=maxPerSource,
+            verboseLines=self.verboseLines,
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
@@ -220,7 +234,13 @@ class PrimedService(service.Service):
                 _noDelay(port)
                 inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ssl: is TLS too
                 kind = "TLS" if _tlsContext(inner) is not None else "TCP"
-                served.append((kind, self._describe(port.getHost(), description)))
+                where = self._describe(port.getHost(), description)
+                if inner is not endpoint:  # haproxy:
+                    trusted = getattr(endpoint, "trusted", None)
+                    where += (" (expects a PROXY header from "
+                              + (", ".join(map(str, trusted)) if trusted
+                                 else "any address") + ")")
+                served.append((kind, where))
             for address in self.udpAddresses:
                 port = self._listenUDP(address)
                 self.udpPorts.append(port)
@@ -250,11 +270,18 @@ class PrimedService(service.Service):
         for transport, address in self._served:
             self._log.info("Listening for {transport} on {address}",
                            transport=transport, address=address)
+        if any(hasattr(endpoint, "wrapFactory") and getattr(endpoint, "trusted", None) is None
+               for _, endpoint in self.tcpEndpoints):
+            self._log.warn(
+                "PROXY headers are accepted from any address: anyone who reaches a "
+                "haproxy: listener can claim any client address; name the balancers "
+                "with --proxy-from ADDRESS[/PREFIX]")
         self._log.info(
             "Limits: {maxDigits} digits, {threads} check threads, "
             "{maxQueued} pool checks queued ({perSource} per source), "
             "{maxInflight} replies in flight per "
-            "connection, {maxConnections} connections, idle timeout {idle}s, "
+            "connection, {maxConnections} connections, {connectionsPerSource} per source, "
+            "idle timeout {idle}s, handshake timeout {handshake}s, "
             "drain timeout {drain}s",
             maxDigits=self.maxDigits,
             threads=self.threads,
@@ -262,6 +289,8 @@ class PrimedService(service.Service):
             perSource=self.checker.maxQueuedPerSource,
             maxInflight=self.factory.maxInflight,
             maxConnections=self.factory.maxConnections,
+            connectionsPerSource=self.factory.maxPerSource or "no limit",
+            handshake=self.handshakeTimeout,
             idle=self.factory.idleTimeout,
             drain=self.drainTimeout,
         )
@@ -289,7 +318,8 @@ class PrimedService(service.Service):
 
             requireHalfClose()
             factory = HalfCloseableTLSFactory(
-                tlsContext, self.factory, self.reactor, self.counters
+                tlsContext, self.factory, self.reactor, self.counters,
+                self.handshakeTimeout, self.handshakeRates,
             )
             self._warnReadableKey(description)
         if proxyEndpoint is not None:
@@ -338,6 +368,7 @@ class PrimedService(service.Service):
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
             counters=self.counters,
         )
+        protocol.verboseLines = self.verboseLines  # type: ignore[assignment]  # None or a budget
         self.datagramProtocols.append(protocol)
         # A datagram the kernel cuts is never checked: see receiveBufferSize.
         maxPacketSize = receiveBufferSize(self.maxDigits)
@@ -449,6 +480,7 @@ class PrimedService(service.Service):
         # drain deadline passed, or their connection is gone): skip them, or
         # ThreadPool.stop would run every one of them before joining.
         self.checker.abandon()
+        self.verboseLines.stop()
         if self.ownsPool:
             # With no check left the workers are idle and join at once;
             # otherwise a running check may take minutes, and nobody waits
@@ -497,13 +529,21 @@ def _buildTLSContext(description: str, tlsContext) -> None:
     one line instead.
     """
     try:
-        tlsContext.getContext()
+        context = tlsContext.getContext()
     except MemoryError:
         raise CannotListenError(
             None, description,
             "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
             "which this process may not map; under systemd, set MemoryDenyWriteExecute=no"
         ) from None
+    # Mozilla's intermediate profile (primed.tls): TLS 1.2 and 1.3, AEAD
+    # suites only on 1.2.  The context is Twisted's, cached by its options.
+    from OpenSSL import SSL
+
+    from primed.tls import INTERMEDIATE_CIPHERS
+
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(INTERMEDIATE_CIPHERS.encode("ascii"))
 
 
 def _tlsContext(endpoint):

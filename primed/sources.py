@@ -22,7 +22,7 @@ once the header is read; until then the connection is the balancer's.
 import ipaddress
 from typing import Optional
 
-__all__ = ["sourceKey"]
+__all__ = ["sourceKey", "SourceCounts", "SourceRates", "Unattributed"]
 
 
 def sourceKey(peer) -> Optional[str]:
@@ -55,7 +55,8 @@ def sourceKey(peer) -> Optional[str]:
 
 
 def _ipv6Key(host: str) -> Optional[str]:
-    host = host.partition("%")[0]  # a link-local zone is not part of the address
+    # A link-local zone (fe80::1%eth0) parses (Python 3.9+), and the /64
+    # below is built from the address bits alone: the zone is dropped.
     try:
         address = ipaddress.IPv6Address(host)
     except ValueError:
@@ -65,3 +66,129 @@ def _ipv6Key(host: str) -> Optional[str]:
         return str(mapped)
     network = ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
     return str(network)
+
+
+class Unattributed:
+    """
+    The address of a connection whose source is not known yet: a
+    balancer's connection to a C{haproxy:} listener, before its PROXY
+    header names the client.  L{sourceKey} gives L{None} for it, so it is
+    not counted against the balancer's own address; the header's source is
+    counted once it is read.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address):
+        self.address = address
+
+    def __repr__(self) -> str:
+        host, port = getattr(self.address, "host", None), getattr(self.address, "port", None)
+        where = f"{host}:{port}" if host is not None else str(self.address)
+        return f"balancer {where}"
+
+
+class SourceCounts:
+    """
+    Open connections per source, against a limit (C{--max-connections-per-source}).
+
+    Touched from the reactor thread only.  Only sources with connections
+    open have an entry: its size is bounded by the connection limit.
+
+    @ivar limit: connections one source may hold open; 0 for no limit (then
+        nothing is counted at all).
+    @ivar refused: connections refused for being over the limit.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.refused = 0
+        self.open: dict[str, int] = {}
+
+    def admit(self, key: Optional[str]) -> bool:
+        """
+        Count one more connection from C{key} unless that would pass the
+        limit.
+
+        @return: L{True} if admitted (then L{release} it once closed, when
+            C{key} is not L{None} and there is a limit), L{False} if
+            refused (counted in L{refused}).
+        """
+        if key is None or not self.limit:
+            return True
+        count = self.open.get(key, 0)
+        if count >= self.limit:
+            self.refused += 1
+            return False
+        self.open[key] = count + 1
+        return True
+
+    def release(self, key: Optional[str]) -> None:
+        """
+        One connection L{admit}ted for C{key} has closed.  (Nothing was
+        counted for L{None}, or without a limit: nothing to do then.)
+        """
+        count = self.open.get(key, 0) - 1
+        if count > 0:
+            self.open[key] = count
+        else:
+            self.open.pop(key, None)
+
+
+class SourceRates:
+    """
+    New connections per source and second, against a limit: a token bucket
+    per source holding at most C{rate} tokens, refilled at C{rate} a second,
+    one token per connection.  A source may open C{rate} connections at
+    once, then C{rate} a second.
+
+    Only sources that have spent tokens recently are kept: an entry whose
+    bucket has refilled is dropped when the table is swept (every
+    L{SWEEP_EVERY} admissions), so the table holds at most the sources seen
+    in the last second or so.
+
+    @ivar rate: connections a second; 0 for no limit (nothing is kept).
+    @ivar refused: connections refused for being over the rate.
+    """
+
+    SWEEP_EVERY = 1024
+
+    def __init__(self, rate: float, clock):
+        self.rate = rate
+        self.clock = clock
+        self.refused = 0
+        self.buckets: dict[str, list] = {}
+        self._untilSweep = self.SWEEP_EVERY
+
+    def admit(self, key: Optional[str]) -> bool:
+        """
+        Take a token for one new connection from C{key}.
+
+        @return: L{False} (counted in L{refused}) if the source has none.
+        """
+        if key is None or not self.rate:
+            return True
+        now = self.clock.seconds()
+        self._untilSweep -= 1
+        if self._untilSweep <= 0:
+            self._sweep(now)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            self.buckets[key] = [self.rate - 1, now]
+            return True
+        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            self.refused += 1
+            return False
+        bucket[0] = tokens - 1
+        return True
+
+    def _sweep(self, now: float) -> None:
+        self._untilSweep = self.SWEEP_EVERY
+        rate = self.rate
+        full = [key for key, (tokens, last) in self.buckets.items()
+                if tokens + (now - last) * rate >= rate]
+        for key in full:
+            del self.buckets[key]

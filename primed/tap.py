@@ -16,14 +16,20 @@ from twisted.python import usage
 from primed import fdlimit, internals, proxy, sdnotify, signals, wire
 from primed import service as _service
 from primed.checker import DEFAULT_MAX_QUEUED
+from primed.ratelog import VERBOSE_LINES_PER_SECOND
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKES_PER_SOURCE
 
 # Twisted's own default backlog (50) drops SYNs when a few hundred clients
 # connect at once, and they retry only after a second: match --max-connections.
 DEFAULT_LISTEN = "tcp:8809:interface=127.0.0.1:backlog=1024"
 DEFAULT_UDP = "127.0.0.1:8808"
+# primed.metrics.MAX_CONNECTIONS and TIMEOUT, not imported: prometheus-client
+# and twisted.web load only when --metrics is given (a test keeps them equal).
+METRICS_MAX_CONNECTIONS = 16
+METRICS_TIMEOUT = 2.0
 
 
 def _positiveInt(name):
@@ -90,7 +96,9 @@ class Options(usage.Options):
         ["reuseport", None,
          "Bind TCP (tcp:, tcp6: and ssl: endpoints) and UDP with SO_REUSEPORT, so several "
          "primed processes can share the ports, one core each."],
-        ["verbose", "v", "Log every request and its verdict, once, when it is known."],
+        ["verbose", "v",
+         "Log every request and its verdict, once, when it is known; at most "
+         "--verbose-rate lines a second, then a count of those left out."],
     ]
 
     optParameters = [
@@ -113,8 +121,15 @@ class Options(usage.Options):
          "Replies pending on one TCP connection before it stops reading.",
          _positiveInt("max-inflight")],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
-         "Open TCP connections; new ones beyond it are closed at once.",
+         "Open TCP connections, over all listeners. When it is reached, the oldest "
+         "connection that has not sent a complete request is closed to make room; "
+         "if there is none, the new one is closed at once.",
          _positiveInt("max-connections")],
+        ["max-connections-per-source", None, None,
+         "Open TCP connections from one source (an IPv4 address, an IPv6 /64, or the "
+         "client a PROXY header names); more are closed at once; 0 for no limit. "
+         "[default: a quarter of --max-connections]",
+         _atLeast("max-connections-per-source", 0)],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Seconds a TCP connection may stay with no complete request and no "
          "reply owed before it is closed; 0 never closes.",
@@ -123,6 +138,14 @@ class Options(usage.Options):
          "Seconds a connection to a haproxy: listener may take to send its "
          "PROXY header before it is closed unanswered; 0 never closes.",
          _seconds("proxy-timeout")],
+        ["handshake-timeout", None, DEFAULT_HANDSHAKE_TIMEOUT,
+         "Seconds a connection to an ssl: listener may take to complete its TLS "
+         "handshake before it is closed; 0 never closes.",
+         _seconds("handshake-timeout")],
+        ["max-handshakes-per-source", None, DEFAULT_HANDSHAKES_PER_SOURCE,
+         "New connections to ssl: listeners one source may open at once, and then "
+         "per second; more are closed at once, before any TLS work; 0 for no limit.",
+         _atLeast("max-handshakes-per-source", 0)],
         ["proxy-max-header", None, proxy.DEFAULT_MAX_HEADER,
          "Longest PROXY v2 header accepted on a haproxy: listener, in bytes "
          f"(at least {proxy.MIN_MAX_HEADER}; v1 headers are at most 107).",
@@ -131,15 +154,22 @@ class Options(usage.Options):
          "Seconds a stop may take: it waits that long for pending replies, "
          "then closes connections and exits.",
          _seconds("drain-timeout")],
+        ["verbose-rate", None, VERBOSE_LINES_PER_SECOND,
+         "Most --verbose request lines a second; those left out are counted in one "
+         "line a second. 0 for no limit.",
+         _atLeast("verbose-rate", 0)],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
          "tcp:9809:interface=127.0.0.1; off by default."],
-        ["metrics-max-connections", None, 16,
-         "Open connections to the --metrics port; new ones beyond it are closed at once.",
+        ["metrics-max-connections", None, METRICS_MAX_CONNECTIONS,
+         "Open connections to the --metrics port. When it is reached, the oldest one "
+         "without a complete request is closed to make room; if there is none, the "
+         "new one is closed at once.",
          _positiveInt("metrics-max-connections")],
-        ["metrics-timeout", None, 10.0,
-         "Seconds a --metrics connection may stay without a complete request.",
+        ["metrics-timeout", None, METRICS_TIMEOUT,
+         "Seconds a --metrics connection may take, from connecting, to be answered; "
+         "0 never closes.",
          _seconds("metrics-timeout")],
     ]
 
@@ -147,6 +177,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["listen"] = []
         self["udp"] = []
+        self["proxy-from"] = []
         # Docstrings keep their indentation; --help should not.
         self.docs = {name: " ".join(doc.split()) if doc else doc
                      for name, doc in self.docs.items()}
@@ -194,6 +225,18 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    def opt_proxy_from(self, network):
+        """
+        Accept PROXY headers on haproxy: listeners only from this balancer
+        address or network, ADDRESS[/PREFIX], IPv4 or IPv6; connections from
+        elsewhere are closed unread. Repeatable. [default: from any address,
+        with a warning at start]
+        """
+        try:
+            self["proxy-from"].append(proxy.parseNetwork(network))
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy-from: {e}") from e
+
     def opt_udp(self, address):
         """
         Serve UDP on [HOST:]PORT (an IPv4 address; PORT alone is every
@@ -207,6 +250,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--udp: {e}") from e
 
     def postOptions(self):
+        if self["max-connections-per-source"] is None:
+            self["max-connections-per-source"] = max(1, self["max-connections"] // 4)
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         if self["no-udp"]:
@@ -270,7 +315,8 @@ _UNESCAPED_IPV6 = re.compile(r"interface=[0-9A-Fa-f.]*:(?![A-Za-z_]+=)")
 def _serverEndpoint(reactor, description: str, config=None, option: str = "--listen"):
     limits = {}
     if config is not None:
-        limits = dict(timeout=config["proxy-timeout"], maxLength=config["proxy-max-header"])
+        limits = dict(timeout=config["proxy-timeout"], maxLength=config["proxy-max-header"],
+                      trusted=config["proxy-from"] or None)
     try:
         return proxy.serverFromString(reactor, description, endpoints.serverFromString, **limits)
     except Exception as e:  # the parsers raise anything from KeyError to SSLError
@@ -315,6 +361,10 @@ def makeService(config, reactor=None):
         maxQueuedPerSource=config["max-queued-per-source"],
         maxInflight=config["max-inflight"],
         maxConnections=config["max-connections"],
+        maxPerSource=config["max-connections-per-source"],
+        handshakeTimeout=config["handshake-timeout"],
+        handshakesPerSource=config["max-handshakes-per-source"],
+        verboseRate=config["verbose-rate"],
         idleTimeout=config["idle-timeout"],
         drainTimeout=config["drain-timeout"],
         reusePort=config["reuseport"],

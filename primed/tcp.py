@@ -27,10 +27,10 @@ Three things shape it beyond a plain L{LineReceiver}:
     drops its checks still waiting in the pool's fair queue
     (L{primed.fairqueue}) without running them; a check already running
     finishes and its result is discarded.  A connection that is not reading
-    (paused) would learn of a reset only from its next write; when a pool
-    reply is due on a paused connection, its socket's pending error is read
-    first (L{_peerReset}), so the rest of its work is dropped before the
-    pool starts any more of it.
+    (paused, half-closed) would learn of a reset only from its next write;
+    when a pool reply is due on it, or pool room, its socket's pending error
+    is read first (L{_peerReset}), so the rest of its work is dropped
+    before the pool starts any more of it.
 """
 
 from collections import deque
@@ -83,6 +83,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     _log = Logger()
     #: The client's address when a PROXY header gave it (L{primed.proxy}).
     peerAddress = None
+    #: The source (L{primed.sources.sourceKey}) this connection is counted
+    #: against by the connection limits, or L{None}; kept by the factory.
+    source = None
     #: The fair queue's source key, found at the first pool check.
     _source = _UNKNOWN
     #: L{resetProbe} of the transport, made when first needed.
@@ -100,6 +103,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._draining = False
         self._processing = 0
         self._clear = False  # see FastReads._checkClear
+        # Whether a complete request has arrived.  Until then _checkClear
+        # keeps the short paths off, so only _framedDataReceived needs to
+        # note the first one: nothing per read once it has.
+        self._requested = False
 
     # Connection life.
 
@@ -211,6 +218,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         lines = data.split(b"\n")
         self._buffer = lines.pop()
         if lines:
+            self._requested = True
             self.resetTimeout()
             if self._held or self._paused & _HOLDING:
                 self._held.extend(lines)
@@ -234,6 +242,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         """
         L{LineReceiver}'s interface: handle one request line.
         """
+        self._requested = True
         if self._held or self._paused & _HOLDING:
             self._held.append(line)
         else:
@@ -341,9 +350,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
 
     def _peerReset(self) -> bool:
         """
-        Whether the peer reset this connection: a paused connection does
-        not read, so the reactor has not seen it.  A half-close (FIN) is no
-        reset: its answers are still owed.
+        Whether the peer reset this connection, unseen by the reactor while
+        it does not read (paused, or half-closed: Twisted stops at the FIN).
+        A half-close (FIN) is no reset: its answers are still owed.
         """
         probe = self._resetProbe
         if probe is None:
@@ -354,7 +363,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         if self._lost:
             self.counters.poolDiscarded += 1
             return  # nobody to answer: not counted as answered
-        if self._paused and self._peerReset():
+        if (self._paused or self._readClosed) and self._peerReset():
             self.counters.poolDiscarded += 1
             self._lose()
             return
@@ -400,6 +409,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._checkClear()
 
     def _poolHasRoom(self) -> None:
+        if self._peerReset():
+            # Reset while it waited: start no check for its held lines.
+            self._lose()
+            return
         self._unpause(PAUSED_BY_POOL)
 
     def _lose(self) -> None:
@@ -458,6 +471,14 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         self._pause(PAUSED_BY_DRAIN)
         self._finishIfDone()
 
+    def hasRequested(self) -> bool:
+        """
+        Whether a complete request has arrived on this connection: one that
+        has not (a TLS handshake or PROXY header never finished, a line never
+        ended) is the first to go when the connection limit is reached.
+        """
+        return self._requested
+
     def unansweredCount(self) -> int:
         """
         Complete requests received and not answered yet.
@@ -492,10 +513,11 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _logVerdict(self, line: bytes, reply: bytes) -> None:
+        if not self.factory.verboseLines.allow():
+            return
         self._log.info(
             "{peer} asked {request!r}: {verdict}",
             peer=self._peer(),
             request=line[:80],
             verdict=reply[:1].decode(),
         )
-

@@ -84,6 +84,7 @@ class FastReads:
     _paused: "set[str]"
     _clear: bool
     _activeAt: float
+    _requested: bool
     _fastDigits: int
     _isPrime: Callable[[int], bool]
     _clock: Any  # a reactor with polledAt, or a _ReadNow
@@ -148,8 +149,9 @@ class FastReads:
     def _checkClear(self) -> None:
         """
         Note whether the short paths may take the next read: nothing
-        buffered, being discarded, owed, held or paused, and no
-        C{--verbose}.  One flag instead of six reads per read; the protocol
+        buffered, being discarded, owed, held or paused, no C{--verbose},
+        and a first request seen (the general path notes it, for the
+        connection limit).  One flag instead of six reads per read; the protocol
         calls this wherever one of them may have become empty, and sets
         C{_clear} to C{False} wherever one may have become non-empty
         (L{_pause}); a missed call here only sends reads down the general
@@ -157,5 +159,5 @@ class FastReads:
         """
         self._clear = not (
             self._buffer or self._discarding or self._pending or self._held
-            or self._paused or self.factory.verbose
+            or self._paused or self.factory.verbose or not self._requested
         )

@@ -26,6 +26,26 @@ L{HalfCloseableTLSFactory} also lets the wrapped factory refuse a
 connection (primed's connection limit returns L{None}), which Twisted's
 L{TLSMemoryBIOFactory} turns into an unhandled error.
 
+A handshake has a deadline (C{--handshake-timeout}): a connection that
+never starts or never finishes one costs its client nothing but holds a
+descriptor and a slot under C{--max-connections}; without the deadline
+only C{--idle-timeout} (minutes) closed it.  Timeouts are counted and
+logged at most once per 10 seconds.
+
+A handshake costs the reactor thread about 0.6 ms of CPU, a plain
+connection a tenth of that: one source completing handshakes in a loop
+delayed every other client's answers by tens of milliseconds
+(C{benchmarks/robustness.py}, scenario F).  So each source may start at
+most C{--max-handshakes-per-source} TLS connections at once and then as
+many a second (L{primed.sources.SourceRates}); more are closed as soon as
+they are accepted, before any handshake work.
+
+The TLS settings follow Mozilla's "intermediate" profile: TLS 1.2 and 1.3
+only, and on TLS 1.2 only AEAD suites with forward secrecy (ECDHE with
+AES-GCM or ChaCha20-Poly1305; L{INTERMEDIATE_CIPHERS}).  Twisted's default
+list still offers CBC suites, which testssl.sh reports as obsolete and
+LUCKY13-prone.
+
 A plain-text client on a TLS port (C{primed-client} without C{--tls},
 C{nc}) sends C{17\n}; OpenSSL waits for the 5 bytes of a record header,
 so the client waits for its timeout and learns nothing.  Every TLS
@@ -60,6 +80,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from primed.internals import lookup, require
+from primed.ratelog import Throttle
+from primed.sources import sourceKey
 
 _where = "twisted.protocols.tls"
 
@@ -87,6 +109,20 @@ def requireHalfClose() -> None:
     require(PRIVATE, "A TLS listener (ssl:), answering clients that half-close,")
 
 
+#: Seconds a TLS connection may take to complete its handshake.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: New TLS connections one source may open at once, and then per second.
+DEFAULT_HANDSHAKES_PER_SOURCE = 50
+
+#: Mozilla's "intermediate" TLS 1.2 suites (OpenSSL names), in its order:
+#: ECDHE key exchange, AEAD ciphers only.  TLS 1.3's suites are all AEAD and
+#: are not set by this list.
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
 
 @implementer(IHalfCloseableProtocol)
 class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
@@ -104,6 +140,34 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     transport: Any
 
     readClosed = False
+    _handshakeTimer = None
+
+    def makeConnection(self, transport):
+        timeout = self.factory.handshakeTimeout
+        if timeout:
+            self._handshakeTimer = self.factory.reactor.callLater(
+                timeout, self._handshakeTimedOut)
+        TLSMemoryBIOProtocol.makeConnection(self, transport)
+
+    def _checkHandshakeStatus(self):
+        TLSMemoryBIOProtocol._checkHandshakeStatus(self)
+        if self._handshakeDone:
+            self._cancelHandshakeTimer()
+
+    def _cancelHandshakeTimer(self):
+        timer, self._handshakeTimer = self._handshakeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshakeTimedOut(self):
+        self._handshakeTimer = None
+        self.factory.handshakeTimedOut(self.transport.getPeer())
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):  # type: ignore[override]  # Twisted always passes the reason
+        self._cancelHandshakeTimer()
+        TLSMemoryBIOProtocol.connectionLost(self, reason)
+
     _firstByteSeen = False
 
     def dataReceived(self, data):
@@ -219,13 +283,17 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     protocol = HalfCloseableTLSProtocol
     _log = Logger()
 
-    def __init__(self, contextFactory, wrappedFactory, reactor=None, counters=None):
+    def __init__(self, contextFactory, wrappedFactory, reactor=None, counters=None,
+                 handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT, rates=None):
         """
-        @param reactor: the clock that limits the log of plain-text
-            connections to one line per 10 seconds; the global reactor by
-            default.
-        @param counters: a L{primed.counters.Counters} to count them in
-            (C{tlsPlainTextClosed}), or L{None}.
+        @param reactor: the clock of the handshake deadline and of the
+            rate-limited logs; the global reactor by default.
+        @param counters: a L{primed.counters.Counters} to count in
+            (C{tlsPlainTextClosed}, C{tlsHandshakeTimeouts}), or L{None}.
+        @param handshakeTimeout: seconds a connection may take to complete
+            its handshake; 0 for no limit.
+        @param rates: the L{primed.sources.SourceRates} new connections are
+            admitted by, shared by every TLS listener; L{None} for no limit.
         """
         TLSMemoryBIOFactory.__init__(self, contextFactory, False, wrappedFactory)
         if reactor is None:
@@ -234,6 +302,11 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
         self.counters = counters
         self.plainTextRefused = 0
         self._lastLog = None
+        self.handshakeTimeout = handshakeTimeout
+        self.timedOut = 0
+        self.rates = rates
+        self._timeoutLog = Throttle(reactor)
+        self._rateLog = Throttle(reactor)
 
     def refusedPlainText(self, peer, data):
         """
@@ -255,7 +328,32 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
                 refused=self.plainTextRefused,
             )
 
+    def handshakeTimedOut(self, peer) -> None:
+        """
+        Count and (at most every 10 seconds) log a handshake that missed its
+        deadline.
+        """
+        self.timedOut += 1
+        if self.counters is not None:
+            self.counters.tlsHandshakeTimeouts += 1
+        if self._timeoutLog.ready():
+            self._log.warn(
+                "Closed TLS connection from {peer}: no handshake within {timeout:g}s "
+                "({count} so far)",
+                peer=_describe(peer),
+                timeout=self.handshakeTimeout,
+                count=self.counters.tlsHandshakeTimeouts if self.counters else self.timedOut,
+            )
+
     def buildProtocol(self, addr):
+        rates = self.rates
+        if rates is not None and not rates.admit(sourceKey(addr)):
+            if self._rateLog.ready():
+                self._log.warn(
+                    "Closed new TLS connection from {peer}: over {rate:g} new TLS "
+                    "connections a second from one source ({refused} refused so far)",
+                    peer=getattr(addr, "host", addr), rate=rates.rate, refused=rates.refused)
+            return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

@@ -59,6 +59,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
 
     noisy = False
     _log = Logger()
+    #: The budget of C{--verbose} lines (L{primed.ratelog.LineBudget}),
+    #: shared with TCP; set by the service.  L{None}: no limit.
+    verboseLines = None
 
     def __init__(
         self,
@@ -232,7 +235,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
         self._done()
 
     def _reply(self, reply: bytes, request: bytes, addr) -> None:
-        if self.verbose:
+        if self.verbose and (self.verboseLines is None or self.verboseLines.allow()):
             self._log.info(
                 "{peer} asked {request!r}: {verdict}",
                 peer=addr,

@@ -79,8 +79,13 @@ class Cluster:
             "-n", "-l", "-", "--pidfile=", "primed",
             "--listen", f"haproxy:tcp:8809:interface={address}:backlog=1024",
             "--udp", f"{address}:8808", "--drain-timeout", "5",
+            # The balancers, as contrib/ and README.rst say: nginx's and
+            # HAProxy's addresses on the balancer host.
+            "--proxy-from", self.address("lb"), "--proxy-from", self.haproxyAddress,
             *(arg.format(address=address) for arg in self.backendArgs),
-        ] + (["--verbose"] if self.verbose else [])
+        # Every request logged (--verbose-rate 0): servedBy reads which
+        # backend answered which number from those lines.
+        ] + (["--verbose", "--verbose-rate", "0"] if self.verbose else [])
         process = self.network.start(host, f"primed-{host}", argv)
         process.waitFor("Limits:", 30)
         self.backends[host] = process

@@ -209,8 +209,8 @@ class TCPCountTests(unittest.TestCase):
         Accepted and refused connections are counted; open ones are the
         factory's set.
         """
-        connect(self.factory)
-        connect(self.factory)
+        for _ in range(2):
+            connect(self.factory)[0].dataReceived(b"7\n")
         self.assertIsNone(self.factory.buildProtocol(None))
         self.assertEqual(self.count("tcpAccepted"), [2])
         self.assertEqual(self.factory.refused, 1)

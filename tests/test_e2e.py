@@ -127,10 +127,13 @@ class DaemonTests(SharedDaemonTestCase):
 
     def test_manyConcurrentClients(self):
         """
-        300 clients connected at once, each answered.
+        300 clients connected at once, each answered.  They come from three
+        loopback addresses, 100 each: one address may hold at most 256
+        (--max-connections-per-source, a quarter of --max-connections).
         """
-        sockets = [socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10)
-                   for _ in range(300)]
+        sockets = [socket.create_connection(("127.0.0.1", self.daemon.tcpPort), timeout=10,
+                                            source_address=(f"127.0.0.{1 + i % 3}", 0))
+                   for i in range(300)]
         try:
             for i, s in enumerate(sockets):
                 s.sendall(b"%d\n" % (i,))

@@ -83,9 +83,51 @@ class OrderTests(unittest.TestCase):
         queue = self.make()
         queue.submit("busy", "b", "busy0")  # runs
         for n in range(3):
-            queue.submit("hog", "h", f"hog{n}")  # first in line
+            queue.submit("hog", "h", f"hog{n}")  # a newcomer: next
         queue.submit("busy", "b", "busy1")  # busy has one running: the back
         self.assertEqual(self.drain(), ["busy0", "hog0", "busy1", "hog1", "hog2"])
+
+    def test_newcomersCannotStarveAnybody(self):
+        """
+        Sources asking one number at a time (each asks again once its
+        answer is out) are newcomers every time; more of them than threads
+        must neither starve each other (a newcomer put ahead of the ones
+        already waiting) nor a source with a backlog.
+        """
+        queue = self.make()
+        for n in range(4):
+            queue.submit("busy", "d", f"d{n}")  # d0 runs
+        for source in "abc":
+            queue.submit(source, source, f"{source}0")
+        asked = {source: 0 for source in "abc"}
+        for _ in range(12):
+            job = next(iter(self.executor.running))
+            self.executor.finish(job)
+            source = job[0]
+            if source in asked:
+                asked[source] += 1
+                queue.submit(source, source, f"{source}{asked[source]}")
+        # Turn about: d1, a newcomer, d2, a newcomer...
+        started = self.executor.started[:10]
+        self.assertIn("d1", started)
+        self.assertIn("d2", started)
+        for source in "abc":
+            self.assertIn(f"{source}1", started)
+
+    def test_newcomerAndRingTakeTurns(self):
+        """
+        After the ring's turn comes a newcomer's: a backlog cannot keep a
+        newcomer waiting for more than one of its jobs.
+        """
+        queue = self.make()
+        for n in range(5):
+            queue.submit("hog", "h", f"hog{n}")  # hog0 runs
+        queue.submit("a", "a", "a0")
+        self.executor.finish("hog0")  # a0, a newcomer's turn
+        queue.submit("b", "b", "b0")
+        self.executor.finish("a0")  # hog1, the ring's turn
+        self.executor.finish("hog1")  # b0, a newcomer's again
+        self.assertEqual(self.executor.started, ["hog0", "a0", "hog1", "b0"])
 
     def test_roundRobinByConnectionWithinASource(self):
         queue = self.make()
@@ -108,8 +150,9 @@ class OrderTests(unittest.TestCase):
         for n in range(3):
             queue.submit("b", "b1", f"b1-{n}")
         order = self.drain()[1:]
-        # b arrived last with nothing queued: first in line, then turns.
-        self.assertEqual(order[:6], ["b1-0", "a1-0", "b1-1", "a2-0", "b1-2", "a3-0"])
+        # a, then b, came with nothing queued: newcomers in that order,
+        # then turns.
+        self.assertEqual(order[:6], ["a1-0", "b1-0", "a2-0", "b1-1", "a3-0", "b1-2"])
         self.assertEqual(order[6:], ["a1-1", "a2-1", "a3-1", "a1-2", "a2-2", "a3-2"])
 
     def test_connectionOrderKept(self):

@@ -197,7 +197,8 @@ class ConnectionLimitTests(unittest.TestCase):
         and the first three keep working; once one of them closes, a new
         connection is served.
         """
-        with Daemon(*_TCP_ONLY, "--max-connections", "3") as d:
+        with Daemon(*_TCP_ONLY, "--max-connections", "3",
+                    "--max-connections-per-source", "0") as d:
             address = ("127.0.0.1", d.tcpPort)
             first = [socket.create_connection(address, timeout=10) for _ in range(3)]
             try:
@@ -248,7 +249,8 @@ class OpenFileLimitTests(unittest.TestCase):
         def lowSoftLimit():
             resource.setrlimit(resource.RLIMIT_NOFILE, (40, 4096))
 
-        with Daemon(*_TCP_ONLY, "--max-connections", "60", preexec_fn=lowSoftLimit) as d:
+        with Daemon(*_TCP_ONLY, "--max-connections", "60", "--max-connections-per-source", "0",
+                    preexec_fn=lowSoftLimit) as d:
             address = ("127.0.0.1", d.tcpPort)
             held = []
             try:

@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from fakes import HandDrivenPool, ThreadlessReactor, connect, makeService
+from primed import metrics
 from primed.metrics import MAX_CONNECTIONS, MetricsService, makeRegistry, makeSite
 
 BIG_PRIME = 2**607 - 1
@@ -86,6 +87,7 @@ class CollectorTests(unittest.TestCase):
         protocol, transport = connect(factory)
         protocol.dataReceived(b"2\n3\n5\n4\n6\nx\n%d\n" % BIG_PRIME)
         other, _ = connect(factory)
+        other.dataReceived(b"9\n")  # a request: not one to close to make room
         self.assertIsNone(factory.buildProtocol(None))  # over the limit
         udp = self.service.datagramProtocols[0]
         for datagram in [b"7", b"8", b"9", b"y", b"", b"%d" % BIG_PRIME]:
@@ -94,7 +96,7 @@ class CollectorTests(unittest.TestCase):
         page = self.harness.scrape()
         requests = "primed_requests_total"
         self.assertEqual(self.value(page, requests, transport="tcp", verdict="prime"), 3)
-        self.assertEqual(self.value(page, requests, transport="tcp", verdict="not_prime"), 2)
+        self.assertEqual(self.value(page, requests, transport="tcp", verdict="not_prime"), 3)
         self.assertEqual(self.value(page, requests, transport="tcp", verdict="invalid"), 1)
         self.assertEqual(self.value(page, requests, transport="udp", verdict="prime"), 1)
         self.assertEqual(self.value(page, requests, transport="udp", verdict="not_prime"), 2)
@@ -103,7 +105,16 @@ class CollectorTests(unittest.TestCase):
         self.assertEqual(self.value(page, "primed_udp_ignored_total"), 1)
         self.assertEqual(self.value(page, "primed_tcp_connections"), 2)
         self.assertEqual(self.value(page, "primed_tcp_connections_accepted_total"), 2)
-        self.assertEqual(self.value(page, "primed_tcp_connections_refused_total"), 1)
+        refused = "primed_tcp_connections_refused_total"
+        self.assertEqual(self.value(page, refused, reason="limit"), 1)
+        self.assertEqual(self.value(page, refused, reason="per_source"), 0)
+        self.assertEqual(self.value(page, refused, reason="untrusted_proxy"), 0)
+        self.assertEqual(self.value(page, refused, reason="proxy_header"), 0)
+        self.assertEqual(self.value(page, refused, reason="handshake_rate"), 0)
+        self.assertEqual(self.value(page, "primed_tcp_connections_evicted_total"), 0)
+        self.assertEqual(self.value(page, "primed_tls_handshake_timeouts_total"), 0)
+        self.assertEqual(self.value(page, "primed_verbose_lines_left_out_total"), 0)
+        self.assertEqual(self.value(page, "primed_tcp_connections_per_source_limit"), 0)
         self.assertEqual(self.value(page, "primed_pool_threads"), 3)
         self.assertEqual(self.value(page, "primed_pool_queued"), 1)
         self.assertEqual(self.value(page, "primed_pool_queued_limit"), 1)
@@ -338,8 +349,8 @@ class MetricsServiceTests(unittest.TestCase):
 
     def test_connectionBound(self):
         """
-        Past L{MAX_CONNECTIONS} open connections, new ones are refused; a
-        closed one makes room.
+        Past L{MAX_CONNECTIONS} open connections that have all sent a
+        request, new ones are refused; a closed one makes room.
         """
         self.metrics.startService()
         factory = self.metrics.factory
@@ -347,13 +358,65 @@ class MetricsServiceTests(unittest.TestCase):
         for _ in range(MAX_CONNECTIONS):
             protocol = factory.buildProtocol(None)
             protocol.makeConnection(StringTransport())
+            protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             protocols.append(protocol)
         self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refused, 1)
         protocols[0].connectionLost(None)
         self.assertIsNotNone(factory.buildProtocol(None))
 
+    def test_fullPortClosesOldestWithoutRequest(self):
+        """
+        When the port is full, the oldest connection that has not sent a
+        whole request head is aborted to make room for the new one, and
+        counted; those that have sent one, however old, stay.
+        """
+        self.metrics.startService()
+        factory = self.metrics.factory
+        transports = []
+        for index in range(MAX_CONNECTIONS):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            transports.append(transport)
+            if index == 0:
+                protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            else:
+                protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHo")  # trickling
+        factory.buildProtocol(None).makeConnection(StringTransport())
+        self.assertEqual([t.disconnected for t in transports[:3]], [False, True, False])
+        self.assertEqual((factory.evicted, factory.refused), (1, 0))
+        factory.buildProtocol(None).makeConnection(StringTransport())
+        self.assertEqual([t.disconnected for t in transports[:3]], [False, True, True])
+        self.assertEqual(len(factory.protocols), MAX_CONNECTIONS)
+        page = samples(get(self.metrics.factory.wrappedFactory, b"/metrics")[2].decode())
+        closed = "primed_metrics_connections_closed_total"
+        self.assertEqual(page[closed, frozenset({("reason", "evicted")})], 2)
+        self.assertEqual(page[closed, frozenset({("reason", "refused")})], 0)
+
+    def test_timeoutFromConnection(self):
+        """
+        The deadline runs from the connection, whatever arrives meanwhile,
+        and is counted.
+        """
+        clock = self.metrics.factory.wrappedFactory.reactor  # a MemoryReactorClock
+        protocol = self.metrics.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        for _ in range(19):
+            clock.advance(0.1)
+            protocol.dataReceived(b"G")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.metrics.factory.timedOut, 1)
+
     def test_idleTimeout(self):
-        self.assertEqual(self.metrics.factory.wrappedFactory.timeOut, 10.0)
+        self.assertEqual(self.metrics.factory.wrappedFactory.timeOut, 2.0)
+        from primed import tap
+
+        self.assertEqual((tap.METRICS_TIMEOUT, tap.METRICS_MAX_CONNECTIONS),
+                         (metrics.TIMEOUT, MAX_CONNECTIONS))
 
     def test_stopWaitsForDrain(self):
         """

@@ -177,6 +177,7 @@ class PrometheusTests(unittest.TestCase):
             "--udp", "127.0.0.1:0",
             "--metrics", "tcp:0:interface=127.0.0.1",
             "--max-connections", "3",
+            "--max-connections-per-source", "0",
             "--drain-timeout", "4",
         )
         self.daemon.start()
@@ -228,7 +229,11 @@ class PrometheusTests(unittest.TestCase):
                 }.items()
             },
             "primed_tcp_connections_accepted_total": scalar(4),
-            "primed_tcp_connections_refused_total": scalar(2),
+            "primed_tcp_connections_refused_total": {
+                frozenset({"reason": r}.items()): n
+                for r, n in {"limit": 2, "per_source": 0, "untrusted_proxy": 0,
+                             "proxy_header": 0, "handshake_rate": 0}.items()
+            },
             "primed_tcp_connections": scalar(0),
             "primed_udp_ignored_total": scalar(1),
             "primed_udp_dropped_total": scalar(0),

@@ -25,14 +25,16 @@ BIG_LINE = b"%d\n" % BIG_PRIME
 class ResetSocket(socket.socket):
     """
     A real socket (the protocol looks for one under its transport) whose
-    pending error says the peer reset the connection, or not.
+    pending error says the peer reset the connection, or not; reading it
+    clears it, as the kernel does.
     """
 
     error = 0
 
     def getsockopt(self, level, option, *args):
         if (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR):
-            return self.error
+            error, self.error = self.error, 0
+            return error
         return socket.socket.getsockopt(self, level, option, *args)
 
 
@@ -60,11 +62,11 @@ class Harness:
     One pool thread, C{maxQueued} places, C{perSource} per source.
     """
 
-    def __init__(self, maxQueued=64, perSource=0, **options):
+    def __init__(self, maxQueued=64, perSource=0, concurrency=1, **options):
         self.reactor = ThreadlessReactor()
         self.pool = HandDrivenPool()
         self.checker = makeChecker(self.pool, self.reactor, maxQueued=maxQueued,
-                                   maxQueuedPerSource=perSource, concurrency=1)
+                                   maxQueuedPerSource=perSource, concurrency=concurrency)
         self.factory = makeFactory(self.checker, self.reactor, **options)
         self.counters = self.factory.counters
 
@@ -112,6 +114,27 @@ class FairShareTests(unittest.TestCase):
         for _ in range(7):
             harness.runOne()
         self.assertEqual(loneTransport.value(), b"T\n" * 3)
+
+    def test_nextHeldLineIsNoNewcomer(self):
+        """
+        A connection held by C{--max-inflight} submits its next big number
+        from its previous one's result, when that source has, for a moment,
+        nothing running or waiting: it is a busy source all the same, and
+        goes behind the other address's waiting check, not ahead of it.
+        """
+        harness = Harness(maxInflight=1)
+        hog, hogTransport = harness.connect("192.0.2.1")
+        victim, victimTransport = harness.connect("192.0.2.2")
+        hog.dataReceived(BIG_LINE * 3)
+        victim.dataReceived(BIG_LINE)
+        harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n")
+        harness.runOne()
+        self.assertEqual(victimTransport.value(), b"T\n")
+        self.assertEqual(hogTransport.value(), b"T\n")
+        while harness.pool.work:
+            harness.runOne()
+        self.assertEqual(hogTransport.value(), b"T\n" * 3)
 
     def test_quotaPausesOnlyThatSource(self):
         """
@@ -211,6 +234,27 @@ class LostConnectionTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(harness.checker.queue.cancelled, 0)
 
+    def test_halfClosedThenResetNoticedAtItsNextReply(self):
+        """
+        A half-closed connection reads no more (Twisted stops reading at
+        the FIN), so a later reset (the client killed) is as invisible as
+        on a paused one: at its next reply the pending error is read and
+        its waiting checks are dropped before the pool starts the next.
+        """
+        harness = Harness()
+        sock = ResetSocket()
+        self.addCleanup(sock.close)
+        protocol, transport = harness.connect("192.0.2.1", sock)
+        protocol.dataReceived(BIG_LINE * 3)
+        protocol.readConnectionLost()
+        self.assertEqual(protocol._paused, set())
+        sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(transport.aborted)
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queue.cancelled, 2)
+        self.assertEqual(harness.counters.poolDiscarded, 1)
+
     def test_pausedConnectionNoticesResetAtItsNextReply(self):
         """
         A connection paused for the pool does not read, so it cannot see a
@@ -239,6 +283,55 @@ class LostConnectionTests(unittest.TestCase):
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(harness.checker.queued, 0)
 
+    def test_secondRunningCheckAfterAResetDiscarded(self):
+        """
+        Two checks running when the reset is noticed: the second one's
+        result, arriving before the transport reports the loss, is
+        discarded too (counted), not counted as answered; the reset is
+        logged once.
+        """
+        from test_tcp import captureLog, logged
+
+        events = captureLog(self)
+        harness = Harness(maxQueued=8, perSource=3, concurrency=2)
+        sock = ResetSocket()
+        self.addCleanup(sock.close)
+        protocol, transport = harness.connect("192.0.2.1", sock)
+        protocol.dataReceived(BIG_LINE * 5)
+        sock.error = errno.ECONNRESET
+        harness.runOne()
+        harness.runOne()
+        self.assertEqual(harness.counters.poolDiscarded, 2)
+        self.assertEqual(harness.counters.tcpPrime, 0)
+        self.assertEqual(harness.checker.queue.cancelled, 1)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(logged(events, "reset"), ["Connection from 192.0.2.1:40000 reset: "
+                                                   "dropping its queued checks"])
+
+    def test_resetsOfTwoConnectionsAddUp(self):
+        harness = Harness(maxQueued=8, perSource=1)
+        for host in ("192.0.2.1", "192.0.2.2"):
+            sock = ResetSocket()
+            self.addCleanup(sock.close)
+            protocol, transport = harness.connect(host, sock)
+            protocol.dataReceived(BIG_LINE * 2)
+            sock.error = errno.ECONNRESET
+        harness.runOne()
+        harness.runOne()
+        self.assertEqual(harness.counters.poolDiscarded, 2)
+        self.assertEqual(harness.pool.work, [])
+
+    def test_pausesCounted(self):
+        """
+        Each time a source's quota stops a connection, it is counted.
+        """
+        harness = Harness(maxQueued=8, perSource=1)
+        protocol, _ = harness.connect()
+        protocol.dataReceived(BIG_LINE * 3)
+        self.assertEqual(harness.counters.tcpSourceQuota, 1)
+        harness.runOne()
+        self.assertEqual(harness.counters.tcpSourceQuota, 2)
+
     def test_pausedConnectionWithoutErrorAnswered(self):
         harness = Harness(maxQueued=8, perSource=2)
         sock = ResetSocket()
@@ -265,6 +358,31 @@ class LostConnectionTests(unittest.TestCase):
         self.assertTrue(transport.aborted)
         self.assertEqual(harness.checker.queue.cancelled, 1)
         self.assertEqual(harness.pool.work, [])
+
+    def test_resetWhileWaitingForRoomRunsNothing(self):
+        """
+        A connection paused for its source's quota, with no check of its
+        own, is reset meanwhile: when room comes it must not hand the pool
+        a check first (a vanished client's work, a whole check per paused
+        connection); it is aborted when woken, and nothing runs for it.
+        """
+        harness = Harness(maxQueued=8, perSource=2)
+        socks = [ResetSocket(), ResetSocket()]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        first, firstTransport = harness.connect("192.0.2.1", socks[0])
+        first.dataReceived(BIG_LINE * 3)
+        second, secondTransport = harness.connect("192.0.2.1", socks[1])
+        second.dataReceived(BIG_LINE * 2)
+        self.assertEqual(secondTransport.producerState, "paused")
+        for sock in socks:
+            sock.error = errno.ECONNRESET
+        harness.runOne()
+        self.assertTrue(firstTransport.aborted)
+        self.assertTrue(getattr(secondTransport, "aborted", False))
+        self.assertEqual(harness.pool.work, [])
+        self.assertEqual(harness.checker.queued, 0)
+        self.assertEqual(harness.checker.queue.roomWaiters(), 0)
 
     def test_lostWhileWaitingForRoom(self):
         harness = Harness(maxQueued=8, perSource=1)

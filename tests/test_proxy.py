@@ -307,10 +307,22 @@ class FuzzTests(unittest.TestCase):
 
 class LimitTests(unittest.TestCase):
     def test_connectionLimitCountsHeaderlessConnections(self):
+        """
+        Connections waiting for their header count towards the connection
+        limit; at the limit the oldest of them gives way to a new one.
+        Once each has sent a request, a new connection is refused.
+        """
         harness = Harness(maxConnections=2)
         self.addCleanup(harness.close)
-        harness.connect()
-        harness.connect()
+        _, _, oldest = harness.connect()
+        second, _, secondTransport = harness.connect()
+        third, _, thirdTransport = harness.connect()
+        self.assertIsNotNone(third)
+        self.assertTrue(oldest.disconnecting)
+        self.assertFalse(secondTransport.disconnecting)
+        self.assertEqual((harness.factory.refused, harness.factory.evicted), (0, 1))
+        second.dataReceived(V1_TCP4 + b"7\n")
+        third.dataReceived(V1_TCP4 + b"7\n")
         self.assertEqual(harness.connect(), (None, None, None))
         self.assertEqual(harness.factory.refused, 1)
 

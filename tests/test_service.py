@@ -439,7 +439,8 @@ class StartTests(unittest.TestCase):
         self.assertIn("Listening for UDP on 127.0.0.1:8808", logged)
         self.assertIn(
             "Limits: 123 digits, 3 check threads, 4 pool checks queued (2 per source), "
-            "5 replies in flight per connection, 6 connections, idle timeout 7.5s, drain timeout 8.5s",
+            "5 replies in flight per connection, 6 connections, no limit per source, "
+            "idle timeout 7.5s, handshake timeout 10.0s, drain timeout 8.5s",
             logged,
         )
 

@@ -16,6 +16,7 @@ class SourceKeyTests(unittest.SynchronousTestCase):
         self.assertEqual(sourceKey(IPv4Address("TCP", "192.0.2.7", 1)), "192.0.2.7")
         self.assertEqual(sourceKey(("192.0.2.7", 2)), "192.0.2.7")
         self.assertEqual(sourceKey("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(sourceKey("1.2.3.4"), "1.2.3.4")
         self.assertNotEqual(sourceKey("192.0.2.7"), sourceKey("192.0.2.8"))
 
     def test_ipv6Slash64(self):
@@ -35,6 +36,7 @@ class SourceKeyTests(unittest.SynchronousTestCase):
         source.
         """
         self.assertEqual(sourceKey("2001:DB8:0:0:1::1"), sourceKey("2001:db8::1:0:0:1"))
+        self.assertEqual(sourceKey("fe80::1%eth0"), "fe80::/64")
         self.assertEqual(sourceKey("fe80::1%eth0"), sourceKey("fe80::2"))
 
     def test_ipv4Mapped(self):
@@ -53,3 +55,19 @@ class SourceKeyTests(unittest.SynchronousTestCase):
         self.assertIsNone(sourceKey(()))
         self.assertIsNone(sourceKey("not-an-address:"))
         self.assertIsNone(sourceKey("localhost"))
+
+
+class UnattributedTests(unittest.SynchronousTestCase):
+    def test_noSourceButReadable(self):
+        """
+        A balancer's connection before its header has no source, and logs
+        say whose it is.
+        """
+        from primed.sources import Unattributed
+
+        balancer = Unattributed(IPv4Address("TCP", "10.0.0.9", 40000))
+        self.assertIsNone(sourceKey(balancer))
+        self.assertEqual(repr(balancer), "balancer 10.0.0.9:40000")
+        self.assertEqual(repr(Unattributed(UNIXAddress(b"/run/lb"))),
+                         "balancer " + str(UNIXAddress(b"/run/lb")))
+        self.assertEqual(balancer.address, IPv4Address("TCP", "10.0.0.9", 40000))

@@ -40,9 +40,15 @@ def _received(sock: socket.socket) -> bytes:
         return b""
 
 
+# The tests below read the --verbose lines to know what the daemon received:
+# every one of them must be logged (--verbose-rate 0; the default is 100 a
+# second).
+
+
 def _hugeDaemon(*extra: str) -> Daemon:
     return Daemon("--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-                  "--threads", "1", "--max-digits", "26000", "--verbose", *extra)
+                  "--threads", "1", "--max-digits", "26000", "--verbose", "--verbose-rate", "0",
+                  *extra)
 
 
 def _startHugeChecks(d: Daemon) -> socket.socket:
@@ -127,7 +133,7 @@ class SignalTests(unittest.TestCase):
         big = 2**4253 - 1  # tens of ms each, in one thread
         requests = [big] * 20 + list(range(1000))
         with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp",
-                    "--threads", "1", "--verbose") as d:
+                    "--threads", "1", "--verbose", "--verbose-rate", "0") as d:
             with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
                 s.sendall(b"".join(b"%d\n" % n for n in requests))
                 d.waitForLog("asked b'999': F", 30)  # all received
@@ -150,7 +156,7 @@ class SignalTests(unittest.TestCase):
         big = 2**4253 - 1  # tens of ms each, in one thread
         requests = [big] * 10 + list(range(100))
         with Daemon("--listen", "tcp:0:interface=127.0.0.1", "--no-udp",
-                    "--threads", "1", "--verbose") as d:
+                    "--threads", "1", "--verbose", "--verbose-rate", "0") as d:
             with socket.create_connection(("127.0.0.1", d.tcpPort), timeout=30) as s:
                 s.sendall(b"".join(b"%d\n" % n for n in requests))
                 d.waitForLog("asked b'99': F", 30)  # all received

@@ -31,6 +31,41 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["idle-timeout"], 300)
         self.assertEqual(options["drain-timeout"], 10)
         self.assertFalse(options["verbose"])
+        self.assertEqual(options["max-connections-per-source"], 256)
+        self.assertEqual(options["handshake-timeout"], 10)
+        self.assertEqual(options["max-handshakes-per-source"], 50)
+        self.assertEqual(options["verbose-rate"], 100)
+        self.assertEqual(options["proxy-from"], [])
+        self.assertEqual(options["metrics-timeout"], 2)
+
+    def test_perSourceDefaultFollowsMaxConnections(self):
+        """
+        A quarter of --max-connections, at least 1; 0 (no limit) and other
+        values as given.
+        """
+        self.assertEqual(parse("--max-connections", "100")["max-connections-per-source"], 25)
+        self.assertEqual(parse("--max-connections", "3")["max-connections-per-source"], 1)
+        self.assertEqual(parse("--max-connections-per-source", "0")["max-connections-per-source"], 0)
+        self.assertEqual(parse("--max-connections-per-source", "7")["max-connections-per-source"], 7)
+
+    def test_proxyFrom(self):
+        options = parse("--proxy-from", "10.0.0.7", "--proxy-from", "2001:db8::/32")
+        self.assertEqual([str(n) for n in options["proxy-from"]], ["10.0.0.7/32", "2001:db8::/32"])
+        with self.assertRaises(usage.UsageError) as raised:
+            parse("--proxy-from", "lb.example")
+        self.assertIn("--proxy-from", str(raised.exception))
+
+    def test_newLimitsInHelp(self):
+        """
+        Every limit of issue 21 is in --help with its default.
+        """
+        text = str(tap.Options())
+        for option in ("--max-connections-per-source", "--handshake-timeout", "--proxy-from",
+                       "--max-handshakes-per-source", "--verbose-rate",
+                       "--metrics-timeout", "--verbose"):
+            self.assertIn(option, text)
+        self.assertIn("a quarter of --max-connections", " ".join(text.split()))
+        self.assertIn("at most --verbose-rate lines a second", " ".join(text.split()))
 
     def test_givenValuesReplaceDefaults(self):
         options = parse("--listen", "tcp:1234", "--listen", "tcp6:1235:interface=\\:\\:1",
@@ -51,6 +86,8 @@ class OptionsTests(unittest.TestCase):
             (["--threads", "many"], "threads"),
             (["--max-digits", "-1"], "max-digits"),
             (["--idle-timeout", "-3"], "idle-timeout"),
+            (["--handshake-timeout", "-1"], "handshake-timeout"),
+            (["--max-connections-per-source", "-1"], "max-connections-per-source"),
             (["--drain-timeout", "nan"], "drain-timeout"),
             (["--listen", "tcp:notaport"], "listen"),
             (["--listen", "carrier-pigeon:1"], "listen"),

@@ -178,7 +178,8 @@ class FramingTests(unittest.TestCase):
         checked inline (L{wire.inlineDigitsLimit}), with nothing owed, held or
         buffered, is answered without L{_process} (the commonest reads, one
         line or pipelined: L{primed.tcpreads}); any other line goes through
-        it, alone, and so does a line completed across reads.
+        it, alone, and so does a line completed across reads, and the
+        connection's first request (noted for the connection limit).
         """
         batches = []
         process = self.protocol._process
@@ -191,7 +192,7 @@ class FramingTests(unittest.TestCase):
                      b"xy\n", b"-3\n", b" 13\r\n", largestInline + b"\n"]:
             self.protocol.dataReceived(read)
         self.assertEqual(self.transport.value(), b"T\nF\nF\nT\nF\nT\nE\nF\nT\nF\n")
-        self.assertEqual(batches, [[b"xy"], [b"-3"], [b" 13\r"], [largestInline]])
+        self.assertEqual(batches, [[b"17"], [b"xy"], [b"-3"], [b" 13\r"], [largestInline]])
         del batches[:]
         self.transport.clear()
         self.protocol.dataReceived(b"29")
@@ -567,9 +568,14 @@ class IdleTimeoutTests(unittest.TestCase):
 
 class FactoryTests(unittest.TestCase):
     def test_connectionLimit(self):
+        """
+        Over the limit, with every connection having sent a request, a new
+        connection is refused and counted.
+        """
         harness = Harness(maxConnections=2)
-        harness.connect()
-        harness.connect()
+        for _ in range(2):
+            protocol, transport = harness.connect()
+            protocol.dataReceived(b"7\n")
         self.assertIsNone(harness.factory.buildProtocol(None))
         self.assertEqual(harness.factory.refused, 1)
         self.assertIsNone(harness.factory.buildProtocol(None))
@@ -582,7 +588,7 @@ class FactoryTests(unittest.TestCase):
         events = captureLog(self)
         harness = Harness(maxConnections=1)
         harness.reactor.advance(100)
-        harness.connect()
+        harness.connect()[0].dataReceived(b"7\n")
         peer = IPv4Address("TCP", "192.0.2.7", 4000)
         for _ in range(3):
             self.assertIsNone(harness.factory.buildProtocol(peer))

@@ -222,6 +222,8 @@ class ClearFlagTests(unittest.TestCase):
     def test_pausedByTheTransport(self):
         factory = harness()
         protocol, transport = connect(factory)
+        protocol.dataReceived(b"5\n")  # the first request: general path
+        self.assertTrue(protocol._clear)
         protocol.pauseProducing()
         self.assertFalse(protocol._clear)
         protocol.resumeProducing()

@@ -8,7 +8,11 @@ made by C{openssl}; the client is Python's C{ssl} module in a thread.
 import socket
 
 from twisted.internet import protocol, threads
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -122,10 +126,11 @@ class HalfCloseTests(CertificatesMixin, unittest.TestCase):
 
     async def test_connectionLimit(self):
         """
-        Over the connection limit the new TLS connection is closed at once,
-        with no error logged, and the open one is still served.
+        At the connection limit, a connection that never started its
+        handshake is closed to make room for a new TLS client, which is
+        served; no error is logged.
         """
-        port = self.serve("--max-connections", "1")
+        port = self.serve("--max-connections", "1", "--max-connections-per-source", "0")
         first = socket.create_connection(("127.0.0.1", port))
         self.addCleanup(first.close)
         # Wait until the first connection is counted.
@@ -134,16 +139,14 @@ class HalfCloseTests(CertificatesMixin, unittest.TestCase):
                 break
             await deferLater(0.01)
         self.assertEqual(len(self.service.factory.protocols), 1)
-        with self.assertRaises(Exception):
-            await self.ask(port, b"17\n", "close_notify")
-        self.assertEqual(self.service.factory.refused, 1)
-        first.close()
-        for _ in range(500):
-            if not self.service.factory.protocols:
-                break
-            await deferLater(0.01)
         data, ending = await self.ask(port, b"17\n", "close_notify")
         self.assertEqual(data, b"T\n")
+        self.assertEqual((self.service.factory.refused, self.service.factory.evicted), (0, 1))
+        first.settimeout(10)
+        try:
+            self.assertEqual(first.recv(10), b"")
+        except ConnectionResetError:
+            pass  # aborted: what is expected
 
     async def test_idleHandshakeClosed(self):
         """
@@ -270,10 +273,13 @@ class WrappedProtocolTests(CertificatesMixin, unittest.TestCase):
         with open(self.paths["key"]) as k, open(self.paths["cert"]) as c:
             return ssl.PrivateCertificate.loadPEM(k.read() + c.read()).options()
 
-    def connect(self, wrapped, counters=None, clock=None):
+    def connect(self, wrapped, counters=None, clock=None, **options):
+        self.clock = clock if clock is not None else Clock()
         factory = HalfCloseableTLSFactory(
-            self.options(), protocol.Factory.forProtocol(lambda: wrapped), clock, counters
+            self.options(), protocol.Factory.forProtocol(lambda: wrapped), self.clock,
+            counters, **options
         )
+        self.factory = factory
         tls = factory.buildProtocol(None)
         transport = StringTransport()
         tls.makeConnection(transport)
@@ -288,6 +294,64 @@ class WrappedProtocolTests(CertificatesMixin, unittest.TestCase):
         refusing.buildProtocol = lambda addr: None
         factory = HalfCloseableTLSFactory(self.options(), refusing)
         self.assertIsNone(factory.buildProtocol(None))
+
+    def test_handshakeTimeout(self):
+        """
+        A connection that has not completed its handshake within the
+        deadline is aborted, counted and logged once per 10 seconds; the
+        deadline is not kept after the connection is gone.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        first, transport = self.connect(NotHalfCloseable(), handshakeTimeout=3)
+        self.clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.factory.timedOut, 1)
+        tls = self.factory.buildProtocol(None)
+        tls.makeConnection(StringTransport())
+        self.clock.advance(3)
+        self.assertEqual(self.factory.timedOut, 2)
+        messages = [formatEvent(e) for e in events if "handshake" in formatEvent(e)]
+        self.assertEqual(len(messages), 1)
+        self.assertIn("no handshake within 3s (1 so far)", messages[0])
+        gone, _ = self.connect(NotHalfCloseable(), handshakeTimeout=3)
+        gone.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noHandshakeTimeout(self):
+        """
+        C{0}: no deadline at all.
+        """
+        self.connect(NotHalfCloseable(), handshakeTimeout=0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_handshakeDoneCancelsTimeout(self):
+        """
+        A completed handshake cancels the deadline.
+        """
+        from twisted.internet import ssl
+        from twisted.test.iosim import connectedServerAndClient
+
+        with open(self.paths["ca"]) as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        self.clock = clock = Clock()
+        server = HalfCloseableTLSFactory(
+            self.options(), protocol.Factory.forProtocol(NotHalfCloseable), clock,
+            handshakeTimeout=5)
+        client = TLSMemoryBIOFactory(
+            ssl.optionsForClientTLS("localhost", trustRoot=ca), True,
+            protocol.Factory.forProtocol(protocol.Protocol))
+        serverProtocol, clientProtocol, pump = connectedServerAndClient(
+            lambda: server.buildProtocol(None), lambda: client.buildProtocol(None),
+            greet=False, clock=clock)
+        pump.flush()
+        self.assertTrue(serverProtocol._handshakeDone)
+        clock.advance(10)
+        self.assertEqual(server.timedOut, 0)
+        self.assertFalse(serverProtocol.transport.disconnecting)
 
     def test_finBeforeHandshake(self):
         """
