@@ -5,7 +5,8 @@ peers doing primed's job in asyncio, uvloop and C, side by side in one run.
     python benchmarks/load.py [--duration 4] [--repeat 3] [--scenarios abcde]
                               [--generators 1] [--processes 2] [--json FILE]
                               [--metrics]
-                              [--against ceiling|all|c,uvloop,asyncio,ceiling]
+                              [--against ceiling|all|c,uvloop,asyncio,ceiling,epoll,prove]
+                              [--baseline-python OTHER_VENV/bin/python]
 
 It starts primed (C{twistd -n primed} on port 0, ports read from its log)
 and C{benchmarks/ceiling.py}, then runs every scenario against both,
@@ -63,6 +64,10 @@ over primed's: at least 1 means primed is the more efficient) and p50/p99.
 C{--against baseline --baseline-python PYTHON} measures primed against
 that interpreter's primed alone (another commit's), no peer: its C{cpu
 ratio} is the cost of the change, side by side in one run.
+C{--against prove} runs primed with C{--prove} (no proof running) beside
+it, and C{--baseline-python} another commit's primed: what C{--prove}, or
+the code behind it, costs requests that need no proof (scenarios a-d; in
+(e) C{--prove} answers E for the 1000-digit primes, over its 600 digits).
 
 Every process started here is stopped before exit, whatever happens.
 """
@@ -137,6 +142,10 @@ PEERS = {"c": 0.8, "uvloop": 1.0, "asyncio": None, "ceiling": None}
 #: Also accepted by C{--against}: primed itself under Twisted's stock epoll
 #: reactor (C{twistd --reactor=epoll}), to see what primed's reactor buys.
 VARIANTS = {"epoll": "epoll"}
+#: Also accepted by C{--against}: primed with more options, e.g. C{prove}
+#: (C{--prove}, no proof running: small numbers must cost what they cost
+#: without it).
+OPTION_VARIANTS = {"prove": ["--prove"]}
 #: The scenarios those targets apply to.
 PEER_TARGET_SCENARIOS = "abd"
 
@@ -259,9 +268,10 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     against = list(PEERS) if args.against == "all" else args.against.split(",")
-    if set(against) - set(PEERS) - set(VARIANTS) - {"baseline"} or not against:
+    if set(against) - set(PEERS) - set(VARIANTS) - set(OPTION_VARIANTS) - {"baseline"} \
+            or not against:
         parser.error(f"--against: choose from all, baseline, "
-                     f"{', '.join([*PEERS, *VARIANTS])}")
+                     f"{', '.join([*PEERS, *VARIANTS, *OPTION_VARIANTS])}")
     if "baseline" in against and not args.baseline_python:
         parser.error("--against baseline needs --baseline-python")
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -298,6 +308,10 @@ def main(argv=None):
                     continue  # started below
                 if name == "ceiling":
                     peer = _servers.startCeiling()
+                elif name in OPTION_VARIANTS:
+                    peer = _servers.startPrimed(
+                        extra=args.primed_arg + OPTION_VARIANTS[name], name=f"primed/{name}"
+                    )
                 elif name in VARIANTS:
                     peer = _servers.startPrimed(
                         extra=args.primed_arg, reactor=VARIANTS[name], name=f"primed/{name}"

@@ -6,6 +6,7 @@ been?  Not a test: nothing here is asserted.
     python benchmarks/primality.py --quick    # fewer rounds, smaller sizes
     python benchmarks/primality.py --inline   # evidence for INLINE_MAX_BITS
     python benchmarks/primality.py --gil      # reactor stall during a check
+    python benchmarks/primality.py --prove    # proofs through primed's pool (~10 min)
 
 Times are CPU seconds of the calling thread (C{time.thread_time}) per
 call, the best of several rounds in which every contender runs in turn on
@@ -283,9 +284,19 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no 10 000 bits")
     parser.add_argument("--inline", action="store_true", help="measure for INLINE_MAX_BITS")
     parser.add_argument("--gil", action="store_true", help="measure the GIL stall")
+    parser.add_argument("--prove", action="store_true",
+                        help="proofs through primed's process pool, PARI and FLINT")
+    parser.add_argument("--prove-sizes", default="256,512,768,1024,1536,2048",
+                        help="with --prove: bit sizes (256,512,768,1024,1536,2048)")
+    parser.add_argument("--prove-count", type=int, default=3,
+                        help="with --prove: primes per size (3)")
     options = parser.parse_args()
     machine()
-    if options.inline:
+    if options.prove:
+        from _prove import run
+
+        run([int(bits) for bits in options.prove_sizes.split(",")], options.prove_count)
+    elif options.inline:
         inline_cost()
     elif options.gil:
         gil_stall()

@@ -71,11 +71,14 @@ class JobCancelled(Exception):
     """
 
 
-def defaultPerSource(maxQueued: int) -> int:
+def defaultPerSource(maxQueued: int, concurrency: int = 1) -> int:
     """
-    The per-source quota when none is given: a quarter of the queue.
+    The per-source quota when none is given: a quarter of the queue, but
+    never fewer than the executor's workers, so that a lone client (a bulk
+    run on a many-core host: C{--threads 8 --max-queued 8}) can still keep
+    every thread busy.
     """
-    return max(1, maxQueued // 4)
+    return max(1, concurrency, maxQueued // 4)
 
 
 class _Source:
@@ -121,7 +124,7 @@ class FairQueue:
         self._run = run
         self.concurrency = max(1, concurrency)
         self.maxQueued = maxQueued
-        self.perSource = perSource or defaultPerSource(maxQueued)
+        self.perSource = perSource or defaultPerSource(maxQueued, self.concurrency)
         #: Places kept for sources with nothing queued.
         self.reserve = maxQueued // 4
         self.queued = 0

@@ -13,13 +13,20 @@ C{peer} (C{host:port}) for events about one client (idle timeouts, refused
 connections, C{--verbose} verdicts), and C{traceback} when a failure is
 logged.  Twisted's own C{--log-format json} (C{twist}) writes every event
 field, record-separated, which log shippers handle less well.
+
+L{fromEnvironment} chooses between this and twistd's plain text by the
+C{PRIMED_LOG_FORMAT} environment variable, for a container image whose
+command line is fixed:
+
+    twistd -n --logger primed.jsonlog.fromEnvironment primed ...
 """
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 
-from twisted.logger import FileLogObserver, formatEvent
+from twisted.logger import FileLogObserver, formatEvent, textFileLogObserver
 
 _LEVELS = ("debug", "info", "warn", "error", "critical")
 
@@ -71,3 +78,33 @@ def observer(outFile=None) -> FileLogObserver:
     twistd redirects C{sys.stdout} into the log).
     """
     return FileLogObserver(outFile if outFile is not None else sys.stdout, eventAsLine)
+
+
+#: The environment variable L{fromEnvironment} reads, and its values.
+FORMAT_VARIABLE = "PRIMED_LOG_FORMAT"
+FORMATS = ("text", "json")
+
+
+def fromEnvironment(environ=None, outFile=None) -> FileLogObserver:
+    """
+    The C{--logger} factory of the container image: JSON lines (L{observer})
+    if C{PRIMED_LOG_FORMAT} is C{json}, twistd's own text lines if it is
+    C{text}, unset or empty.
+
+    @param environ: the environment; L{os.environ} by default.
+    @param outFile: as for L{observer}.
+    @raise SystemExit: for any other value, with a one-line message (twistd
+        would otherwise print a traceback and log nothing at all).
+    """
+    if environ is None:
+        environ = os.environ
+    value = environ.get(FORMAT_VARIABLE, "").strip().lower() or "text"
+    if value not in FORMATS:
+        raise SystemExit(
+            f"primed: {FORMAT_VARIABLE} must be one of {', '.join(FORMATS)}, "
+            f"not {environ[FORMAT_VARIABLE]!r}"
+        )
+    outFile = outFile if outFile is not None else sys.stdout
+    if value == "json":
+        return observer(outFile)
+    return textFileLogObserver(outFile)

@@ -287,12 +287,20 @@ class PrimedCollector:
             "Requests received but left unanswered because a stop reached --drain-timeout.",
             value=counters.drainUnanswered,
         )
+        versions = self.versions
+        proofPool = getattr(primed, "proofPool", None)
+        if proofPool is not None:
+            from primed.proving import proofMetrics
+
+            yield from proofMetrics(proofPool)
+            versions = dict(versions, prover=proofPool.proverName or "starting")
         info = GaugeMetricFamily(
             "primed_build_info",
-            "Versions of primed and of what it runs on; always 1.",
-            labels=sorted(self.versions),
+            "Versions of primed and of what it runs on (and with --prove, the prover); "
+            "always 1.",
+            labels=sorted(versions),
         )
-        info.add_metric([self.versions[k] for k in sorted(self.versions)], 1)
+        info.add_metric([versions[k] for k in sorted(versions)], 1)
         yield info
 
 

@@ -13,9 +13,11 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from primed import fdlimit, internals, proxy, sdnotify, signals, wire
+from primed import certreload, fdlimit, internals, proxy, sdnotify, signals, wire
 from primed import service as _service
 from primed.checker import DEFAULT_MAX_QUEUED
+from primed.proofpool import DEFAULT_PROVE_MAX_QUEUED, DEFAULT_PROVE_TIMEOUT
+from primed.proving import DEFAULT_PROVE_MAX_DIGITS
 from primed.ratelog import VERBOSE_LINES_PER_SECOND
 from primed.service import DEFAULT_DRAIN_TIMEOUT, PrimedService, UDPAddress
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
@@ -62,6 +64,16 @@ def _atLeast(name, least):
     return coerce
 
 
+def _choice(name, choices):
+    def coerce(value):
+        if value not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]  # usage.Options reads it
+    return coerce
+
+
 def _seconds(name):
     def coerce(value):
         try:
@@ -99,6 +111,10 @@ class Options(usage.Options):
         ["verbose", "v",
          "Log every request and its verdict, once, when it is known; at most "
          "--verbose-rate lines a second, then a count of those left out."],
+        ["prove", None,
+         "Answer T only for proven primes: probable primes above 3.3e24 are proved "
+         "(PARI's APR-CL and ECPP with primed[prove], FLINT otherwise) in worker "
+         "processes; E when no proof can be given (too long, out of time)."],
     ]
 
     optParameters = [
@@ -114,7 +130,7 @@ class Options(usage.Options):
         ["max-queued-per-source", None, 0,
          "Big-number checks one source (an IPv4 address, an IPv6 /64) may have "
          "running or waiting; beyond it its TCP connections wait and its UDP "
-         "requests are dropped. 0: a quarter of --max-queued. The last quarter "
+         "requests are dropped. 0: a quarter of --max-queued, at least --threads. The last quarter "
          "of --max-queued is kept for sources with nothing queued.",
          _atLeast("max-queued-per-source", 0)],
         ["max-inflight", None, DEFAULT_MAX_INFLIGHT,
@@ -158,6 +174,26 @@ class Options(usage.Options):
          "Most --verbose request lines a second; those left out are counted in one "
          "line a second. 0 for no limit.",
          _atLeast("verbose-rate", 0)],
+        ["prove-workers", None, os.cpu_count() or 1,
+         "With --prove: worker processes proving primes.", _positiveInt("prove-workers")],
+        ["prove-max-digits", None, DEFAULT_PROVE_MAX_DIGITS,
+         "With --prove: longest probable prime proved, in digits; longer ones are "
+         "answered E at once (composites still F).", _positiveInt("prove-max-digits")],
+        ["prove-timeout", None, DEFAULT_PROVE_TIMEOUT,
+         "With --prove: seconds one proof may run; then it is answered E and its "
+         "worker interrupted.", _seconds("prove-timeout")],
+        ["prove-max-queued", None, DEFAULT_PROVE_MAX_QUEUED,
+         "With --prove: proofs waiting for a worker, over all clients (a quarter of "
+         "it per source); beyond it TCP clients wait and UDP requests are dropped.",
+         _positiveInt("prove-max-queued")],
+        ["prover", None, "auto",
+         "With --prove: auto (PARI when cypari2 is installed, else FLINT), pari or flint.",
+         _choice("prover", ("auto", "pari", "flint"))],
+        ["tls-reload-interval", None, certreload.DEFAULT_INTERVAL,
+         "Seconds between two reads of each ssl: listener's key and certificate "
+         "files: new connections get a new pair, a pair that does not load is "
+         "logged and the one in use kept; 0 never reads them again.",
+         _seconds("tls-reload-interval")],
         ["metrics", None, None,
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) over "
          "HTTP on this Twisted server endpoint, e.g. "
@@ -250,6 +286,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--udp: {e}") from e
 
     def postOptions(self):
+        if self["prove-timeout"] <= 0:
+            raise usage.UsageError("--prove-timeout must be more than 0 seconds")
+        if self["prover"] == "pari" and self["prove"]:
+            try:
+                import cypari2  # noqa: F401
+            except ImportError:
+                raise usage.UsageError("--prover pari: cypari2 is not installed "
+                                       "(pip install 'primed[prove]')") from None
         if self["max-connections-per-source"] is None:
             self["max-connections-per-source"] = max(1, self["max-connections"] // 4)
         if not self["listen"]:
@@ -330,6 +374,23 @@ def _serverEndpoint(reactor, description: str, config=None, option: str = "--lis
 _log = Logger(namespace="primed")
 
 
+def _proofPool(reactor, config):
+    """
+    With C{--prove}, the pool of prover processes; L{None} otherwise.
+    """
+    if not config["prove"]:
+        return None
+    from primed.proofpool import ProofPool
+
+    return ProofPool(
+        reactor,
+        config["prove-workers"],
+        timeout=config["prove-timeout"],
+        maxQueued=config["prove-max-queued"],
+        engine=config["prover"],
+    )
+
+
 def makeService(config, reactor=None):
     """
     Build the primed service from parsed L{Options}: a L{MultiService}
@@ -348,12 +409,18 @@ def makeService(config, reactor=None):
         connections += config["metrics-max-connections"]
         option += f" and --metrics-max-connections {config['metrics-max-connections']}"
     fdlimit.ensureOpenFiles(connections, option)
+    tcpEndpoints = [
+        (description, _serverEndpoint(reactor, description, config))
+        for description in config["listen"]
+    ]
+    # ssl: listeners whose files are read again (certificates rotated in place).
+    reloading = []
+    if config["tls-reload-interval"] > 0:
+        reloading = certreload.makeReloadable(
+            tcpEndpoints, lambda description: _serverEndpoint(reactor, description, config))
     primed = PrimedService(
         reactor,
-        tcpEndpoints=[
-            (description, _serverEndpoint(reactor, description, config))
-            for description in config["listen"]
-        ],
+        tcpEndpoints=tcpEndpoints,
         udpAddresses=config["udp"],
         threads=config["threads"],
         maxDigits=config["max-digits"],
@@ -369,6 +436,8 @@ def makeService(config, reactor=None):
         drainTimeout=config["drain-timeout"],
         reusePort=config["reuseport"],
         verbose=config["verbose"],
+        proofPool=_proofPool(reactor, config),
+        proveMaxDigits=config["prove-max-digits"],
     )
     top = service.MultiService()
     primed.setName("primed")
@@ -386,6 +455,11 @@ def makeService(config, reactor=None):
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)
+    if reloading:
+        reloader = certreload.CertificateReloader(
+            reloading, config["tls-reload-interval"], reactor)
+        reloader.setName("tls-reload")
+        reloader.setServiceParent(top)
     # Under systemd (Type=notify): READY=1 once every listener is bound,
     # STOPPING=1 when a stop begins, WATCHDOG=1 if asked.  A no-op elsewhere.
     sdnotify.notifySystemd(primed, reactor, os.environ)

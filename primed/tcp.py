@@ -45,6 +45,7 @@ from zope.interface import implementer
 from primed import wire
 from primed.checker import CheckAbandoned, CheckCancelled
 from primed.fastpath import resetProbe, streamWriter
+from primed.proofpool import ProofUnavailable
 from primed.sources import sourceKey
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
@@ -379,8 +380,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def _checkFailed(self, failure, slot: list, line: bytes) -> None:
         if self._lost or failure.check(CheckAbandoned, CheckCancelled):
             return  # nobody to answer: gone, or cut off by a stop
-        self._log.failure("Checking a {digits}-digit number failed", failure,
-                          digits=len(line))
+        if not failure.check(ProofUnavailable):  # --prove: E, counted and logged there
+            self._log.failure("Checking a {digits}-digit number failed", failure,
+                              digits=len(line))
         slot[0] = INVALID_REPLY
         self.counters.tcpInvalid += 1
         self._flushPending()

@@ -396,10 +396,23 @@ def readableByOthers(path: str) -> bool:
     """
     Whether every user of the machine may read C{path}.  Readable by its
     group is fine: Debian's C{ssl-cert} group exists for that.  A file that
-    cannot be looked at says nothing (Twisted has read it already).
+    cannot be looked at says nothing (Twisted has read it already).  The
+    file (a symlink's target) must be readable by others and every
+    directory above it enterable by them: a key of mode 0644 in a
+    directory of mode 0700 (or Debian's 0710 C{/etc/ssl/private}) is
+    private.
     """
+    real = os.path.realpath(path)
     try:
-        mode = os.stat(path).st_mode
+        if not os.stat(real).st_mode & stat.S_IROTH:
+            return False
+        directory = os.path.dirname(real)
+        while True:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return False
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return True
+            directory = parent
     except OSError:
         return False
-    return bool(mode & stat.S_IROTH)

@@ -20,6 +20,7 @@ from primed import wire
 from primed.checker import CheckAbandoned
 from primed.counters import Counters
 from primed.fastpath import datagramWriter
+from primed.proofpool import ProofUnavailable
 from primed.sources import sourceKey
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -228,8 +229,9 @@ class PrimeDatagramProtocol(DatagramProtocol):
         if failure.check(CheckAbandoned):
             self._done()  # a stop past its deadline: no reply
             return
-        self._log.failure("Checking a {digits}-digit number failed", failure,
-                          digits=len(line))
+        if not failure.check(ProofUnavailable):  # --prove: E, counted and logged there
+            self._log.failure("Checking a {digits}-digit number failed", failure,
+                              digits=len(line))
         self.counters.udpInvalid += 1
         self._reply(INVALID_REPLY, line, addr)
         self._done()

@@ -68,9 +68,9 @@ class PrimeCheckerTests(unittest.TestCase):
 
     def test_fairQueueDefaults(self):
         """
-        One source may have a quarter of C{maxQueued}; the pool is handed
-        one check per thread (its C{max}), or every check for a pool
-        without one.
+        One source may have a quarter of C{maxQueued}, but never fewer
+        checks than the pool has threads; the pool is handed one check per
+        thread (its C{max}), or every check for a pool without one.
         """
         from primed.checker import PrimeChecker
 
@@ -78,7 +78,9 @@ class PrimeCheckerTests(unittest.TestCase):
             max = 3
 
         checker = PrimeChecker(None, Pool(), maxQueued=8)
-        self.assertEqual((checker.maxQueuedPerSource, checker.queue.concurrency), (2, 3))
+        self.assertEqual((checker.maxQueuedPerSource, checker.queue.concurrency), (3, 3))
+        checker = PrimeChecker(None, Pool(), maxQueued=16)
+        self.assertEqual((checker.maxQueuedPerSource, checker.queue.concurrency), (4, 3))
         self.assertEqual(makeChecker(maxQueued=8).queue.concurrency, 8)
 
     def test_cancelledCheckFailsWithCheckCancelled(self):

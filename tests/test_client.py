@@ -249,6 +249,27 @@ class PrimedClientTests(unittest.TestCase):
         self.assertEqual(str(self.got[0][1]), "no reply for 10 s")
         self.assertTrue(self.got[0][1].tlsHint)
 
+    def test_slowFirstAnswerRetried(self):
+        """
+        A primed whose pool is busy may be silent for the timeout before
+        its first answer.  Requests of five bytes or more would have drawn
+        an alert or a close from a TLS server (a whole record header), so
+        this silence is a slow primed: tried again, as before, and answered
+        on the new connection; the error it would carry has no TLS advice.
+        """
+        big = 2 ** 127 - 1
+        protocol, transport = self.connected(timeout=10.0)
+        self.ask(big)
+        self.clock.advance(10)
+        self.assertTrue(transport.aborted)
+        lose(protocol, transport)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        second, transport2 = self.endpoint.succeed()
+        self.assertEqual(transport2.value(), b"%d\n" % big)
+        second.dataReceived(b"T\n")
+        self.assertEqual(self.got, [(str(big), Verdict.PRIME)])
+
     def test_closedLateFromTheStart(self):
         """
         The same for a server that closes the connection without a byte,

@@ -310,6 +310,19 @@ class TCPTimeoutTests(unittest.TestCase):
         self.assertEqual(str(failure.value), "no reply for 5 s")
         self.assertIs(failure.value.tlsHint, True)  # not a byte: TLS, perhaps
 
+    def test_silenceAfterAWholeRecordHeader(self):
+        """
+        Silent from the start, but after five bytes or more (a TLS record
+        header: a TLS server would have sent an alert or closed): a slow
+        primed, not TLS; no TLS advice.
+        """
+        clock = task.Clock()
+        protocol, transport = connected(5.0, clock)
+        d = protocol.check(2 ** 127 - 1)
+        clock.advance(5)
+        lose(protocol, transport)
+        self.assertIs(self.failureResultOf(d, PrimedTimeout).value.tlsHint, False)
+
     def test_silenceAfterBytes(self):
         """
         A timeout after the server said something: no TLS advice.

@@ -213,6 +213,15 @@ class BoundTests(unittest.TestCase):
         self.assertEqual((queue.perSource, queue.reserve), (16, 16))
         self.assertEqual(FairQueue(self.executor, 1, 64, 5).perSource, 5)
 
+    def test_defaultPerSourceKeepsEveryThreadBusy(self):
+        """
+        A quarter of a short queue is fewer than the threads: the default
+        quota is then the threads, so one client alone can use them all.
+        """
+        self.assertEqual(defaultPerSource(8, 8), 8)
+        self.assertEqual(defaultPerSource(64, 8), 16)
+        self.assertEqual(FairQueue(self.executor, 8, 8).perSource, 8)
+
     def test_perSourceQuota(self):
         queue = FairQueue(self.executor, 1, 64, 3)
         for n in range(3):

@@ -5,13 +5,15 @@ daemon logging JSON lines under C{twistd --logger primed.jsonlog.observer}.
 
 import io
 import json
+import os
 import socket
+import sys
 
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from primed.jsonlog import eventAsLine, observer
+from primed.jsonlog import eventAsLine, fromEnvironment, observer
 from support import Daemon
 
 
@@ -84,6 +86,50 @@ class EventTests(unittest.TestCase):
         record = json.loads(eventAsLine(event))
         self.assertEqual(record["message"], formatEvent(event))
         self.assertIn("Unable to format event", record["message"])
+
+
+class FromEnvironmentTests(unittest.TestCase):
+    """
+    The container image's C{--logger}: JSON or text by C{PRIMED_LOG_FORMAT}.
+    """
+
+    def lines(self, environ):
+        out = io.StringIO()
+        Logger(namespace="primed.test", observer=fromEnvironment(environ, out)).info(
+            "Listening on {port}", port=8809)
+        return out.getvalue().splitlines()
+
+    def test_json(self):
+        for value in ("json", " JSON "):
+            [line] = self.lines({"PRIMED_LOG_FORMAT": value})
+            self.assertEqual(json.loads(line)["message"], "Listening on 8809")
+
+    def test_textByDefault(self):
+        for environ in ({}, {"PRIMED_LOG_FORMAT": ""}, {"PRIMED_LOG_FORMAT": "text"}):
+            [line] = self.lines(environ)
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\S+ \[primed\.test#info\] Listening on 8809$")
+
+    def test_processEnvironmentAndStandardOutput(self):
+        """
+        By default: the process's environment, and standard output as it
+        is when twistd calls the factory.
+        """
+        out = io.StringIO()
+        self.patch(os, "environ", {"PRIMED_LOG_FORMAT": "json"})
+        self.patch(sys, "stdout", out)
+        observer = fromEnvironment()
+        Logger(namespace="primed.test", observer=observer).info("hello")
+        self.assertEqual(json.loads(out.getvalue())["message"], "hello")
+
+    def test_unknownFormat(self):
+        """
+        Anything else stops the start with one line naming the variable and
+        the choices.
+        """
+        with self.assertRaises(SystemExit) as caught:
+            fromEnvironment({"PRIMED_LOG_FORMAT": "yaml"}, io.StringIO())
+        self.assertEqual(str(caught.exception),
+                         "primed: PRIMED_LOG_FORMAT must be one of text, json, not 'yaml'")
 
 
 class DaemonTests(unittest.TestCase):

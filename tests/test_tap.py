@@ -217,7 +217,8 @@ class MakeServiceTests(unittest.TestCase):
         reactor = ThreadlessReactor()
         primed = tap.makeService(
             parse("--max-digits", "50", "--max-inflight", "3", "--max-queued", "5",
-                  "--max-connections", "7", "--idle-timeout", "9", "--verbose"),
+                  "--max-connections", "7", "--idle-timeout", "9", "--verbose",
+                  "--threads", "1"),
             reactor,
         ).getServiceNamed("primed")
         self.assertEqual(primed.factory.maxDigits, 50)
@@ -226,7 +227,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(primed.factory.idleTimeout, 9)
         self.assertTrue(primed.factory.verbose)
         self.assertEqual(primed.checker.maxQueued, 5)
-        self.assertEqual(primed.checker.maxQueuedPerSource, 1)  # a quarter, at least 1
+        self.assertEqual(primed.checker.maxQueuedPerSource, 1)  # a quarter, at least --threads
         top = tap.makeService(parse("--max-digits", "50"), reactor)
         top.privilegedStartService()
         (udp,) = top.getServiceNamed("primed").datagramProtocols

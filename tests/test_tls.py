@@ -443,6 +443,7 @@ class KeyPermissionTests(CertificatesMixin, unittest.TestCase):
 
         directory = tempfile.mkdtemp(prefix="primed-key-")
         self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)  # mkdtemp's 0700 would hide any key
         path = os.path.join(directory, name)
         shutil.copy(self.paths["key"], path)
         os.chmod(path, mode)
@@ -487,6 +488,22 @@ class KeyPermissionTests(CertificatesMixin, unittest.TestCase):
     def test_onceForTwoListeners(self):
         key = self.keyWithMode(0o604, name="a:key.pem")  # a colon, escaped
         self.assertEqual([e["path"] for e in self.warnings(key, key)], [key])
+
+    def test_inAClosedDirectory(self):
+        """
+        A key file of mode 0644 in a directory others may not enter (0700;
+        Debian's /etc/ssl/private is 0710) is not readable by every user:
+        no warning, which would say it is.  Nor for a symlink (mode 0777)
+        to a key of mode 0600.
+        """
+        import os
+
+        key = self.keyWithMode(0o644)
+        os.chmod(os.path.dirname(key), 0o700)
+        private = self.keyWithMode(0o600)
+        link = private + ".link"
+        os.symlink(private, link)
+        self.assertEqual(self.warnings(key, link), [])
 
     def test_ownerOrGroupOnly(self):
         self.assertEqual(self.warnings(self.keyWithMode(0o600), self.keyWithMode(0o640)), [])

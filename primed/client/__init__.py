@@ -268,7 +268,8 @@ class PrimedClient:
     def _silentFromTheStart(self, reason) -> bool:
         """
         Whether C{reason} is silence from a server that has answered
-        nothing yet: a timeout, or a close that came only after one.  Such
+        nothing yet: a timeout after less than a TLS record header
+        (its C{tlsHint}), or a close that came only after one.  Such
         a server is not known to be primed (a TLS server, an HTTP server
         waiting for a request), and trying again would only wait as long
         again; a close right after the requests (a connection limit, a
@@ -277,7 +278,10 @@ class PrimedClient:
         if self._everAnswered:
             return False
         if reason.check(PrimedTimeout):
-            return True
+            # Only a silence a TLS server explains (less than a record
+            # header sent): a primed slow to give its first answer (a busy
+            # pool) is tried again.
+            return reason.value.tlsHint
         return bool(reason.check(PrimedClosed)) and not reason.value.quick
 
     def _giveUp(self, reason):

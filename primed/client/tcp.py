@@ -38,6 +38,10 @@ _REPLY_STARTS = frozenset(verdict.reply[0] for verdict in Verdict)
 #: request, without a byte, refused it (L{PrimedClosed.quick}); later, it
 #: gave up waiting for something else.
 QUICK_CLOSE = 2.0
+#: Bytes in a TLS record header: a TLS server sent plain text stays silent
+#: only until it has this many (then it sends an alert or closes); a server
+#: silent after more is slow, not TLS.
+TLS_RECORD_HEADER = 5
 
 
 @implementer(IHandshakeListener)
@@ -84,6 +88,7 @@ class PrimedClientProtocol(LineReceiver):
         self._lastHeard = 0.0
         self._atLineStart = True
         self.heard = False
+        self._sent = 0
         self.ready = False
         self._readyWaiters = []
 
@@ -159,6 +164,7 @@ class PrimedClientProtocol(LineReceiver):
             if self._timer is None:
                 self._timer = self._clock.callLater(self.timeout, self._checkSilence)
         self._pending.append(receiver)
+        self._sent += len(request)
         self.transport.write(request)
 
     @property
@@ -215,9 +221,10 @@ class PrimedClientProtocol(LineReceiver):
         silence = self._clock.seconds() - self._lastHeard
         if silence >= self.timeout:
             timeout = PrimedTimeout(f"no reply for {self.timeout:g} s")
-            # Silent from the start: perhaps a TLS server waiting for a
-            # record header.
-            timeout.tlsHint = not self.heard
+            # Silent from the start, sent less than a record header: perhaps
+            # a TLS server waiting for the rest of it.  Silent after more, a
+            # slow primed (its pool busy): retried, no TLS advice.
+            timeout.tlsHint = not self.heard and self._sent < TLS_RECORD_HEADER
             self._abort(timeout)
         else:
             self._timer = self._clock.callLater(
