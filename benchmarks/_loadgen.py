@@ -38,9 +38,11 @@ class Requests:
     """
 
     def __init__(self, small, big=()):
-        lines = [b"%d\n" % n for n in small]
+        # Zero-padded to 20 digits (primed's grammar, and every peer's,
+        # takes leading zeros): the odd64 mix has 19-digit numbers.
+        lines = [b"%020d\n" % n for n in small]
         if any(len(line) != SMALL_WIDTH for line in lines):
-            raise ValueError("small requests must have 20 digits")
+            raise ValueError("small requests must have at most 20 digits")
         self.count = len(lines)
         self.blob = b"".join(lines) * 2
         self.big = [b"%d\n" % n for n in big]

@@ -52,16 +52,27 @@ SCENARIOS = {
 WARMUP = 1.0
 
 
-def makeRequests(seed=8, count=4096, bigCount=2):
+#: The small requests' mixes (C{load.py --mix}): C{quarter}, 20-digit
+#: numbers below 2**64, one in four prime; C{odd64}, uniformly random odd
+#: 64-bit numbers (2**63 to 2**64), about one in 22 prime.
+MIXES = ("quarter", "odd64")
+
+
+def makeRequests(seed=8, count=4096, bigCount=2, mix="quarter"):
     """
-    The request pool: C{count} 20-digit numbers below 2**64, one in four
-    prime, and C{bigCount} 1000-digit primes (about 1.5 s each to find).
+    The request pool: C{count} small numbers of the C{mix} (L{MIXES}), and
+    C{bigCount} 1000-digit primes (about 1.5 s each to find).
     """
     import gmpy2
 
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}")
     rng = random.Random(seed)
     small = []
     while len(small) < count:
+        if mix == "odd64":
+            small.append(rng.randrange(2**63, 2**64) | 1)
+            continue
         n = rng.randrange(10**19, 2**64)
         if len(small) % 4 == 0:
             n = int(gmpy2.next_prime(n))

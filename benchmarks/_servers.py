@@ -253,18 +253,20 @@ PEERS_DIR = os.path.join(HERE, "peers")
 
 def buildCPeer():
     """
-    Compile C{peers/cpeer.c} with the system compiler (C{cc}, GMP from
-    C{libgmp-dev}) into a temporary directory.
+    Compile C{peers/cpeer.c} with the system compiler (C{cc}, FLINT and GMP
+    from Debian's C{libflint-dev} and C{libgmp-dev}) into a temporary
+    directory.
 
     @return: the executable's path.
     """
     out = os.path.join(tempfile.mkdtemp(prefix="primed-cpeer-"), "cpeer")
     source = os.path.join(PEERS_DIR, "cpeer.c")
     result = subprocess.run(
-        ["cc", "-O2", "-o", out, source, "-lgmp"], capture_output=True, text=True
+        ["cc", "-O2", "-o", out, source, "-lflint", "-lgmp"], capture_output=True, text=True
     )
     if result.returncode:
-        raise ServerError(f"cc could not build {source}:\n{result.stderr}")
+        raise ServerError(f"cc could not build {source} (apt-get install libflint-dev "
+                          f"libgmp-dev):\n{result.stderr}")
     return out
 
 

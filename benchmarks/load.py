@@ -33,7 +33,12 @@ Scenarios:
   e  like (a), but 1 request in 20 is a 1000-digit prime; p99 is the small
      requests' (the ceiling answers those at once, so only latency matters)
 
-Small requests are 20-digit numbers below 2**64, one in four of them prime.
+Small requests come from one of two mixes (C{--mix}), both 64-bit numbers:
+C{quarter} (the default), 20-digit numbers below 2**64, one in four of them
+prime (primes are the costly case: a full check, where most composites fall
+to a small factor); C{odd64}, uniformly random odd numbers of 64 bits
+(2**63 to 2**64), about one in 22 prime, what a client asking about
+arbitrary numbers sends.  Say which mix a figure comes from.
 
 With C{--processes N} it also runs scenario (b) against N primed processes
 sharing one port (C{--reuseport}) and N ceilings likewise, next to one of
@@ -75,13 +80,13 @@ import sys
 try:
     from benchmarks import _conformance, _servers
     from benchmarks._measure import (
-        SCENARIOS, _cpuRatio, _errorLines, _ms, _us, best, leanest, makeRequests, measure,
+        MIXES, SCENARIOS, _cpuRatio, _errorLines, _ms, _us, best, leanest, makeRequests, measure,
     )
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import _conformance
     import _servers
     from _measure import (
-        SCENARIOS, _cpuRatio, _errorLines, _ms, _us, best, leanest, makeRequests, measure,
+        MIXES, SCENARIOS, _cpuRatio, _errorLines, _ms, _us, best, leanest, makeRequests, measure,
     )
 
 
@@ -226,6 +231,10 @@ def main(argv=None):
     )
     parser.add_argument("--scenarios", default="abcde", help="which scenarios (abcde)")
     parser.add_argument(
+        "--mix", choices=MIXES, default="quarter",
+        help="the small requests: quarter (one in four prime) or odd64 (random odd 64-bit)",
+    )
+    parser.add_argument(
         "--generators", type=int, default=1, help="load-generator processes (1)"
     )
     parser.add_argument(
@@ -274,7 +283,8 @@ def main(argv=None):
         print(text, file=sys.stderr, flush=True)
 
     log("preparing requests ...")
-    requests = makeRequests()
+    log(f"small requests: the {args.mix} mix")
+    requests = makeRequests(mix=args.mix)
     if args.metrics:
         try:
             from benchmarks import _metricscost
@@ -322,7 +332,7 @@ def main(argv=None):
         output["main"] = table
         cores = multiprocessing.cpu_count()
         print(f"\nmachine: {cores} cores; {args.duration:g} s per run, best of "
-              f"{args.repeat}; {args.generators} generator process(es)\n")
+              f"{args.repeat}; {args.generators} generator process(es); {args.mix} mix\n")
         if against == ["ceiling"]:
             print(formatTable(table, scenarios))
         else:

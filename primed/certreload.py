@@ -27,7 +27,8 @@ L{primed.service} reads to build its TLS layer; L{makeReloadable} checks the
 attribute is there and fails loudly otherwise.
 """
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -53,7 +54,7 @@ def describe(certificate) -> str:
     return f"/{subject}, serial {certificate.get_serial_number():X}, not after {expiry}"
 
 
-def _identity(contextFactory) -> Tuple[bytes, ...]:
+def _identity(contextFactory) -> tuple[bytes, ...]:
     """
     What tells two loaded pairs apart: the digests of the certificate and
     of its chain (a new key comes with a new certificate).
@@ -123,8 +124,8 @@ class ReloadingContextFactory:
         return True
 
 
-def makeReloadable(tcpEndpoints: Sequence[Tuple[str, Any]],
-                   parse: Callable[[str], Any]) -> List[ReloadingContextFactory]:
+def makeReloadable(tcpEndpoints: Sequence[tuple[str, Any]],
+                   parse: Callable[[str], Any]) -> list[ReloadingContextFactory]:
     """
     Give every C{ssl:} listener of C{tcpEndpoints} (also behind
     C{haproxy:}) a L{ReloadingContextFactory}, which reloads by parsing its

@@ -44,7 +44,7 @@ class CheckPool(ThreadPool):
     L{stop} can leave them to finish their check on their own.
     """
 
-    threadFactory = staticmethod(partial(Thread, daemon=True))
+    threadFactory = staticmethod(partial(Thread, daemon=True))  # type: ignore[assignment]  # makes Threads
 
     def stop(self, wait: bool = True) -> None:
         """
@@ -100,7 +100,7 @@ class PrimeChecker:
         self.abandoned = False
         if concurrency is None:
             concurrency = getattr(threadpool, "max", None) or maxQueued
-        self.queue = FairQueue(self._start, concurrency, maxQueued, maxQueuedPerSource)
+        self.queue = FairQueue(self._start, concurrency, maxQueued, maxQueuedPerSource)  # type: ignore[arg-type]  # its jobs are ints
         self.hasRoom = self.queue.hasRoom
         self.notifyRoom = self.queue.notifyRoom
         self.cancelRoomWaiter = self.queue.cancelRoomWaiter

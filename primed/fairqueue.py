@@ -58,7 +58,8 @@ runs in the reactor thread.
 """
 
 from collections import deque
-from typing import Callable, Deque, Dict, Hashable, Tuple
+from collections.abc import Hashable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -91,7 +92,7 @@ class _Source:
     def __init__(self, key):
         self.key = key
         self.count = 0
-        self.connections: Deque[Hashable] = deque()
+        self.connections: deque[Hashable] = deque()
 
 
 class FairQueue:
@@ -129,18 +130,18 @@ class FairQueue:
         self.queued = 0
         self.running = 0
         self.cancelled = 0
-        self._sources: Dict[Hashable, _Source] = {}
+        self._sources: dict[Hashable, _Source] = {}
         # Sources with jobs waiting, in round-robin order.
-        self._ready: Deque[_Source] = deque()
+        self._ready: deque[_Source] = deque()
         # Newcomers (their first job waiting), in the order they came, and
         # whether the next turn is theirs when the ring waits too.
-        self._fresh: Deque[_Source] = deque()
+        self._fresh: deque[_Source] = deque()
         self._freshTurn = True
         # Each connection with jobs waiting: its source and its jobs.
-        self._waiting: Dict[Hashable, Tuple[_Source, Deque]] = {}
+        self._waiting: dict[Hashable, tuple[_Source, deque]] = {}
         # Callers waiting for room, by source (in the order sources first
         # asked), each source's in the order they asked.
-        self._roomWaiters: Dict[Hashable, Deque[Callable[[], None]]] = {}
+        self._roomWaiters: dict[Hashable, deque[Callable[[], None]]] = {}
         self._idleWaiters: list = []
 
     def roomWaiters(self) -> int:
@@ -188,7 +189,7 @@ class FairQueue:
             share = self._sources[source] = _Source(source)
         share.count += 1
         self.queued += 1
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.running < self.concurrency and not self._ready and not self._fresh:
             self._start(job, d, share)
             return d
@@ -226,7 +227,7 @@ class FairQueue:
         self.cancelled += dropped
         if not share.count:
             del self._sources[share.key]
-        for job, d in jobs:
+        for _job, d in jobs:
             d.errback(Failure(JobCancelled()))
         self._roomMade()
         return dropped
@@ -247,7 +248,7 @@ class FairQueue:
             dropped += len(jobs)
             if not share.count:
                 del self._sources[share.key]
-            for job, d in jobs:
+            for _job, d in jobs:
                 d.errback(Failure(reason))
         self._ready.clear()
         self._fresh.clear()
@@ -281,7 +282,7 @@ class FairQueue:
         """
         @return: a L{Deferred} that fires once no job is running or waiting.
         """
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.queued == 0:
             d.callback(None)
         else:
@@ -292,6 +293,7 @@ class FairQueue:
 
     def _start(self, job, d: Deferred, share: _Source) -> None:
         self.running += 1
+        started: Any
         try:
             started = self._run(job)
         except BaseException:

@@ -11,9 +11,11 @@ backpressure and error handling stay Twisted's.  Measured with
 C{benchmarks/load.py} (CPU per request against a bare Twisted server): 0.88
 to 1.32 with one request per read, 0.77 to 0.99 for UDP.
 
-They rely on attributes of L{twisted.internet.tcp.Connection} and
-L{twisted.internet.udp.Port} that have been stable for many years, and fall
-back to the plain transport for anything else (TLS, StringTransport, …).
+They rely on private attributes of L{twisted.internet.tcp.Connection} and
+L{twisted.internet.udp.Port} that have been stable for many years, checked
+here at import (L{primed.internals}: without them, the plain transport's
+write and one warning at start), and fall back to the plain transport for
+anything else (TLS, StringTransport, …).
 
 Beside them, L{resetProbe}: whether the peer of a connection that is not
 reading has reset it, read from its socket without a reactor turn either.
@@ -21,9 +23,39 @@ reading has reset it, read from its socket without a reactor turn either.
 
 import os
 import socket
-from typing import Callable
+from typing import Any, Callable
 
-from twisted.internet import tcp, udp
+from twisted.internet import abstract, tcp, udp
+
+from primed.internals import lookup, present
+
+
+def _probe(make: Callable[[], Any]) -> Any:
+    """
+    A transport made without a reactor or socket, to look up the
+    attributes Twisted sets in C{__init__}; L{None} if that fails.
+    """
+    try:
+        return make()
+    except Exception:
+        return None
+
+
+#: Stands for the reactor a transport is made with, which these never use.
+_NO_REACTOR: Any = object()
+
+_tempDataLen = lookup(
+    "twisted.internet.abstract", "FileDescriptor._tempDataLen",
+    "TCP replies wait for a reactor turn (transport.write)",
+    _probe(lambda: abstract.FileDescriptor(reactor=_NO_REACTOR)))
+_connectedAddr = lookup(
+    "twisted.internet.udp", "Port._connectedAddr",
+    "UDP replies go through transport.write",
+    _probe(lambda: udp.Port(0, None, reactor=_NO_REACTOR)))
+
+#: Whether the private attributes are there (tests turn these off).
+STREAM = present(_tempDataLen)
+DATAGRAM = present(_connectedAddr)
 
 
 def streamWriter(transport) -> Callable[[bytes], None]:
@@ -31,7 +63,7 @@ def streamWriter(transport) -> Callable[[bytes], None]:
     A C{write(data)} for C{transport} that sends at once when nothing is
     buffered ahead of C{data}.
     """
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+    if not STREAM or not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return transport.write
     write = transport.write
     # os.write on the descriptor, not socket.send: the same system call for a
@@ -74,9 +106,9 @@ def datagramWriter(transport) -> Callable[[bytes, tuple], None]:
     validation L{udp.Port.write} does: replies go to addresses the kernel
     itself reported as sources.
     """
-    if not isinstance(transport, udp.Port) or transport._connectedAddr:
+    if not DATAGRAM or not isinstance(transport, udp.Port) or transport._connectedAddr:
         return transport.write
-    return transport.socket.sendto
+    return transport.socket.sendto  # type: ignore[return-value]  # socket.sendto's overloads
 
 
 def resetProbe(transport) -> Callable[[], bool]:

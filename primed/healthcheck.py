@@ -17,7 +17,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import List, Optional
+from typing import Optional
 
 DEFAULT_URL = "http://127.0.0.1:9810/healthz"
 #: Seconds to wait for the answer: below the image's HEALTHCHECK timeout.
@@ -38,7 +38,7 @@ def check(url: str, timeout: float = TIMEOUT) -> Optional[str]:
     return None if status == 200 else f"{url}: HTTP {status}"
 
 
-def main(argv: Optional[List[str]] = None, environ=None) -> int:
+def main(argv: Optional[list[str]] = None, environ=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     if len(argv) > 1:

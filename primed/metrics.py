@@ -32,7 +32,7 @@ take it out of rotation first.
 import platform
 import time
 from io import BytesIO
-from typing import Optional
+from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -568,7 +568,7 @@ class MetricsService(service.Service):
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)
-        result = []
+        result: list[Any] = []
         self.endpoint.listen(self.factory).addBoth(result.append)
         if not result or isinstance(result[0], Failure):
             reason = result[0].value if result else "did not listen at once"
@@ -589,7 +589,7 @@ class MetricsService(service.Service):
         drained; then close the port.
         """
         service.Service.stopService(self)
-        done = defer.Deferred()
+        done: defer.Deferred[Any] = defer.Deferred()
         stopped = self.primed.stopService()  # the same stop, started once
 
         def close(result):

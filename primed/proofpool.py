@@ -32,7 +32,7 @@ What the pool promises:
 
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
@@ -76,9 +76,9 @@ class _Job:
     def __init__(self, number: int, source):
         self.number = number
         self.source = source
-        self.waiters: List[defer.Deferred] = []
+        self.waiters: list[defer.Deferred] = []
         self.retried = False
-        self.worker: Optional["_Worker"] = None
+        self.worker: Optional[_Worker] = None
         self.started = 0.0
         self.timer = None
         self.ident = 0
@@ -181,7 +181,7 @@ class ProofPool:
 
     def __init__(self, reactor, size: int, timeout: float = DEFAULT_PROVE_TIMEOUT,
                  maxQueued: int = DEFAULT_PROVE_MAX_QUEUED, perSource: Optional[int] = None,
-                 engine: str = "auto", argv: Optional[List[str]] = None):
+                 engine: str = "auto", argv: Optional[list[str]] = None):
         """
         @param perSource: proofs one source may have waiting; by default a
             quarter of C{maxQueued} (at least 1).
@@ -198,19 +198,19 @@ class ProofPool:
         self.argv = argv or [sys.executable, "-m", "primed.prover", engine]
         self.proverName: Optional[str] = None
         self.interruptible = True
-        self.workers: List[_Worker] = []
+        self.workers: list[_Worker] = []
         self.queue = SourceQueue()
         self.results = dict.fromkeys(RESULTS, 0)
         self.proofTimes = CheckTimes(PROOF_SECONDS_BUCKETS)
         self.restarts = 0
-        self._jobs: Dict[int, _Job] = {}
+        self._jobs: dict[int, _Job] = {}
         self._nextIdent = 0
         self._failedStarts = 0
         self._respawns: list = []
         self._stopping = False
         self._stopped: Optional[defer.Deferred] = None
-        self._readyWaiters: List[defer.Deferred] = []
-        self._roomWaiters: List = []
+        self._readyWaiters: list[defer.Deferred] = []
+        self._roomWaiters: list = []
 
     # Life.
 
@@ -228,7 +228,7 @@ class ProofPool:
     def whenReady(self) -> defer.Deferred:
         if self.proverName is not None:
             return defer.succeed(self.proverName)
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self._readyWaiters.append(d)
         return d
 
@@ -282,7 +282,7 @@ class ProofPool:
         for worker in list(self.workers):
             if worker.job is not None:
                 self._fail(worker.job, "stopped")
-            d = defer.Deferred()
+            d: defer.Deferred[Any] = defer.Deferred()
             worker.stopped = d
             ended.append(d)
             worker.transport.closeStdin()
@@ -359,7 +359,7 @@ class ProofPool:
             self._nextIdent += 1
             job.ident = self._nextIdent
             self.queue.push(source, job)
-        d = defer.Deferred(lambda d: self._cancelled(job, d))
+        d: defer.Deferred[Any] = defer.Deferred(lambda d: self._cancelled(job, d))
         job.waiters.append(d)
         self._dispatch()
         return d

@@ -35,7 +35,6 @@ so a stopped or killed daemon leaves no worker behind.
 This module imports nothing from Twisted: the worker stays small.
 """
 
-import os
 import signal
 import sys
 import time
@@ -81,8 +80,9 @@ def pariProver() -> Prover:
 
     @raise ImportError: cypari2 is not installed.
     """
-    import cypari2
     from importlib.metadata import version
+
+    import cypari2
 
     pari = cypari2.Pari()
     pari.allocatemem(PARI_STACK, PARI_STACK_MAX, silent=True)

@@ -21,7 +21,6 @@ cannot prove (too busy, out of time, crashed twice), fails with
 L{ProofUnavailable}, which the protocols answer E.
 """
 
-from typing import Dict, Set
 
 from twisted.internet import defer
 
@@ -66,7 +65,7 @@ class ProvingChecker(PrimeChecker):
         self.proofPool = proofPool
         self.proveMaxDigits = maxDigits
         self._tooBig = 10**maxDigits
-        self._asks: Dict[object, Set[defer.Deferred]] = {}
+        self._asks: dict[object, set[defer.Deferred]] = {}
         # PrimeChecker's are the fair queue's own: proofs need room too.
         self.cancel = self._cancel
         self.hasRoom = self._hasRoom

@@ -46,7 +46,8 @@ direct-send fast path cannot apply), and its parsers accept malformed headers
 
 import ipaddress
 import struct
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional, Union
 
 from twisted.internet import address, interfaces
 from twisted.internet.protocol import Factory, Protocol
@@ -91,7 +92,9 @@ class ProxyHeader(NamedTuple):
     destination: Optional[interfaces.IAddress]
 
 
-def parseHeader(data: bytes, maxLength: int = DEFAULT_MAX_HEADER) -> Optional[Tuple[ProxyHeader, int]]:
+def parseHeader(
+    data: bytes, maxLength: int = DEFAULT_MAX_HEADER
+) -> Optional[tuple[ProxyHeader, int]]:
     """
     Parse the PROXY header at the start of C{data}.
 
@@ -108,7 +111,7 @@ def parseHeader(data: bytes, maxLength: int = DEFAULT_MAX_HEADER) -> Optional[Tu
     raise BadHeader("no PROXY header")
 
 
-def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
+def _parseV1(data: bytes) -> Optional[tuple[ProxyHeader, int]]:
     if not V1_PREFIX.startswith(data[:6]):
         raise BadHeader("no PROXY header")
     end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
@@ -121,7 +124,7 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
     try:
         fields = data[:end].decode("ascii").split(" ")
     except UnicodeDecodeError:
-        raise BadHeader("v1 header is not ASCII")
+        raise BadHeader("v1 header is not ASCII") from None
     if len(fields) >= 2 and fields[1] == "UNKNOWN":
         return ProxyHeader(1, None, None), end + 2
     if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
@@ -137,7 +140,7 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
             raise ValueError(source)
         kind(source), kind(destination)
     except ValueError:
-        raise BadHeader(f"v1 header has a bad {family} address")
+        raise BadHeader(f"v1 header has a bad {family} address") from None
     return (
         ProxyHeader(
             1,
@@ -149,12 +152,16 @@ def _parseV1(data: bytes) -> Optional[Tuple[ProxyHeader, int]]:
 
 
 def _port(text: str) -> int:
-    if not (text.isdigit() and text.isascii()) or (text[0] == "0" and text != "0") or int(text) > 65535:
+    if (
+        not (text.isdigit() and text.isascii())
+        or (text[0] == "0" and text != "0")
+        or int(text) > 65535
+    ):
         raise BadHeader("v1 header has a bad port")
     return int(text)
 
 
-def _parseV2(data: bytes, maxLength: int) -> Optional[Tuple[ProxyHeader, int]]:
+def _parseV2(data: bytes, maxLength: int) -> Optional[tuple[ProxyHeader, int]]:
     if not V2_SIGNATURE.startswith(data[:12]):
         raise BadHeader("no PROXY header")
     if len(data) < 16:
@@ -211,6 +218,10 @@ class ProxyHeaderProtocol(Protocol):
     Reads the PROXY header of one connection, then gets out of the way of
     C{wrapped}, which was connected to the same transport from the start.
     """
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
 
     def __init__(self, factory: "ProxyHeaderFactory", wrapped: Protocol):
         self.proxyFactory = factory
@@ -395,7 +406,9 @@ def parseNetwork(text: str) -> Network:
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"expected ADDRESS or ADDRESS/PREFIX (IPv4 or IPv6), not {text!r}")
+        raise ValueError(
+            f"expected ADDRESS or ADDRESS/PREFIX (IPv4 or IPv6), not {text!r}"
+        ) from None
 
 
 def isTrusted(peer, trusted: Sequence[Network]) -> bool:

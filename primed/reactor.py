@@ -35,13 +35,35 @@ import socket
 import sys
 from errno import EWOULDBLOCK
 from select import EPOLLIN
+from typing import Optional
 
 from twisted.internet import udp
-from twisted.internet.base import _topHandler
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
 from twisted.internet.tcp import Server
 from twisted.python import context, log
+
+from primed.internals import lookup, present
+
+# Twisted's private names used here (L{primed.internals}): without them,
+# Twisted's own code for that part, and one warning at start.
+_topHandler = lookup(
+    "twisted.internet.base", "_topHandler",
+    "the reactor runs Twisted's main loop (about 10 000 instructions more per turn)")
+_doReadOrWrite = lookup(
+    "twisted.internet.epollreactor", "EPollReactor._doReadOrWrite",
+    "the reactor dispatches every event with Twisted's doPoll")
+_disconnectSelectable = lookup(
+    "twisted.internet.epollreactor", "EPollReactor._disconnectSelectable",
+    "the reactor dispatches every event with Twisted's doPoll")
+_sockErrReadIgnore = lookup(
+    "twisted.internet.udp", "_sockErrReadIgnore", "UDP ports read with Twisted's loop")
+_sockErrReadRefuse = lookup(
+    "twisted.internet.udp", "_sockErrReadRefuse", "UDP ports read with Twisted's loop")
+_fromListeningDescriptor = lookup(
+    "twisted.internet.udp", "Port._fromListeningDescriptor",
+    "adopted UDP sockets read with Twisted's loop")
+_LEAN_UDP = present(_sockErrReadIgnore, _sockErrReadRefuse)
 
 __all__ = ["PrimedReactor", "DatagramPort", "install"]
 
@@ -168,9 +190,9 @@ class DatagramPort(udp.Port):
         anything else raised.
         """
         no = error.args[0]
-        if no in udp._sockErrReadIgnore:
+        if no in _sockErrReadIgnore:
             return
-        if no in udp._sockErrReadRefuse:
+        if no in _sockErrReadRefuse:
             if self._connectedAddr:
                 self.protocol.connectionRefused()
             return
@@ -213,6 +235,27 @@ class PrimedReactor(EPollReactor):
     #: instead of one per read: 60 ns, most of a 20-digit number's parsing.
     polledAt = 0.0
 
+    def __init__(self):
+        EPollReactor.__init__(self)
+        # Twisted sets these in __init__: looked up on this instance.  Any
+        # missing, Twisted's own doPoll or mainLoop runs instead of ours.
+        where = "twisted.internet.epollreactor.EPollReactor"
+        poll = [
+            lookup(where, name, "the reactor dispatches every event with Twisted's doPoll", self)
+            for name in ("_poller", "_selectables")
+        ]
+        # (Instance attributes hiding the methods, on purpose.)
+        if not present(*poll, _doReadOrWrite, _disconnectSelectable):
+            self.doPoll = EPollReactor.doPoll.__get__(self)  # type: ignore[method-assign]
+            self.doIteration = self.doPoll  # type: ignore[method-assign]
+        loop = [
+            lookup(where, name, "the reactor runs Twisted's main loop", self)
+            for name in ("_started", "_justStopped", "_pendingTimedCalls",
+                         "_newTimedCalls", "_cancellations")
+        ]
+        if not present(*loop, _topHandler):
+            self.mainLoop = EPollReactor.mainLoop.__get__(self)  # type: ignore[method-assign]
+
     def doPoll(self, timeout):
         """
         Poll once and dispatch what is ready.
@@ -247,6 +290,7 @@ class PrimedReactor(EPollReactor):
             frame[log.ILogContext] = dict(frame.get(log.ILogContext) or {})
             cached = self._logFrame = (below, below.copy(), frame, frame[log.ILogContext])
         frame, logContext = cached[2], cached[3]
+        why: Optional[BaseException]
         contexts.append(frame)
         try:
             for fd, event in events:
@@ -353,12 +397,16 @@ class PrimedReactor(EPollReactor):
                     self.doIteration(self.running and timeout)
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        if not _LEAN_UDP:
+            return EPollReactor.listenUDP(self, port, protocol, interface, maxPacketSize)
         p = DatagramPort(port, protocol, interface, maxPacketSize, self)
         p.startListening()
         return p
 
     def adoptDatagramPort(self, fileDescriptor, addressFamily, protocol, maxPacketSize=8192):
-        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6) or not (
+            _LEAN_UDP and present(_fromListeningDescriptor)
+        ):
             return EPollReactor.adoptDatagramPort(
                 self, fileDescriptor, addressFamily, protocol, maxPacketSize
             )

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +38,7 @@ from twisted.logger import Logger
 __all__ = ["Notifier", "watchdogInterval", "startWatchdog", "notifySystemd"]
 
 
-def _notifyAddress(value: str) -> Optional[bytes]:
+def _notifyAddress(value: str) -> bytes | None:
     """
     Turn C{$NOTIFY_SOCKET} into an address for C{socket.sendto}.
 
@@ -134,7 +135,7 @@ class Notifier:
             return False
         return True
 
-    def ready(self, status: Optional[str] = None) -> bool:
+    def ready(self, status: str | None = None) -> bool:
         """
         Tell systemd start-up is complete (C{Type=notify}: units ordered
         after us start now, and C{systemctl start} returns).  Send this only
@@ -143,7 +144,7 @@ class Notifier:
         extra = () if status is None else ("STATUS=" + _oneLine(status),)
         return self.notify("READY=1", *extra)
 
-    def stopping(self, status: Optional[str] = None) -> bool:
+    def stopping(self, status: str | None = None) -> bool:
         """
         Tell systemd a shutdown has begun, so it reports C{deactivating}
         rather than treating the coming exit as a crash.
@@ -165,8 +166,8 @@ class Notifier:
 
 
 def watchdogInterval(
-    environ: Mapping[str, str], pid: Optional[int] = None
-) -> Optional[float]:
+    environ: Mapping[str, str], pid: int | None = None
+) -> float | None:
     """
     The interval, in seconds, at which to send C{WATCHDOG=1}: half of
     C{$WATCHDOG_USEC}, as sd_watchdog_enabled(3) recommends, so that one late
@@ -202,8 +203,8 @@ def startWatchdog(
     notifier: Notifier,
     reactor: IReactorTime,
     environ: Mapping[str, str],
-    pid: Optional[int] = None,
-) -> Optional[task.LoopingCall]:
+    pid: int | None = None,
+) -> task.LoopingCall | None:
     """
     Send C{WATCHDOG=1} from C{reactor} every half C{$WATCHDOG_USEC}.
 
@@ -239,8 +240,8 @@ def notifySystemd(
     service: Any,
     reactor: Any,
     environ: Mapping[str, str],
-    notifier: Optional[Notifier] = None,
-) -> Optional[Notifier]:
+    notifier: Notifier | None = None,
+) -> Notifier | None:
     """
     Speak systemd's notify protocol for C{service}, doing nothing at all
     unless C{$NOTIFY_SOCKET} is set.

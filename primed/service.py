@@ -9,12 +9,13 @@ then the pool stops.  A deadline bounds the wait; what it cuts off is logged.
 
 import os
 import socket
-from typing import List, Optional, Sequence, Set, Tuple
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,12 +23,26 @@ from twisted.python.failure import Failure
 from primed import wire
 from primed.checker import DEFAULT_MAX_QUEUED, CheckPool, PrimeChecker
 from primed.counters import Counters
+from primed.internals import lookup, require
 from primed.ratelog import VERBOSE_LINES_PER_SECOND, LineBudget
+from primed.sources import SourceRates
 from primed.tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INFLIGHT
 from primed.tcpfactory import DEFAULT_MAX_CONNECTIONS, PrimeLineFactory
-from primed.sources import SourceRates
-from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HANDSHAKES_PER_SOURCE
+from primed.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from primed.udp import PrimeDatagramProtocol, receiveBufferSize
+
+# Twisted's private names used here (L{primed.internals}), set by the
+# endpoints' __init__: looked up on endpoints made for the purpose.  No
+# public path gives them: without them the features are refused.
+_binding = [
+    lookup("twisted.internet.endpoints", f"TCP4ServerEndpoint.{name}", None,
+           TCP4ServerEndpoint(None, 0))
+    for name in ("_interface", "_port", "_backlog")
+]
+_sslContextFactory = lookup(
+    "twisted.internet.endpoints", "SSL4ServerEndpoint._sslContextFactory", None,
+    SSL4ServerEndpoint(None, 0, None))
+_sddaemon = lookup("twisted.internet.endpoints", "_SystemdParser._sddaemon", None)
 
 #: Seconds a stop waits for pending answers before cutting connections.
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -94,7 +109,7 @@ def _reusePortSocket(kind: int, host: str, port: int, backlog: int = 50) -> sock
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise CannotListenError(host, port, e)
+            raise CannotListenError(host, port, e) from e
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -110,12 +125,13 @@ def _inheritedDescriptor(name: str) -> int:
     LISTEN_FDS once, when its endpoints module is imported; ask the same
     record so TCP and UDP agree on what was inherited.
     """
+    require([_sddaemon], "A UDP socket inherited from systemd (--udp systemd:NAME)")
     from twisted.internet.endpoints import _SystemdParser
 
     try:
         return _SystemdParser._sddaemon.inheritedNamedDescriptors()[name]
     except KeyError:
-        raise ValueError(f"no socket named {name!r} was inherited from systemd")
+        raise ValueError(f"no socket named {name!r} was inherited from systemd") from None
 
 
 class PrimedService(service.Service):
@@ -132,7 +148,7 @@ class PrimedService(service.Service):
     def __init__(
         self,
         reactor,
-        tcpEndpoints: Sequence[Tuple[str, object]],
+        tcpEndpoints: Sequence[tuple[str, object]],
         udpAddresses: Sequence[UDPAddress],
         threads: int,
         maxDigits: int = wire.DEFAULT_MAX_DIGITS,
@@ -207,12 +223,12 @@ class PrimedService(service.Service):
         )
         self.verbose = verbose
         #: One per UDP port: a protocol is bound to a single transport.
-        self.datagramProtocols: List[PrimeDatagramProtocol] = []
-        self.tcpPorts: List = []
-        self.udpPorts: List = []
-        self._served: List[Tuple[str, str]] = []
-        self._keysChecked: Set[str] = set()
-        self.listening = defer.Deferred()
+        self.datagramProtocols: list[PrimeDatagramProtocol] = []
+        self.tcpPorts: list = []
+        self.udpPorts: list = []
+        self._served: list[tuple[str, str]] = []
+        self._keysChecked: set[str] = set()
+        self.listening: defer.Deferred[Any] = defer.Deferred()
         self._stopping: Optional[defer.Deferred] = None
         self._deadline = None
 
@@ -248,8 +264,8 @@ class PrimedService(service.Service):
             self._stopListening()
             if isinstance(e, CannotListenError):  # its own text ends in "."
                 where = e.port if e.interface is None else f"{e.interface}:{e.port}"
-                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}")
-            raise SystemExit(f"primed: cannot listen: {e}")
+                raise SystemExit(f"primed: cannot listen on {where}: {e.socketError}") from e
+            raise SystemExit(f"primed: cannot listen: {e}") from e
         self._served = served
 
     def startService(self):
@@ -265,7 +281,7 @@ class PrimedService(service.Service):
                 # The workers already started are daemon threads, and the
                 # pool cannot be stopped cleanly after a failed start.
                 self._stopListening()
-                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}")
+                raise SystemExit(f"primed: cannot start {self.threads} check threads: {e}") from e
         if self.proofPool is not None:
             self._startProving()
         for transport, address in self._served:
@@ -302,7 +318,7 @@ class PrimedService(service.Service):
         self._log.info(
             "Proving: probable primes up to {digits} digits are proved in {workers} "
             "worker process(es), {timeout}s each at most, {queued} waiting at most",
-            digits=self.checker.proveMaxDigits, workers=pool.size, timeout=pool.timeout,
+            digits=self.checker.proveMaxDigits, workers=pool.size, timeout=pool.timeout,  # type: ignore[attr-defined]  # set by the proof pool
             queued=pool.maxQueued,
         )
 
@@ -327,7 +343,7 @@ class PrimedService(service.Service):
         self.tcpPorts, self.udpPorts = [], []
 
     def _listenTCP(self, description: str, endpoint):
-        factory = self.factory
+        factory: Any = self.factory  # or the TLS factory wrapping it
         proxyEndpoint = None
         if hasattr(endpoint, "wrapFactory"):  # haproxy:ENDPOINT (primed.proxy)
             proxyEndpoint, endpoint = endpoint, endpoint.wrapped
@@ -336,8 +352,9 @@ class PrimedService(service.Service):
             _buildTLSContext(description, tlsContext)
             # Twisted's ssl: endpoint would wrap the factory in a TLS layer
             # that drops the answers owed to a client that half-closes.
-            from primed.tls import HalfCloseableTLSFactory
+            from primed.tls import HalfCloseableTLSFactory, requireHalfClose
 
+            requireHalfClose()
             factory = HalfCloseableTLSFactory(
                 tlsContext, self.factory, self.reactor, self.counters,
                 self.handshakeTimeout, self.handshakeRates,
@@ -356,7 +373,7 @@ class PrimedService(service.Service):
         if tlsContext is not None:
             host, port, backlog = _tcpBinding(description, endpoint)
             return self.reactor.listenTCP(port, factory, backlog, host)
-        result = []
+        result: list[Any] = []
         endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise ValueError(f"{description} did not listen at once")
@@ -389,7 +406,7 @@ class PrimedService(service.Service):
             self.checker, self.reactor, maxDigits=self.maxDigits, verbose=self.verbose,
             counters=self.counters,
         )
-        protocol.verboseLines = self.verboseLines
+        protocol.verboseLines = self.verboseLines  # type: ignore[assignment]  # None or a budget
         self.datagramProtocols.append(protocol)
         # A datagram the kernel cuts is never checked: see receiveBufferSize.
         maxPacketSize = receiveBufferSize(self.maxDigits)
@@ -450,11 +467,11 @@ class PrimedService(service.Service):
             + [self.factory.drain()],
             consumeErrors=True,
         )
-        done = defer.Deferred()
+        done: defer.Deferred[Any] = defer.Deferred()
         timeout = self.reactor.callLater(
             self.drainTimeout, self._cutOff, done, f"Drain timeout of {self.drainTimeout}s reached"
         )
-        drained.addBoth(lambda _: done.called or done.callback(None))
+        drained.addBoth(lambda _: done.called or done.callback(None))  # type: ignore[call-overload,func-returns-value]  # result unused
         done.addCallback(self._closed, timeout)
         self._stopping = done
         self._deadline = timeout
@@ -530,17 +547,18 @@ def _noDelay(port) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _tcpBinding(description: str, endpoint) -> Tuple[str, int, int]:
+def _tcpBinding(description: str, endpoint) -> tuple[str, int, int]:
     """
     Host, port and backlog of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint, to
     bind a socket of our own.  Twisted's endpoints keep these private.
     """
+    require(_binding, "--reuseport and ssl: listeners")
     try:
         return endpoint._interface, endpoint._port, endpoint._backlog
     except AttributeError:
         raise ValueError(
             f"--reuseport works with tcp:, tcp6: and ssl: endpoints, not {description!r}"
-        )
+        ) from None
 
 
 def _buildTLSContext(description: str, tlsContext) -> None:
@@ -558,7 +576,8 @@ def _buildTLSContext(description: str, tlsContext) -> None:
         raise CannotListenError(
             None, description,
             "TLS needs memory both writable and executable (pyOpenSSL's callbacks), "
-            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no")
+            "which this process may not map; under systemd, set MemoryDenyWriteExecute=no"
+        ) from None
     # The context is Twisted's, cached by its options.
     from primed.tls import restrictContext
 
@@ -570,5 +589,6 @@ def _tlsContext(endpoint):
     The TLS context factory of an C{ssl:} endpoint, or L{None}.
     """
     if isinstance(endpoint, SSL4ServerEndpoint):
+        require([_sslContextFactory], "An ssl: listener")
         return endpoint._sslContextFactory
     return None

@@ -32,10 +32,18 @@ background job) stays ignored.
 """
 
 import signal
-from typing import Any, List
+from typing import Any
 
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
+
+from primed.internals import lookup
+
+# twistd and twist read the reactor's private _exitSignal once it stops
+# (L{primed.internals}): without it, a stop by signal exits with status 0.
+_exitSignal = lookup(
+    "twisted.internet.base", "ReactorBase._exitSignal",
+    "a stop by signal exits with status 0, not by the signal")
 
 _log = Logger()
 
@@ -68,7 +76,7 @@ class StopSignals:
         self.reactor = reactor
         self.signals = signals
         self.stopping = False
-        self._noted: List[int] = []
+        self._noted: list[int] = []
 
     def hook(self) -> None:
         """

@@ -10,7 +10,6 @@ pool's fair queue (issue 21) and this one can become one.
 """
 
 from collections import deque
-from typing import Deque, Dict
 
 __all__ = ["SourceQueue"]
 
@@ -23,8 +22,8 @@ class SourceQueue:
     """
 
     def __init__(self):
-        self._bySource: Dict[object, Deque] = {}
-        self._turns: Deque = deque()  # sources with work, next first
+        self._bySource: dict[object, deque] = {}
+        self._turns: deque = deque()  # sources with work, next first
         self.size = 0
 
     def __len__(self) -> int:

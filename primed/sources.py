@@ -20,7 +20,7 @@ once the header is read; until then the connection is the balancer's.
 """
 
 import ipaddress
-from typing import Dict, Optional
+from typing import Optional
 
 __all__ = ["sourceKey", "SourceCounts", "SourceRates", "Unattributed"]
 
@@ -37,6 +37,7 @@ def sourceKey(peer) -> Optional[str]:
         network of its /64), or L{None} when the peer has no IP address
         (UNIX sockets, and anything unparseable).
     """
+    host: object
     if isinstance(peer, str):
         host = peer
     elif isinstance(peer, tuple):
@@ -102,7 +103,7 @@ class SourceCounts:
     def __init__(self, limit: int):
         self.limit = limit
         self.refused = 0
-        self.open: Dict[str, int] = {}
+        self.open: dict[str, int] = {}
 
     def admit(self, key: Optional[str]) -> bool:
         """
@@ -156,7 +157,7 @@ class SourceRates:
         self.rate = rate
         self.clock = clock
         self.refused = 0
-        self.buckets: Dict[str, list] = {}
+        self.buckets: dict[str, list] = {}
         self._untilSweep = self.SWEEP_EVERY
 
     def admit(self, key: Optional[str]) -> bool:

@@ -5,13 +5,16 @@ C{twist primed}, in the manner of L{twisted.names.tap}.
 
 import os
 import re
+import select
 import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
-from primed import certreload, fdlimit, proxy, sdnotify, signals, wire
+from primed import certreload, fdlimit, internals, proxy, sdnotify, signals, wire
+from primed import service as _service
 from primed.checker import DEFAULT_MAX_QUEUED
 from primed.proofpool import DEFAULT_PROVE_MAX_QUEUED, DEFAULT_PROVE_TIMEOUT
 from primed.proving import DEFAULT_PROVE_MAX_DIGITS
@@ -41,7 +44,7 @@ def _positiveInt(name):
             raise usage.UsageError(f"--{name} must be a whole number, at least 1, not {value!r}")
         return number
 
-    coerce.coerceDoc = "A whole number, at least 1."
+    coerce.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -57,7 +60,7 @@ def _atLeast(name, least):
             )
         return number
 
-    coerce.coerceDoc = f"A whole number, at least {least}."
+    coerce.coerceDoc = f"A whole number, at least {least}."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -67,7 +70,7 @@ def _choice(name, choices):
             raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
         return value
 
-    coerce.coerceDoc = f"One of {', '.join(choices)}."
+    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -83,7 +86,7 @@ def _seconds(name):
             )
         return number
 
-    coerce.coerceDoc = "Seconds, 0 or more."
+    coerce.coerceDoc = "Seconds, 0 or more."  # type: ignore[attr-defined]  # usage.Options reads it
     return coerce
 
 
@@ -230,7 +233,7 @@ class Options(usage.Options):
             runner = _runnerName()
             sys.stderr.write(f"{runner} primed: {e}\n"
                              f"Run '{runner} primed --help' for the options.\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from e
 
     def opt_version(self):
         """
@@ -268,7 +271,7 @@ class Options(usage.Options):
         try:
             self["proxy-from"].append(proxy.parseNetwork(network))
         except ValueError as e:
-            raise usage.UsageError(f"--proxy-from: {e}")
+            raise usage.UsageError(f"--proxy-from: {e}") from e
 
     def opt_udp(self, address):
         """
@@ -280,7 +283,7 @@ class Options(usage.Options):
         try:
             self["udp"].append(UDPAddress.fromString(address))
         except ValueError as e:
-            raise usage.UsageError(f"--udp: {e}")
+            raise usage.UsageError(f"--udp: {e}") from e
 
     def postOptions(self):
         if self["prove-timeout"] <= 0:
@@ -290,7 +293,7 @@ class Options(usage.Options):
                 import cypari2  # noqa: F401
             except ImportError:
                 raise usage.UsageError("--prover pari: cypari2 is not installed "
-                                       "(pip install 'primed[prove]')")
+                                       "(pip install 'primed[prove]')") from None
         if self["max-connections-per-source"] is None:
             self["max-connections-per-source"] = max(1, self["max-connections"] // 4)
         if not self["listen"]:
@@ -301,18 +304,43 @@ class Options(usage.Options):
             self["udp"] = [UDPAddress.fromString(DEFAULT_UDP)]
         # primed's own reactor, unless twistd --reactor chose one already:
         # options are parsed before anything imports the reactor.
-        try:
+        # Without epoll (not Linux), Twisted's default.  Asked directly:
+        # an ImportError from primed.reactor is a bug, not "no epoll".
+        if hasattr(select, "epoll"):
             from primed.reactor import installDefault
-        except ImportError:  # no epoll on this platform: Twisted's default
-            pass
-        else:
+
             installDefault()
         from twisted.internet import reactor
 
         for description in self["listen"]:
-            _serverEndpoint(reactor, description)  # refuse bad ones now
+            endpoint = _serverEndpoint(reactor, description)  # refuse bad ones now
+            _requirePrivateNames(endpoint, description, self["reuseport"])
+        if any(address.systemdName is not None for address in self["udp"]):
+            try:
+                internals.require([_service._sddaemon], "--udp systemd:NAME")
+            except RuntimeError as e:
+                raise usage.UsageError(str(e)) from e
         if self["metrics"] is not None:
             _serverEndpoint(reactor, self["metrics"], option="--metrics")
+
+
+def _requirePrivateNames(endpoint, description: str, reusePort: bool) -> None:
+    """
+    Refuse, with one line, a listener that needs a private Twisted name
+    this Twisted lacks (L{primed.internals}): TLS, C{--reuseport}.
+    """
+    inner = getattr(endpoint, "wrapped", endpoint)  # haproxy:ENDPOINT
+    try:
+        if isinstance(inner, endpoints.SSL4ServerEndpoint):
+            from primed.tls import requireHalfClose
+
+            internals.require([_service._sslContextFactory, *_service._binding],
+                              "An ssl: listener")
+            requireHalfClose()
+        elif reusePort:
+            internals.require(_service._binding, "--reuseport")
+    except RuntimeError as e:
+        raise usage.UsageError(f"--listen {description!r}: {e}") from e
 
 
 def _runnerName() -> str:
@@ -340,7 +368,10 @@ def _serverEndpoint(reactor, description: str, config=None, option: str = "--lis
         if _UNESCAPED_IPV6.search(description):
             message = (f"{option} {description!r}: escape the colons of an IPv6 "
                        f"interface with backslashes, as in tcp6:8809:interface=\\:\\:1")
-        raise usage.UsageError(message)
+        raise usage.UsageError(message) from e
+
+
+_log = Logger(namespace="primed")
 
 
 def _proofPool(reactor, config):
@@ -369,7 +400,11 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    connections, option = config["max-connections"], f"--max-connections {config['max-connections']}"
+    # One warning, at start, naming any private Twisted name primed falls
+    # back from (primed.internals).
+    internals.warnMissing(_log)
+    connections = config["max-connections"]
+    option = f"--max-connections {connections}"
     if config["metrics"] is not None:
         connections += config["metrics-max-connections"]
         option += f" and --metrics-max-connections {config['metrics-max-connections']}"
@@ -416,7 +451,7 @@ def makeService(config, reactor=None):
             config["metrics"],
             _serverEndpoint(reactor, config["metrics"], option="--metrics"),
             maxConnections=config["metrics-max-connections"],
-            timeout=config["metrics-timeout"] or None,
+            timeout=config["metrics-timeout"] or None,  # type: ignore[arg-type]  # None: no timeout
         )
         metrics.setName("metrics")
         metrics.setServiceParent(top)

@@ -34,7 +34,7 @@ Three things shape it beyond a plain L{LineReceiver}:
 """
 
 from collections import deque
-from typing import Deque, List, Optional, Set
+from typing import Any, Optional
 
 from twisted.internet import interfaces
 from twisted.logger import Logger
@@ -44,9 +44,9 @@ from zope.interface import implementer
 
 from primed import wire
 from primed.checker import CheckAbandoned, CheckCancelled
+from primed.fastpath import resetProbe, streamWriter
 from primed.proofpool import ProofUnavailable
 from primed.sources import sourceKey
-from primed.fastpath import resetProbe, streamWriter
 from primed.tcpreads import FastReads, readClock
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
@@ -76,6 +76,10 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     C{_pending}, a deque of one-item lists each holding its reply or L{None}.
     """
 
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
+
     delimiter = b"\n"
     _log = Logger()
     #: The client's address when a PROXY header gave it (L{primed.proxy}).
@@ -91,9 +95,9 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     def __init__(self):
         self._buffer = b""
         self._discarding = False
-        self._held: Deque[bytes] = deque()
-        self._pending: Deque[list] = deque()
-        self._paused: Set[str] = set()
+        self._held: deque[bytes] = deque()
+        self._pending: deque[list] = deque()
+        self._paused: set[str] = set()
         self._readClosed = False
         self._closing = False
         self._lost = False
@@ -127,7 +131,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
         factory.connected(self)
         self._checkClear()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason):  # type: ignore[override]  # Twisted always passes the reason
         """
         Results still running for this connection are dropped quietly when
         they arrive; only the factory's bookkeeping needs updating.
@@ -246,7 +250,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             self._process([line])
         self._checkClear()
 
-    def _process(self, lines: List[bytes], out: Optional[List[bytes]] = None) -> None:
+    def _process(self, lines: list[bytes], out: Optional[list[bytes]] = None) -> None:
         """
         Answer C{lines} in order; everything answerable at once leaves in one
         write, after C{out}, replies to earlier lines of the same read not
@@ -272,6 +276,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
                 # is at least 1, so an empty queue is never full.)
                 self._hold(lines, index, PAUSED_BY_INFLIGHT)
                 break
+            number: Optional[int]
             if line.isdigit() and len(line) <= plainDigits:
                 number = int(line)  # parseRequest's first step, inline
             else:
@@ -321,7 +326,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
             self._write(b"".join(out))
         self._processing -= 1
 
-    def _hold(self, lines: List[bytes], start: int, reason: str) -> None:
+    def _hold(self, lines: list[bytes], start: int, reason: str) -> None:
         self._held.extendleft(reversed(lines[start:]))
         self._pause(reason)
 

@@ -24,7 +24,7 @@ one is closed at once, and established ones are not disturbed):
     is the new one refused.
 """
 
-from typing import Dict, List, Optional, Set
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -78,7 +78,7 @@ class PrimeLineFactory(Factory):
         self.idleTimeout = idleTimeout
         self.verbose = verbose
         self.counters = Counters() if counters is None else counters
-        self.protocols: Set[PrimeLineProtocol] = set()
+        self.protocols: set[PrimeLineProtocol] = set()
         #: Connections refused over --max-connections or during a stop.
         self.refused = 0
         #: Connections closed to make room under --max-connections.
@@ -88,11 +88,11 @@ class PrimeLineFactory(Factory):
         self.draining = False
         #: Open connections in the order they arrived, those that have sent
         #: a request dropped lazily (L{_makeRoom}).
-        self._arrivals: Dict[PrimeLineProtocol, None] = {}
+        self._arrivals: dict[PrimeLineProtocol, None] = {}
         self._refusalLog = Throttle(reactor)
         self._perSourceLog = Throttle(reactor)
         self._evictionLog = Throttle(reactor)
-        self._drainWaiters: List[Deferred] = []
+        self._drainWaiters: list[Deferred] = []
 
     @property
     def maxPerSource(self) -> int:
@@ -219,7 +219,7 @@ class PrimeLineFactory(Factory):
         @return: a L{Deferred} that fires when every connection has closed.
         """
         self.draining = True
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.protocols:
             self._drainWaiters.append(d)
             for protocol in list(self.protocols):

@@ -27,6 +27,10 @@ backpressure and C{--verbose}.  Measured with C{benchmarks/callgrind.py}
 (see C{benchmarks/README.rst}).
 """
 
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from primed.counters import Counters
 from primed.wire import NOT_PRIME_REPLY, PRIME_REPLY
 
 #: C{data[_ALL_BUT_LAST]} is C{data[:-1]} without building a slice object
@@ -71,6 +75,29 @@ class FastReads:
     general answering of complete lines.
     """
 
+    # What the protocol provides, declared for mypy (annotations only: no
+    # class attributes, nothing at run time).
+    _buffer: bytes
+    _discarding: bool
+    _pending: "deque[list]"
+    _held: "deque[bytes]"
+    _paused: "set[str]"
+    _clear: bool
+    _activeAt: float
+    _requested: bool
+    _fastDigits: int
+    _isPrime: Callable[[int], bool]
+    _clock: Any  # a reactor with polledAt, or a _ReadNow
+    _write: Callable[[bytes], None]
+    counters: Counters
+    factory: Any
+
+    if TYPE_CHECKING:
+
+        def _framedDataReceived(self, data: bytes) -> None: ...
+
+        def _process(self, lines: "list[bytes]", out: "Optional[list[bytes]]" = None) -> None: ...
+
     def dataReceived(self, data: bytes):
         if not self._clear or not data or data[-1] != 10:  # 10: b"\n"
             self._framedDataReceived(data)
@@ -99,7 +126,7 @@ class FastReads:
         lines.pop()  # the empty tail after the last newline
         fastDigits = self._fastDigits
         isPrime = self._isPrime
-        out = []
+        out: list[bytes] = []
         answer = out.append
         for line in lines:
             if line.isdigit() and len(line) <= fastDigits:

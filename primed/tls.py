@@ -61,10 +61,14 @@ build this protocol: the check costs them nothing.
 This module overrides one private method of L{TLSMemoryBIOProtocol},
 C{_flushReceiveBIO}, and uses its private state; the method has kept its
 shape since Twisted 11 and the tests cover both ways of half-closing.
+Each name is checked at import (L{PRIVATE}): without one, no public path
+keeps the promise, so C{ssl:} listeners are refused with one line naming
+the Twisted primed needs (L{requireHalfClose}).
 """
 
 import os
 import stat
+from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.error import ConnectionDone
@@ -75,8 +79,35 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from primed.internals import lookup, require
 from primed.ratelog import Throttle
 from primed.sources import sourceKey
+
+_where = "twisted.protocols.tls"
+
+#: The private names of L{TLSMemoryBIOProtocol} this module uses.
+PRIVATE = [
+    lookup(_where, f"TLSMemoryBIOProtocol.{name}", None)
+    for name in ("_flushReceiveBIO", "_flushSendBIO", "_shutdownTLS", "_tlsShutdownFinished",
+                 "_handshakeDone", "_lostTLSConnection", "_aborted", "_reason")
+]
+# Set when the connection is made: looked for among the names
+# makeConnection assigns.
+if "_tlsConnection" not in getattr(
+    getattr(TLSMemoryBIOProtocol.makeConnection, "__code__", None), "co_names", ()
+):
+    PRIVATE.append(lookup(_where, "TLSMemoryBIOProtocol._tlsConnection", None, None))
+
+
+def requireHalfClose() -> None:
+    """
+    Refuse TLS listeners, with one line, unless Twisted has every private
+    name L{HalfCloseableTLSProtocol} needs.
+
+    @raise RuntimeError: naming what is missing.
+    """
+    require(PRIVATE, "A TLS listener (ssl:), answering clients that half-close,")
+
 
 #: Seconds a TLS connection may take to complete its handshake.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -117,6 +148,12 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     @ivar readClosed: whether the peer will send nothing more.
     """
 
+    factory: "HalfCloseableTLSFactory"
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
+
     readClosed = False
     _handshakeTimer = None
 
@@ -142,7 +179,7 @@ class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
         self.factory.handshakeTimedOut(self.transport.getPeer())
         self.transport.abortConnection()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason):  # type: ignore[override]  # Twisted always passes the reason
         self._cancelHandshakeTimer()
         TLSMemoryBIOProtocol.connectionLost(self, reason)
 

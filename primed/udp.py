@@ -10,7 +10,7 @@ and each source's requests take their turn in the pool with every other
 source's, TCP or UDP.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
@@ -18,10 +18,10 @@ from twisted.logger import Logger
 
 from primed import wire
 from primed.checker import CheckAbandoned
-from primed.proofpool import ProofUnavailable
 from primed.counters import Counters
-from primed.sources import sourceKey
 from primed.fastpath import datagramWriter
+from primed.proofpool import ProofUnavailable
+from primed.sources import sourceKey
 from primed.wire import INVALID_REPLY, NOT_PRIME_REPLY, PRIME_REPLY, REPLIES, parseRequest
 
 #: Seconds between two log lines about dropped datagrams.
@@ -53,6 +53,10 @@ class PrimeDatagramProtocol(DatagramProtocol):
 
     @ivar dropped: requests dropped because the pool had no room.
     """
+
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
 
     noisy = False
     _log = Logger()
@@ -109,6 +113,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
             counters.udpInvalid += 1
             self._reply(INVALID_REPLY, line[:80], addr)
             return
+        number: Optional[int]
         if line.isdigit() and len(line) <= self._plainDigits:
             number = int(line)  # parseRequest's first step, inline
         else:
@@ -277,7 +282,7 @@ class PrimeDatagramProtocol(DatagramProtocol):
             been answered.
         """
         self._stopped = True
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self.inflight:
             self._idleWaiters.append(d)
         else:

@@ -120,8 +120,8 @@ def parseRequest(line: bytes, maxDigits: int = DEFAULT_MAX_DIGITS) -> Optional[i
         not in the grammar, has more than C{maxDigits} significant digits
         (leading zeros do not count), or is longer than L{maxLineLength} —
         the limit a stream receiver enforces before a line is complete, so
-        the answer never depends on how the bytes were segmented.  Oversized numbers are refused before any
-        conversion, so their cost is one regular-expression scan.
+        the answer never depends on how the bytes were segmented.  Oversized
+        numbers are refused before any conversion, so their cost is one regular-expression scan.
     """
     if line.isdigit() and len(line) <= maxDigits and len(line) <= _INT_STR_DIGITS:
         # The common case, 7x cheaper than the expression below: bytes'

@@ -19,6 +19,22 @@ BIG_COMPOSITE = (2**607 - 1) * (2**521 - 1)
 ADDR = ("127.0.0.1", 40000)
 
 
+class SlotsTests(unittest.TestCase):
+    """
+    L{Counters}' slots and their annotations (what mypy sees) name the same
+    counts, every one an int starting at 0; the slots stay slots.
+    """
+
+    def test_annotated(self):
+        from primed.counters import Counters
+
+        self.assertEqual(sorted(Counters.__slots__), sorted(Counters.__annotations__))
+        self.assertEqual(set(Counters.__annotations__.values()), {int})
+        counters = Counters()
+        self.assertEqual(set(counters.snapshot().values()), {0})
+        self.assertFalse(hasattr(counters, "__dict__"))
+
+
 class CheckTimesTests(unittest.TestCase):
     def test_bucketsInclusiveAndCumulative(self):
         times = CheckTimes((0.001, 0.01, 1.0))

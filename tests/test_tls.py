@@ -522,3 +522,54 @@ class PrivateKeyPathTests(unittest.TestCase):
             ("ssl:8443", "server.pem"),
         ]:
             self.assertEqual(privateKeyPath(description), path, description)
+
+
+class RecipeTests(unittest.TestCase):
+    """
+    The documentation's recipe for a CA and a server certificate
+    (docs/operating/tls.rst) makes certificates that Python's strict
+    verification accepts: C{VERIFY_X509_STRICT}, the default from Python
+    3.13, which refuses a CA without C{keyUsage}.
+    """
+
+    def test_docsRecipe(self):
+        import os
+        import shutil
+        import ssl
+        import subprocess
+        import tempfile
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "docs", "operating", "tls.rst"), encoding="utf-8") as f:
+            text = f.read()
+        block = text[text.index("\n    openssl req -x509"):].split("\n\n", 1)[0]
+        script = "\n".join(line[4:] for line in block.strip("\n").splitlines())
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        subprocess.run(["sh", "-ec", script], cwd=directory, check=True,
+                       capture_output=True, timeout=60)
+
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(os.path.join(directory, "cert.pem"),
+                               os.path.join(directory, "key.pem"))
+        client = ssl.create_default_context(cafile=os.path.join(directory, "ca.pem"))
+        client.verify_flags |= ssl.VERIFY_X509_STRICT
+        ends = []
+        for context, side in ((client, {"server_hostname": "localhost"}),
+                              (server, {"server_side": True})):
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            ends.append((context.wrap_bio(incoming, outgoing, **side), incoming, outgoing))
+        done = [False, False]
+        for _ in range(20):  # a TLS 1.3 handshake takes two round trips
+            for i, (tls, _incoming, outgoing) in enumerate(ends):
+                if not done[i]:
+                    try:
+                        tls.do_handshake()
+                        done[i] = True
+                    except ssl.SSLWantReadError:
+                        pass
+                ends[1 - i][1].write(outgoing.read())
+            if all(done):
+                break
+        self.assertEqual(done, [True, True])
+        self.assertEqual(ends[0][0].getpeercert()["subject"], ((("commonName", "localhost"),),))

@@ -13,6 +13,7 @@ socket of its own and matches replies by the port they arrive at.
 """
 
 import collections
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.python.failure import Failure
@@ -136,7 +137,7 @@ class PrimedClient:
         self.retries = retries
         self.protocol = None
         self.reconnections = 0
-        self._unanswered = collections.deque()  # _Asks, in request order
+        self._unanswered: collections.deque[Any] = collections.deque()  # _Asks, in request order
         self._connecting = None  # a connection attempt or its delayed call
         self._attempts = 0  # reconnection attempts since the last answer
         self._firstLoss = None  # what started them
@@ -173,7 +174,7 @@ class PrimedClient:
             connection error) once the retries are spent.
         @raise ValueError: if C{number}'s text spans several lines.
         """
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self.request(number, d)
         return d
 

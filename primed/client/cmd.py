@@ -50,7 +50,7 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["udp", "u", "Ask over UDP (default port %d)." % DEFAULT_UDP_PORT],
+        ["udp", "u", f"Ask over UDP (default port {DEFAULT_UDP_PORT})."],
         ["raw", "r", "Print only the verdict letter: T, F or E."],
         [
             "progress",
@@ -74,8 +74,7 @@ class Options(usage.Options):
             "port",
             "p",
             None,
-            "Server port [default: %d, or %d with --udp]."
-            % (DEFAULT_TCP_PORT, DEFAULT_UDP_PORT),
+            f"Server port [default: {DEFAULT_TCP_PORT}, or {DEFAULT_UDP_PORT} with --udp].",
         ],
         [
             "endpoint",
@@ -98,8 +97,8 @@ class Options(usage.Options):
             "t",
             None,
             "Seconds: over TCP, to connect and the longest silence while "
-            "answers are owed [default: %g]; over UDP, per attempt "
-            "[default: %g]." % (DEFAULT_TCP_TIMEOUT, DEFAULT_UDP_TIMEOUT),
+            f"answers are owed [default: {DEFAULT_TCP_TIMEOUT:g}]; over UDP, per attempt "
+            f"[default: {DEFAULT_UDP_TIMEOUT:g}].",
         ],
         [
             "retries",
@@ -184,7 +183,7 @@ class Options(usage.Options):
                 reason = str(e) or type(e).__name__
                 if type(e).__name__ == "UnlistableError":
                     reason = "trustRoots is not a directory that can be read"
-                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {reason}")
+                raise usage.UsageError(f"--endpoint {self['endpoint']!r}: {reason}") from e
         self["port"] = _number(
             "--port", self["port"], int, DEFAULT_UDP_PORT if udp else DEFAULT_TCP_PORT
         )
@@ -232,14 +231,14 @@ def _tlsOptions(caFile, serverName):
     try:
         from twisted.internet import ssl
     except ImportError as e:  # pragma: no cover (Twisted[tls] is required)
-        raise usage.UsageError(f"--tls needs pyOpenSSL: {e}")
+        raise usage.UsageError(f"--tls needs pyOpenSSL: {e}") from e
     trustRoot = None
     if caFile is not None:
         try:
             with open(caFile, "rb") as f:
                 pem = f.read()
         except OSError as e:
-            raise usage.UsageError(f"--ca {caFile}: {e.strerror}")
+            raise usage.UsageError(f"--ca {caFile}: {e.strerror}") from e
         blocks = re.findall(
             rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S
         )
@@ -250,11 +249,11 @@ def _tlsOptions(caFile, serverName):
                 [ssl.Certificate.loadPEM(block) for block in blocks]
             )
         except Exception as e:
-            raise usage.UsageError(f"--ca {caFile}: {e}")
+            raise usage.UsageError(f"--ca {caFile}: {e}") from e
     try:
         return ssl.optionsForClientTLS(serverName, trustRoot)
     except Exception as e:  # an invalid name, say
-        raise usage.UsageError(f"--server-name {serverName!r}: {e}")
+        raise usage.UsageError(f"--server-name {serverName!r}: {e}") from e
 
 
 def _number(name, text, kind, default):

@@ -8,6 +8,7 @@ command (L{primed.client.cmd}) hands L{Run} a C{send} function.
 import collections
 import os
 import threading
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -66,15 +67,15 @@ class Run:
         self._write = write
         self._flush = flush
         self._wantInput = wantInput
-        self._queued = collections.deque()  # inputs not sent yet
-        self._sent = collections.deque()  # _Slots, input order
+        self._queued: collections.deque[Any] = collections.deque()  # inputs not sent yet
+        self._sent: collections.deque[Any] = collections.deque()  # _Slots, input order
         self._inFlight = 0
         self._pumping = False
         self._asked = False
         self._ended = False
         self._failing = False  # an input failed: send nothing more
         self.answered = 0
-        self.finished = defer.Deferred()
+        self.finished: defer.Deferred[Any] = defer.Deferred()
 
     def feed(self, inputs):
         """

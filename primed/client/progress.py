@@ -11,6 +11,7 @@ second: the line is drawn by a timer, never by the answers themselves.
 """
 
 import collections
+from typing import Any
 
 from twisted.internet import task
 
@@ -69,7 +70,7 @@ class Progress:
         self._loop = task.LoopingCall(self.draw)
         self._loop.clock = clock
         self._started = None
-        self._samples = collections.deque()  # (time, count), oldest first
+        self._samples: collections.deque[Any] = collections.deque()  # (time, count), oldest first
         self._width = 0
         self._waiting = waitForFlow
         self._lastCount = 0

@@ -6,6 +6,7 @@ L{primed.client.PrimedClient} builds on it to survive a lost connection.
 """
 
 import collections
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -66,6 +67,10 @@ class PrimedClientProtocol(LineReceiver):
         in the TLS layer.
     """
 
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
+
     delimiter = b"\n"
     # Replies are one letter: a long line means the peer is not primed.
     MAX_LENGTH = 64
@@ -75,7 +80,7 @@ class PrimedClientProtocol(LineReceiver):
             raise ValueError("a timeout needs a clock")
         self.timeout = timeout
         self._clock = clock
-        self._pending = collections.deque()
+        self._pending: collections.deque[Any] = collections.deque()
         self._error = None
         self._lost = False
         self.lostIdle = False
@@ -120,7 +125,7 @@ class PrimedClientProtocol(LineReceiver):
             self._readyWaiters.remove(d)
             self.transport.abortConnection()
 
-        d = defer.Deferred(cancel)
+        d: defer.Deferred[Any] = defer.Deferred(cancel)
         self._readyWaiters.append(d)
         return d
 
@@ -133,7 +138,7 @@ class PrimedClientProtocol(LineReceiver):
             earlier request; or failing with a L{PrimedError}.
         @raise ValueError: if C{number}'s text spans several lines.
         """
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self.request(number, d)
         return d
 
@@ -250,7 +255,7 @@ class PrimedClientProtocol(LineReceiver):
             self._error = exception
         self.transport.abortConnection()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason):  # type: ignore[override]  # Twisted always passes the reason
         self._lost = True
         if not self.ready:
             # Whatever was asked before the handshake failed with it.

@@ -4,6 +4,7 @@ request so that a reply can only answer its own request.
 """
 
 import errno
+from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -29,6 +30,10 @@ class _UDPRequest(DatagramProtocol):
     of the same request all get the same answer.
     """
 
+    #: Set by makeConnection.  Twisted types it Optional[ITransport], which
+    #: has neither the producer nor the abort methods its TCP transports have.
+    transport: Any
+
     # Two log events per request would cost more than the request.
     noisy = False
 
@@ -40,7 +45,7 @@ class _UDPRequest(DatagramProtocol):
         self._sent = 0
         self._timer = None
         self._done = False
-        self.deferred = defer.Deferred(lambda d: self._stop())
+        self.deferred: defer.Deferred[Any] = defer.Deferred(lambda d: self._stop())
 
     def send(self):
         # Arm first: a write may report "refused" synchronously.
