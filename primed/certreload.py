@@ -28,7 +28,7 @@ attribute is there and fails loudly otherwise.
 """
 
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -142,7 +142,8 @@ def makeReloadable(tcpEndpoints: Sequence[tuple[str, Any]],
             continue
 
         def load(description=description):
-            return _ssl(parse(description))._sslContextFactory
+            # The same description gave an SSL endpoint above.
+            return cast(SSL4ServerEndpoint, _ssl(parse(description)))._sslContextFactory
 
         factory = ReloadingContextFactory(description, inner._sslContextFactory, load)
         inner._sslContextFactory = factory
