@@ -32,8 +32,10 @@ from typing import Any, Callable, Optional, cast
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from primed.tls import restrictContext
 
@@ -63,11 +65,15 @@ def _identity(contextFactory) -> tuple[bytes, ...]:
     return tuple(c.digest("sha256") for c in [contextFactory.certificate, *chain])
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadingContextFactory:
     """
     An C{ssl:} listener's server context factory, whose pair can be
     replaced.  Twisted's TLS layer asks C{getContext} for every new
-    connection, so each gets the pair in use at that moment.
+    connection, so each gets the pair in use at that moment.  It says it
+    provides L{IOpenSSLContextFactory}, as C{CertificateOptions} does:
+    Twisted warns (C{LegacyContextFactoryWarning}) of a factory that does
+    not, a warning that is the first step to refusing it.
 
     @ivar description: the listener's C{--listen} description.
     @ivar current: the L{twisted.internet.ssl.CertificateOptions} in use.
