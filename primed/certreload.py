@@ -28,12 +28,14 @@ attribute is there and fails loudly otherwise.
 """
 
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from primed.tls import restrictContext
 
@@ -63,11 +65,15 @@ def _identity(contextFactory) -> tuple[bytes, ...]:
     return tuple(c.digest("sha256") for c in [contextFactory.certificate, *chain])
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadingContextFactory:
     """
     An C{ssl:} listener's server context factory, whose pair can be
     replaced.  Twisted's TLS layer asks C{getContext} for every new
-    connection, so each gets the pair in use at that moment.
+    connection, so each gets the pair in use at that moment.  It says it
+    provides L{IOpenSSLContextFactory}, as C{CertificateOptions} does:
+    Twisted warns (C{LegacyContextFactoryWarning}) of a factory that does
+    not, a warning that is the first step to refusing it.
 
     @ivar description: the listener's C{--listen} description.
     @ivar current: the L{twisted.internet.ssl.CertificateOptions} in use.
@@ -142,7 +148,8 @@ def makeReloadable(tcpEndpoints: Sequence[tuple[str, Any]],
             continue
 
         def load(description=description):
-            return _ssl(parse(description))._sslContextFactory
+            # The same description gave an SSL endpoint above.
+            return cast(SSL4ServerEndpoint, _ssl(parse(description)))._sslContextFactory
 
         factory = ReloadingContextFactory(description, inner._sslContextFactory, load)
         inner._sslContextFactory = factory

@@ -16,7 +16,7 @@ quota, and drops the waiting checks of a connection that is lost.
 from functools import partial
 from threading import Thread
 from time import perf_counter
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -104,7 +104,8 @@ class PrimeChecker:
         self.hasRoom = self.queue.hasRoom
         self.notifyRoom = self.queue.notifyRoom
         self.cancelRoomWaiter = self.queue.cancelRoomWaiter
-        self.cancel = self.queue.cancel
+        # Its result is not used (primed.proving's returns nothing).
+        self.cancel: Callable[[Any], object] = self.queue.cancel
         self.whenIdle = self.queue.whenIdle
 
     @property

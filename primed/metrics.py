@@ -425,6 +425,9 @@ class _Channel(http.HTTPChannel):
     #: is the first to go when the port is full.
     headReceived = False
 
+    #: Set by Site.buildProtocol (not in Twisted's annotations).
+    site: server.Site
+
     def resetTimeout(self):
         pass
 
@@ -450,8 +453,13 @@ class _QuietSite(server.Site):
     """
 
     noisy = False
-    protocol = _Channel
+    # Twisted types this as its HTTP/2-negotiating channel factory; a plain
+    # HTTPChannel subclass is what Site builds otherwise.
+    protocol = _Channel  # type: ignore[assignment]
     requestFactory = _BodilessRequest
+
+    #: Set by L{makeSite}.
+    collector: "PrimedCollector"
 
     def log(self, request):
         pass
@@ -469,7 +477,8 @@ class _LimitedFactory(WrappingFactory):
     noisy = False
 
     def __init__(self, wrapped, limit: int):
-        WrappingFactory.__init__(self, wrapped)
+        # mypy cannot match self with the generic WrappingFactory[WP] here.
+        WrappingFactory.__init__(self, wrapped)  # type: ignore[arg-type]
         self.limit = limit
         self.refused = 0
         self.evicted = 0
@@ -535,7 +544,7 @@ def makeRegistry(primed, proc: str = "/proc", collector: Optional[PrimedCollecto
     return registry
 
 
-def makeSite(primed, timeout: float = TIMEOUT) -> server.Site:
+def makeSite(primed, timeout: float = TIMEOUT) -> _QuietSite:
     """
     The site, its L{PrimedCollector} as its C{collector}.
     """
@@ -564,7 +573,7 @@ class MetricsService(service.Service):
         site = makeSite(primed, timeout)
         self.factory = _LimitedFactory(site, maxConnections)
         site.collector.metricsFactory = self.factory
-        self.port = None
+        self.port: Optional[Any] = None
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)
@@ -579,6 +588,7 @@ class MetricsService(service.Service):
         if self.port is None:
             self.privilegedStartService()
         service.Service.startService(self)
+        assert self.port is not None  # or privilegedStartService raised
         host = self.port.getHost()
         where = f"{host.host}:{host.port}" if hasattr(host, "port") else self.description
         self._log.info("Serving metrics on http://{address}/metrics", address=where)

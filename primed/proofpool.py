@@ -35,6 +35,7 @@ import sys
 from typing import Any, Optional
 
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -88,6 +89,9 @@ class _Worker(ProcessProtocol):
     """
     One prover process: its pipe, its state, at most one job at a time.
     """
+
+    #: Set by spawnProcess (makeConnection) before the pool uses the worker.
+    transport: IProcessTransport
 
     def __init__(self, pool: "ProofPool"):
         self.pool = pool
@@ -421,6 +425,9 @@ class ProofPool:
         )
         self.proofTimes.observe(self.reactor.seconds() - job.started)
         worker = job.worker
+        # The timer runs only while a worker has the job: every place that
+        # takes the job off its worker cancels the timer too.
+        assert worker is not None
         self._fail(job, "timeout")
         worker.interrupt(self.interruptible)
 

@@ -22,6 +22,8 @@ L{ProofUnavailable}, which the protocols answer E.
 """
 
 
+from typing import Optional
+
 from twisted.internet import defer
 
 from primed.checker import DEFAULT_MAX_QUEUED, PrimeChecker
@@ -163,7 +165,7 @@ class _Ask(defer.Deferred):
     finishes there (a thread cannot be stopped) and goes no further.
     """
 
-    proof = None
+    proof: Optional[defer.Deferred] = None
 
     def __init__(self):
         defer.Deferred.__init__(self, self._cancelProof)

@@ -47,11 +47,12 @@ direct-send fast path cannot apply), and its parsers accept malformed headers
 import ipaddress
 import struct
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union, cast
 
 from twisted.internet import address, interfaces
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from primed.ratelog import Throttle
@@ -194,6 +195,7 @@ def _parseV2(data: bytes, maxLength: int) -> Optional[tuple[ProxyHeader, int]]:
     if offset != total:
         raise BadHeader("v2 header's last TLV runs past its length")
     block = data[16:16 + needed]
+    make: Callable[[bytes, int], Union[address.IPv4Address, address.IPv6Address]]
     if family == 0x11:
         source, destination, sourcePort, destinationPort = struct.unpack("!4s4sHH", block)
         make = lambda raw, port: address.IPv4Address(  # noqa: E731
@@ -212,6 +214,18 @@ def _parseV2(data: bytes, maxLength: int) -> Optional[tuple[ProxyHeader, int]]:
     return ProxyHeader(2, make(source, sourcePort), make(destination, destinationPort)), total
 
 
+if TYPE_CHECKING:
+    class _HalfCloseable(Protocol):
+        """
+        For the type checker only: the protocol L{ProxyHeaderProtocol}
+        wraps, which gets both halves of a close (L{IHalfCloseableProtocol}).
+        """
+
+        def readConnectionLost(self) -> None: ...
+
+        def writeConnectionLost(self) -> None: ...
+
+
 @implementer(interfaces.IHalfCloseableProtocol)
 class ProxyHeaderProtocol(Protocol):
     """
@@ -223,7 +237,7 @@ class ProxyHeaderProtocol(Protocol):
     #: has neither the producer nor the abort methods its TCP transports have.
     transport: Any
 
-    def __init__(self, factory: "ProxyHeaderFactory", wrapped: Protocol):
+    def __init__(self, factory: "ProxyHeaderFactory", wrapped: "_HalfCloseable"):
         self.proxyFactory = factory
         self.wrapped = wrapped
         self._buffer = b""
@@ -263,6 +277,7 @@ class ProxyHeaderProtocol(Protocol):
         wrapped = self.wrapped
         if self.header.source is not None:
             # Down to primed's protocol, through a TLS layer if there is one.
+            layer: Any  # any layer may wrap another (wrappedProtocol)
             layer = inner = wrapped
             while layer is not None:
                 layer.peerAddress = self.header.source
@@ -274,7 +289,8 @@ class ProxyHeaderProtocol(Protocol):
                 self.transport.unregisterProducer()
                 self.transport.loseConnection()
                 return
-        self.dataReceived = wrapped.dataReceived
+        # Deliberately replaces the method on this instance.
+        self.dataReceived = wrapped.dataReceived  # type: ignore[method-assign]
         if len(data) > used:
             wrapped.dataReceived(data[used:])
 
@@ -290,7 +306,7 @@ class ProxyHeaderProtocol(Protocol):
         if self.header is not None:
             self.wrapped.writeConnectionLost()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimer()
         self.wrapped.connectionLost(reason)
 
@@ -371,10 +387,13 @@ class ProxyHeaderFactory(Factory):
                     refused=self.untrustedCount,
                 )
             return None
-        inner = self.wrapped.buildProtocol(Unattributed(addr))
+        # Not an IAddress until the header names the source (sourceKey
+        # knows Unattributed).
+        inner = self.wrapped.buildProtocol(cast(interfaces.IAddress, Unattributed(addr)))
         if inner is None:
             return None
-        return ProxyHeaderProtocol(self, inner)
+        # primed's protocols (and TLS around them) are half-closeable.
+        return ProxyHeaderProtocol(self, cast("_HalfCloseable", inner))
 
     def refused(self, peer, reason: str) -> None:
         """
@@ -456,8 +475,9 @@ class ProxyHeaderEndpoint:
         return ProxyHeaderFactory(factory, self.reactor, self.timeout, self.maxLength,
                                   self.trusted)
 
-    def listen(self, factory: Factory):
-        return self.wrapped.listen(self.wrapFactory(factory))
+    def listen(self, factory: interfaces.IProtocolFactory):
+        # Twisted's listeners are given Factory instances (logPrefix and all).
+        return self.wrapped.listen(self.wrapFactory(cast(Factory, factory)))
 
 
 PREFIX = "haproxy:"

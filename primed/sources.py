@@ -103,7 +103,8 @@ class SourceCounts:
     def __init__(self, limit: int):
         self.limit = limit
         self.refused = 0
-        self.open: dict[str, int] = {}
+        # Keyed by str; release() looks L{None} up too (and finds nothing).
+        self.open: dict[Optional[str], int] = {}
 
     def admit(self, key: Optional[str]) -> bool:
         """

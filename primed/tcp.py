@@ -86,7 +86,7 @@ class PrimeLineProtocol(FastReads, LineReceiver, TimeoutMixin):
     peerAddress = None
     #: The source (L{primed.sources.sourceKey}) this connection is counted
     #: against by the connection limits, or L{None}; kept by the factory.
-    source = None
+    source: Optional[str] = None
     #: The fair queue's source key, found at the first pool check.
     _source = _UNKNOWN
     #: L{resetProbe} of the transport, made when first needed.

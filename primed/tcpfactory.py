@@ -24,7 +24,7 @@ one is closed at once, and established ones are not disturbed):
     is the new one refused.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -117,7 +117,8 @@ class PrimeLineFactory(Factory):
         if len(self.protocols) >= self.maxConnections and not self._makeRoom():
             self.sources.release(key)
             return self._refuse(addr)
-        protocol = Factory.buildProtocol(self, addr)
+        # Factory.buildProtocol always builds one (typed Optional for subclasses).
+        protocol = cast(PrimeLineProtocol, Factory.buildProtocol(self, addr))
         protocol.source = key
         return protocol
 

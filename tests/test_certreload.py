@@ -111,6 +111,23 @@ class ReloadingTests(unittest.TestCase):
         self.assertFalse(self.factory.reload())
         self.assertEqual(len(self.events), 1)
 
+    def test_providesTheInterface(self):
+        """
+        Twisted's TLS layer takes the factory as the context factory it
+        declares itself, without a LegacyContextFactoryWarning.
+        """
+        import warnings
+
+        from twisted.internet.interfaces import IOpenSSLContextFactory
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from zope.interface.verify import verifyObject
+
+        self.assertTrue(verifyObject(IOpenSSLContextFactory, self.factory))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            TLSMemoryBIOFactory(self.factory, False, None)
+        self.assertEqual([str(w.message) for w in caught], [])
+
     def test_newPairKeepsTheProfile(self):
         """
         A reloaded pair's context offers what the listener's first one did:

@@ -290,6 +290,7 @@ class PrimedClient:
         if attempts:
             # Attempts were made, so this reason is the last one's, not the
             # loss that started them (both are reset together).
+            assert first is not None  # set before the first attempt
             message = firstWords = describeError(first.value)
             lastWords = describeError(reason.value)
             if lastWords == firstWords:

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from twisted.internet import endpoints, task
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -406,7 +407,7 @@ def _endpoint(reactor, options):
     """
     if options["endpoint"] is not None:
         return endpoints.clientFromString(reactor, options["endpoint"])
-    endpoint = endpoints.HostnameEndpoint(
+    endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(
         reactor, options["host"], options["port"], timeout=options["timeout"]
     )
     if options.tlsOptions is not None:

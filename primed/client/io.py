@@ -8,7 +8,7 @@ command (L{primed.client.cmd}) hands L{Run} a C{send} function.
 import collections
 import os
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -183,6 +183,9 @@ class OverLong(bytes):
     start and an ellipsis.  Far more than primed accepts, it is answered
     C{invalid} without asking.
     """
+
+    #: How many bytes of the line are shown (set below).
+    SHOWN: ClassVar[int]
 
 
 def _overLong(head):

@@ -26,7 +26,8 @@ def handshakeFailure(reason, transport) -> PrimedError:
         from OpenSSL import SSL
         from service_identity import VerificationError
     except ImportError:
-        SSL = VerificationError = None
+        # Optional (twisted[tls]); None says which checks cannot apply.
+        SSL = VerificationError = None  # type: ignore[assignment,misc]
     if VerificationError is not None and reason.check(VerificationError):
         return PrimedTLSError(f"TLS: {_mismatch(reason.value)}")
     if SSL is not None and reason.check(SSL.Error):
