@@ -1,5 +1,5 @@
 """
-A health check for images without curl:
+A health check for images without curl::
 
     python -m primed.healthcheck [URL]
 

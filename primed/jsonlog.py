@@ -16,7 +16,7 @@ field, record-separated, which log shippers handle less well.
 
 L{fromEnvironment} chooses between this and twistd's plain text by the
 C{PRIMED_LOG_FORMAT} environment variable, for a container image whose
-command line is fixed:
+command line is fixed::
 
     twistd -n --logger primed.jsonlog.fromEnvironment primed ...
 """

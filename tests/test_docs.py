@@ -111,6 +111,39 @@ class BuildTests(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(out, page + ".html")), page)
         with open(os.path.join(out, "changelog.html"), encoding="utf-8") as f:
             self.assertIn("primed 0.1.0", f.read())
+        # The API reference: pydoctor's pages, not the placeholder they
+        # replace, linked from the front page.
+        with open(os.path.join(out, "index.html"), encoding="utf-8") as f:
+            self.assertIn('href="api/index.html"', f.read())
+        with open(os.path.join(out, "api", "index.html"), encoding="utf-8") as f:
+            index = f.read()
+        self.assertIn("pydoctor", index)
+        self.assertNotIn("This page is replaced by pydoctor", index)
+        self.assertIn('href="primed.wire.html"', index)
+        with open(os.path.join(out, "api", "primed.wire.html"), encoding="utf-8") as f:
+            wire = f.read()
+        self.assertIn("parseRequest", wire)
+        self.assertIn("replyFor", wire)
+        self.assertTrue(os.path.isfile(os.path.join(out, "api", "primed.client.html")))
+
+    def test_docstringsParse(self):
+        """
+        pydoctor parses every docstring: the site's build runs it too quiet
+        to print anything (docs/conf.py), so here it runs one step louder,
+        where the only lines allowed are links it cannot resolve offline
+        (names of Twisted and Python).
+        """
+        import runpy
+
+        conf = runpy.run_path(os.path.join(DOCS, "conf.py"))
+        result = subprocess.run(
+            [os.path.join(BIN, "pydoctor"), "--make-html",
+             "--html-output=" + os.path.join(self.tmp, "api")] + conf["PYDOCTOR_ARGS"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        lines = result.stdout.splitlines()
+        self.assertTrue(os.path.isfile(os.path.join(self.tmp, "api", "primed.wire.html")),
+                        result.stdout[-2000:])
+        self.assertEqual([line for line in lines if "Cannot find link target" not in line], [])
 
     def test_manPagesUpToDate(self):
         """
