@@ -40,6 +40,11 @@ import time
 import urllib.error
 import urllib.request
 
+try:
+    from benchmarks._measure import ms, percentile
+except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    from _measure import ms, percentile
+
 HOST = "127.0.0.1"
 OTHER = "127.0.0.2"
 _METRICS = re.compile(r"Serving metrics on http://([0-9.]+):(\d+)/metrics")
@@ -82,17 +87,6 @@ def _scrape(url):
             name, _, value = line.rpartition(" ")
             found[name] = float(value)
     return found
-
-
-def _percentile(values, fraction):
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _ms(seconds):
-    return f"{seconds * 1000:.1f} ms"
 
 
 def _closed(sock):
@@ -189,9 +183,9 @@ def scenarioM(table, args, Primed, raiseFileLimit):
     share = len(ok) / len(results) if results else 0.0
     table.add(name, "fresh /healthz answered 200", f"{len(ok)}/{len(results)} ({share:.1%})",
               ">= 95 %", share >= 0.95)
-    p95 = _percentile([s for _, s in results], 0.95)
+    p95 = percentile([s for _, s in results], 0.95)
     table.add(name, "/healthz p50 / p95 / max",
-              f"{_ms(_percentile(ok, 0.5))} / {_ms(p95)} / {_ms(max(ok, default=float('nan')))}",
+              f"{ms(percentile(ok, 0.5))} / {ms(p95)} / {ms(max(ok, default=float('nan')))}",
               "p95 <= 500 ms", p95 <= 0.5)
     table.add(name, "slow clients reconnected", f"{trickler.reconnects}")
     closed = [page.get('primed_metrics_connections_closed_total{reason="%s"}' % reason)
@@ -296,8 +290,8 @@ def scenarioT(table, args, Primed, raiseFileLimit):
     table.add(name, "probe from 127.0.0.2: answered", f"{len(latencies)}/{len(prober.samples)}",
               "all", failed == 0)
     table.add(name, "probe p50 / p99 / worst",
-              f"{_ms(_percentile(latencies, 0.5))} / {_ms(_percentile(latencies, 0.99))} / "
-              f"{_ms(worst)}", "worst <= 2 s", failed == 0 and worst <= 2.0)
+              f"{ms(percentile(latencies, 0.5))} / {ms(percentile(latencies, 0.99))} / "
+              f"{ms(worst)}", "worst <= 2 s", failed == 0 and worst <= 2.0)
     refused = 'primed_tcp_connections_refused_total{reason="%s"}'
     figures = [page.get(refused % "per_source"),
                page.get(refused % "limit", page.get("primed_tcp_connections_refused_total")),
@@ -352,8 +346,8 @@ def scenarioF(table, args, Primed, raiseFileLimit):
         latencies = [seconds for _, seconds, ok in samples if ok]
         failed = sum(1 for _, _, ok in samples if not ok)
         table.add(name, f"probe {phase}: p50 / p99 / max",
-                  f"{_ms(_percentile(latencies, 0.5))} / {_ms(_percentile(latencies, 0.99))} / "
-                  f"{_ms(max(latencies, default=float('nan')))}, {failed} failed",
+                  f"{ms(percentile(latencies, 0.5))} / {ms(percentile(latencies, 0.99))} / "
+                  f"{ms(max(latencies, default=float('nan')))}, {failed} failed",
                   "max <= 2 s", failed == 0 and max(latencies, default=9) <= 2.0)
         seconds = args.hostile_seconds + 2
         table.add(name, f"daemon CPU {phase}", f"{cpu:.2f} cores"

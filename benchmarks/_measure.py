@@ -18,6 +18,21 @@ except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import _servers
 
 
+def percentile(values, fraction):
+    """
+    The value below which C{fraction} of C{values} lie (nearest rank); NaN
+    for none.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.1f} ms"
+
+
 class Scenario:
     """
     One load shape: C{connections} TCP connections (or UDP sockets), each

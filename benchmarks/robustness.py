@@ -71,10 +71,12 @@ import time
 
 try:
     from benchmarks import _fairness, _hostile, _servers
+    from benchmarks._measure import ms, percentile
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import _fairness
     import _hostile
     import _servers
+    from _measure import ms, percentile
 
 HOST = "127.0.0.1"
 MiB = 1 << 20
@@ -322,17 +324,6 @@ class Refiller(threading.Thread):
                         self.wrong += 1
         except OSError as e:
             self.error = e
-
-
-def percentile(values, fraction):
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def ms(seconds):
-    return f"{seconds * 1000:.1f} ms"
 
 
 def mib(size):
